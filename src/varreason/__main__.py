@@ -1,0 +1,5 @@
+import sys
+
+from varreason.cli import main
+
+sys.exit(main())

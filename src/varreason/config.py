@@ -1,0 +1,284 @@
+"""Run configuration: one dataclass per concern, YAML presets, `--section.field value` overrides.
+
+Field names follow TRL where TRL has one (`learning_rate`, `per_device_train_batch_size`, `max_steps`,
+`temperature`, `max_completion_length`, `num_generations`, `output_dir`, ...). Every field can be set from
+the command line; an unknown key or a value of the wrong type is one line of error (exit status 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from varreason.errors import InputError
+
+
+@dataclass
+class TaskConfig:
+    """Where problems come from: the built-in arithmetic suite or a user's file / `datasets` name."""
+
+    source: str = "builtin"  # "builtin", a .jsonl/.json/.parquet file, or a `datasets` name
+    families: list[str] = field(default_factory=lambda: ["sum", "product"])
+    difficulties: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    n_train: int = 4000
+    n_test: int = 500
+    style_mix: dict[str, float] = field(default_factory=lambda: {"careful": 0.5, "terse": 0.35, "corrected": 0.15})
+    # user data
+    test_source: str | None = None  # held-out file; when absent, `test_fraction` of `source` is held out
+    test_fraction: float = 0.1
+    split: str = "train"
+    question_column: str = "question"
+    trace_column: str = "trace"
+    answer_column: str = "answer"
+    difficulty_column: str | None = None
+    answer_kind: str = "math"  # verifier for user data: math | integer
+
+
+@dataclass
+class FormatConfig:
+    """The reasoning format and its marker strings (all configurable)."""
+
+    think_open: str = "<think>"
+    think_close: str = "</think>"
+    answer_open: str = "<answer>"
+    answer_close: str = "</answer>"
+    system_prompt: str = ""  # reasoning-model system prompt; empty = none (the tiny model needs none)
+    posterior_format: str = "B"  # A: solution first, then explanation; B: reconstruct reasoning for a given answer
+    use_chat_template: bool = True
+
+
+@dataclass
+class ModelConfig:
+    """The base model: a local path / hub id, or `null` to build a tiny Qwen3 from scratch."""
+
+    name_or_path: str | None = None
+    vocab_size: int = 1024
+    hidden_size: int = 128
+    num_hidden_layers: int = 4
+    intermediate_size: int = 512
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int = 32
+    max_position_embeddings: int = 1024
+    tokenizer_corpus_size: int = 4000  # problems used to train the tokenizer (train split only)
+
+
+@dataclass
+class SFTConfig:
+    """(Weighted) SFT on the HF Trainer; TRL's field names."""
+
+    learning_rate: float = 2e-3
+    num_train_epochs: float = 3.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 32
+    gradient_accumulation_steps: int = 1
+    warmup_ratio: float = 0.05
+    lr_scheduler_type: str = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_length: int = 512
+    normalizer: str = "constant"  # constant (Dr. SFT) | tokens (the usual token mean)
+    group_by_length: bool = True
+    logging_steps: int = 20
+    save_steps: int = 200
+    save_total_limit: int = 1
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    bf16: bool = False  # fp32 on CPU: bf16 is emulated there and ~10x slower
+    gradient_checkpointing: bool = False
+    dataloader_num_workers: int = 0
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation: sampling settings and batching."""
+
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    num_generations: int = 1
+    max_completion_length: int = 256
+    batch_size: int = 64
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/demo"
+    seed: int = 0
+    num_threads: int = 0  # torch threads; 0 = all cores
+    task: TaskConfig = field(default_factory=TaskConfig)
+    format: FormatConfig = field(default_factory=FormatConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    initial: SFTConfig = field(default_factory=SFTConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def section_hash(self, *sections: str) -> str:
+        """A short hash of the named sections: a stage is redone when the config it depends on changes."""
+        payload = {name: self.to_dict()[name] for name in sections}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# building from YAML + overrides, with type checking
+
+
+def _check_value(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Coerce `value` to the annotated type or raise a one-line InputError."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _check_value(value, arg, key, source)
+            except InputError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if origin is list:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and args and args[0] is not str:
+            value = [value]
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise InputError(f"'{key}' must be a list, got {type(value).__name__} {value!r}", file=source)
+        return [_check_value(v, args[0], key, source) for v in value] if args else value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise InputError(f"'{key}' must be a mapping, got {type(value).__name__} {value!r}", file=source)
+        return {str(k): _check_value(v, args[1], key, source) for k, v in value.items()} if args else value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise InputError(f"'{key}' must be true or false, got {value!r}", file=source)
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise InputError(f"'{key}' must be an integer, got {value!r}", file=source)
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise InputError(f"'{key}' must be a number, got {value!r}", file=source)
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise InputError(f"'{key}' must be a string, got {value!r}", file=source)
+    return value
+
+
+def _unknown_key(key: str, known: list[str], source: str) -> InputError:
+    close = difflib.get_close_matches(key.split(".")[-1], known, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return InputError(f"unknown config key '{key}'{hint}", file=source)
+
+
+def _apply(obj: Any, data: dict, prefix: str, source: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    if not isinstance(data, dict):
+        raise InputError(f"'{prefix.rstrip('.') or 'config'}' must be a mapping, got {data!r}", file=source)
+    for key, value in data.items():
+        if key not in names:
+            raise _unknown_key(prefix + str(key), names, source)
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _apply(current, value or {}, f"{prefix}{key}.", source)
+        else:
+            setattr(obj, key, _check_value(value, hints[key], prefix + key, source))
+
+
+def set_value(cfg: RunConfig, dotted: str, raw: str, source: str = "command line") -> None:
+    """Set one field from a `section.field` key and a YAML-parsed string value."""
+    try:
+        value = yaml.safe_load(raw) if isinstance(raw, str) else raw
+    except yaml.YAMLError:
+        value = raw
+    parts = dotted.replace("-", "_").split(".")
+    nested: dict = value
+    for part in reversed(parts):
+        nested = {part: nested}
+    _apply(cfg, nested, "", source)
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Cross-field checks that types alone cannot express."""
+    choices = {
+        "initial.normalizer": (cfg.initial.normalizer, {"constant", "tokens"}),
+        "format.posterior_format": (cfg.format.posterior_format, {"A", "B"}),
+        "task.answer_kind": (cfg.task.answer_kind, {"math", "integer"}),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise InputError(f"'{key}' must be one of {sorted(allowed)}, got {value!r}")
+    if cfg.task.n_train < 1 or cfg.task.n_test < 1:
+        raise InputError("'task.n_train' and 'task.n_test' must be positive")
+    if not 0.0 < cfg.task.test_fraction < 1.0:
+        raise InputError(f"'task.test_fraction' must be in (0, 1), got {cfg.task.test_fraction}")
+    markers = [cfg.format.think_open, cfg.format.think_close, cfg.format.answer_open, cfg.format.answer_close]
+    if any(not m for m in markers) or len(set(markers)) != 4:
+        raise InputError("the four format markers must be non-empty and distinct")
+    return cfg
+
+
+def preset_path(name: str) -> Path:
+    """A preset shipped with the package (`demo`, `smoke`, ...)."""
+    return Path(str(resources.files("varreason") / "configs" / f"{name}.yaml"))
+
+
+def load_config(path: str | Path | None = None, overrides: list[tuple[str, str]] | None = None) -> RunConfig:
+    """Defaults <- YAML file (or the `demo` preset) <- command-line overrides; then validate."""
+    cfg = RunConfig()
+    if path is None:
+        path = preset_path("demo")
+    elif not Path(path).exists() and preset_path(str(path)).exists():
+        path = preset_path(str(path))
+    path = Path(path)
+    if not path.exists():
+        raise InputError("config file not found", file=str(path))
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"not valid YAML ({str(exc).splitlines()[0]})", file=str(path)) from None
+    _apply(cfg, data, "", str(path))
+    for key, value in overrides or []:
+        set_value(cfg, key, value)
+    return validate(cfg)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def field_help() -> str:
+    """Every overridable key with its default, for `--help`."""
+    lines = []
+
+    def walk(obj: Any, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            else:
+                lines.append(f"  --{prefix}{f.name} {json.dumps(value)}")
+
+    walk(RunConfig(), "")
+    return "\n".join(lines)

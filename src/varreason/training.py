@@ -1,0 +1,226 @@
+"""Weighted SFT on the HF Trainer (so accelerate, DDP, FSDP and DeepSpeed work unchanged).
+
+Why our own trainer: TRL has no weighted SFT (`SFTConfig.loss_type` is only nll | dft; the weighted-SFT request
+trl#5761 was closed and its PRs #5951/#5952 were not merged), and the paper needs per-example weights and the
+constant "Dr. SFT" normalizer. Data are TRL-style `prompt` / `completion` columns plus `weight`; the loss is on
+completion tokens only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from varreason.config import SFTConfig
+from varreason.errors import InputError
+from varreason.models import load_model, load_tokenizer, save_pretrained
+from varreason.objectives import IGNORE_INDEX, constant_normalizer, token_nll, weighted_sft_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TokenizedSet:
+    features: list[dict]  # input_ids, labels, weight
+    truncated: int  # examples whose completion was cut at max_length
+    supervised_tokens: list[int]
+
+
+def tokenize_examples(rows: list[dict], tokenizer, max_length: int) -> TokenizedSet:
+    """prompt + completion token ids, labels masked on the prompt; prompt and completion are tokenized apart,
+    exactly as they are scored later, so the supervised tokens are the same ids the scorer sees."""
+    features, truncated, supervised = [], 0, []
+    for i, row in enumerate(rows):
+        for name in ("prompt", "completion"):
+            if not isinstance(row.get(name), str) or not row[name]:
+                raise InputError(f"missing or empty '{name}'", file="training data", row=i, field=name)
+        weight = float(row.get("weight", 1.0))
+        if not math.isfinite(weight) or weight < 0:
+            raise InputError(f"weight must be finite and >= 0, got {weight}", file="training data", row=i, field="weight")
+        p = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+        c = tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
+        if len(p) >= max_length:
+            raise InputError(f"prompt has {len(p)} tokens, max_length is {max_length}", file="training data", row=i,
+                             field="prompt")
+        if len(p) + len(c) > max_length:
+            c = c[: max_length - len(p)]
+            truncated += 1
+        features.append({"input_ids": p + c, "labels": [IGNORE_INDEX] * len(p) + c, "weight": weight})
+        supervised.append(len(c))
+    return TokenizedSet(features, truncated, supervised)
+
+
+class WeightedCollator:
+    """Right-pads a batch; padding is never supervised."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, batch: list[dict]) -> dict:
+        width = max(len(b["input_ids"]) for b in batch)
+        ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+        attn = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, b in enumerate(batch):
+            n = len(b["input_ids"])
+            ids[i, :n] = torch.tensor(b["input_ids"])
+            labels[i, :n] = torch.tensor(b["labels"])
+            attn[i, :n] = 1
+        weights = torch.tensor([b["weight"] for b in batch], dtype=torch.float32)
+        return {"input_ids": ids, "attention_mask": attn, "labels": labels, "weight": weights}
+
+
+class WeightedSFTTrainer(Trainer):
+    """`loss = sum_e w_e sum_t CE_{e,t} / C` per optimiser step (see `objectives.weighted_sft_loss`).
+
+    normalizer "constant": C is fixed for the whole run (Dr. SFT). normalizer "tokens": C is the number of
+    supervised tokens of the optimiser step across gradient accumulation and devices (the Trainer's
+    `num_items_in_batch`). Either way the loss is already scaled for gradient accumulation, and it is multiplied
+    by the number of processes because DDP averages gradients across them.
+    """
+
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args, normalizer: str = "constant", constant: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if normalizer == "constant" and not constant:
+            raise ValueError("normalizer 'constant' needs the precomputed constant")
+        self.normalizer, self.constant = normalizer, constant
+        self.model_accepts_loss_kwargs = False  # we compute the loss; the model must not
+        self._count_tokens = True
+
+    def _get_num_items_in_batch(self, batch_samples, device):
+        # always count supervised tokens (the parent only does when the model computes the loss itself)
+        count = sum(b["labels"][..., 1:].ne(IGNORE_INDEX).sum() for b in batch_samples)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            count = self.accelerator.gather(count.to(device)).sum()
+        return count.to(device)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        weights = inputs.pop("weight")
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        nll, mask = token_nll(outputs.logits, labels)
+        if self.normalizer == "constant":
+            norm = self.constant
+        else:
+            norm = num_items_in_batch if num_items_in_batch is not None else mask.sum()
+            norm = torch.clamp(torch.as_tensor(norm, dtype=torch.float32, device=nll.device), min=1.0)
+        loss = weighted_sft_loss(nll, mask, weights, norm) * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
+
+
+def _training_arguments(cfg: SFTConfig, work_dir: Path, seed: int, num_examples: int) -> TrainingArguments:
+    on_gpu = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(work_dir),
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps in transformers 5
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        report_to=cfg.report_to or "none",
+        bf16=cfg.bf16 and on_gpu,
+        use_cpu=not on_gpu,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        remove_unused_columns=False,
+        dataloader_num_workers=cfg.dataloader_num_workers,
+        seed=seed,
+        data_seed=seed,
+        disable_tqdm=False,
+    )
+
+
+def train_sft(
+    base_model: str | Path,
+    rows: list[dict],
+    cfg: SFTConfig,
+    out_dir: str | Path,
+    seed: int = 0,
+    log_dir: str | Path | None = None,
+) -> dict:
+    """Weighted SFT of `base_model` on `rows` (prompt, completion, weight); the model is saved to `out_dir`.
+
+    Checkpoints go to `<out_dir>.work/`; a run that was interrupted resumes from its last checkpoint. Returns
+    training statistics (steps, loss, tokens, wall time, normalizer).
+    """
+    if not rows:
+        raise InputError("no training examples", file="training data")
+    out_dir = Path(out_dir)
+    work_dir = out_dir.with_name(out_dir.name + ".work")
+    tokenizer = load_tokenizer(base_model)
+    model = load_model(base_model)
+    model.config.use_cache = False
+    data = tokenize_examples(rows, tokenizer, cfg.max_length)
+    if data.truncated:
+        log.warning("%d of %d completions were truncated at max_length=%d", data.truncated, len(rows), cfg.max_length)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    examples_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world
+    constant = constant_normalizer(data.supervised_tokens, examples_per_step) if cfg.normalizer == "constant" else None
+
+    args = _training_arguments(cfg, work_dir, seed, len(rows))
+    if log_dir is not None:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(log_dir)
+    trainer = WeightedSFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=_ListDataset(data.features),
+        data_collator=WeightedCollator(tokenizer.pad_token_id),
+        normalizer=cfg.normalizer,
+        constant=constant,
+    )
+    resume = get_last_checkpoint(str(work_dir)) if work_dir.exists() else None
+    start = time.time()
+    result = trainer.train(resume_from_checkpoint=resume)
+    wall = time.time() - start
+    model.config.use_cache = True
+    save_pretrained(trainer.model, tokenizer, out_dir)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    tokens = sum(len(f["input_ids"]) for f in data.features) * (result.global_step * examples_per_step / len(rows))
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    return {
+        "examples": len(rows),
+        "truncated": data.truncated,
+        "optimizer_steps": result.global_step,
+        "examples_per_step": examples_per_step,
+        "normalizer": cfg.normalizer,
+        "constant_normalizer": constant,
+        "mean_supervised_tokens": sum(data.supervised_tokens) / len(rows),
+        "train_loss": result.training_loss,
+        "final_logged_loss": history[-1]["loss"] if history else None,
+        "loss_history": [(h["step"], h["loss"]) for h in history],
+        "resumed_from": resume,
+        "wall_seconds": wall,
+        "tokens_per_second": tokens / wall if wall > 0 else None,
+    }
+
+
+class _ListDataset(torch.utils.data.Dataset):
+    """Pre-tokenized features; `input_ids` lengths drive the length-grouped sampler."""
+
+    def __init__(self, features: list[dict]):
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.features[i]
