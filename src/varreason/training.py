@@ -139,7 +139,7 @@ def _training_arguments(cfg: SFTConfig, work_dir: Path, seed: int, num_examples:
         report_to=cfg.report_to or "none",
         bf16=cfg.bf16 and on_gpu,
         use_cpu=not on_gpu,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        **({"activation_checkpointing": True} if cfg.gradient_checkpointing else {}),
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         remove_unused_columns=False,
         dataloader_num_workers=cfg.dataloader_num_workers,
@@ -156,6 +156,7 @@ def train_sft(
     out_dir: str | Path,
     seed: int = 0,
     log_dir: str | Path | None = None,
+    callbacks: list | None = None,
 ) -> dict:
     """Weighted SFT of `base_model` on `rows` (prompt, completion, weight); the model is saved to `out_dir`.
 
@@ -186,6 +187,7 @@ def train_sft(
         data_collator=WeightedCollator(tokenizer.pad_token_id),
         normalizer=cfg.normalizer,
         constant=constant,
+        callbacks=callbacks,
     )
     resume = get_last_checkpoint(str(work_dir)) if work_dir.exists() else None
     start = time.time()

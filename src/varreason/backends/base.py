@@ -1,0 +1,63 @@
+"""What every backend (Hugging Face `hf`, vLLM `vllm`) provides: sampling completions and scoring tokens.
+
+The protocols are backend-neutral on purpose: prompts go in as *strings* (the backend tokenizes them without
+adding special tokens, so a prompt rendered by `templates` is used exactly as written), and scoring works on
+*token id lists* (what a `Generation` returns), so samples and scores never go through a lossy re-tokenisation.
+
+Conventions shared by all backends:
+- `Generation.token_ids` are the generated tokens up to and including the token that completes the first stop
+  string; the eos token and any padding are excluded. Score them as they are: `scorer.score([prompt_ids],
+  [gen.token_ids])`.
+- `Generation.text` is the decoded `token_ids` (special tokens kept), cut right after the first stop string, which
+  stays in the text. It equals `decode(token_ids)` except in the rare case where the last token runs past the end
+  of the stop string (the overhang is dropped from the text, the token is kept).
+- `stop_reason` is `"stop"` (a stop string was generated), `"eos"` (the eos token was generated) or `"length"`
+  (`max_new_tokens` reached); `finished` is `stop_reason != "length"`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+StopReason = Literal["stop", "eos", "length"]
+
+
+@dataclass
+class Generation:
+    """One sampled completion of one prompt."""
+
+    text: str
+    token_ids: list[int]
+    finished: bool
+    stop_reason: str  # "stop" | "eos" | "length"
+
+
+@runtime_checkable
+class Generator(Protocol):
+    def generate(
+        self,
+        prompts: list[str],
+        n: int = 1,
+        max_new_tokens: int = 256,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        stop: list[str] | None = None,
+        seed: int = 0,
+        progress: bool = True,
+        desc: str = "sampling",
+    ) -> list[list[Generation]]:
+        """Sample `n` completions per prompt; outer list = prompts (input order), inner = their `n` samples.
+
+        `temperature == 0` is greedy decoding. Same arguments and seed give the same outputs."""
+        ...
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    def score(
+        self, prompt_ids: list[list[int]], completion_ids: list[list[int]], progress: bool = True
+    ) -> list[list[float]]:
+        """Per-token log p(completion_t | prompt, completion_<t) under the model (temperature 1, no truncation);
+        one list per (prompt, completion) pair, of length `len(completion)`."""
+        ...

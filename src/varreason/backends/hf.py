@@ -1,0 +1,344 @@
+"""Hugging Face backend: batched sampling with `model.generate` and memory-safe per-token scoring.
+
+Works on CPU and GPU with any `transformers` causal LM. See `base.py` for the conventions of `Generation`.
+
+Sampling (`HFGenerator`)
+    Prompts are tokenized without special tokens, repeated `n` times, sorted by length (longest first, so an
+    out-of-memory error comes early and padding is small), left-padded into batches and decoded with the KV cache.
+    The sampling distribution is exactly the one the arguments describe: the model's own `generation_config`
+    (e.g. a checkpoint's `top_k=20` or repetition penalty) is ignored during the call, and `top_k` is off.
+    Each batch is seeded from `(seed, batch index)` inside a forked RNG, so a call is reproducible and leaves the
+    global RNG untouched. Outputs depend on the batching (batch_size and the set of prompts), as in any batched
+    sampler.
+
+Scoring (`HFScorer`)
+    The transformer body runs on right-padded batches and returns hidden states; logits are computed only at the
+    completion positions, `chunk_size` positions at a time (`token_logprobs_chunked`), so a long completion never
+    materialises a float32 [tokens x vocab] tensor (16k tokens x 150k vocab would be 9.6 GB, twice with
+    log_softmax). Final-logit scaling / soft-capping in the config is applied; on first use the scorer checks its
+    logits against `model(...).logits` and refuses a model whose head it does not reproduce.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+from transformers import GenerationConfig
+
+from varreason.backends.base import Generation
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# helpers shared by both classes
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put the model in eval mode for the call and restore its previous mode (it may be trained afterwards)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _batches(order: list[int], batch_size: int) -> list[list[int]]:
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# sampling
+
+
+class HFGenerator:
+    """Batched sampling from a Hugging Face causal LM (implements `base.Generator`)."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 32):
+        if tokenizer.eos_token_id is None:
+            raise ValueError("HFGenerator: the tokenizer has no eos token; set tokenizer.eos_token first")
+        if batch_size < 1:
+            raise ValueError(f"HFGenerator: batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.eos_token_id: int = tokenizer.eos_token_id
+        self.pad_token_id: int = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_id
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: list[str],
+        n: int = 1,
+        max_new_tokens: int = 256,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        stop: list[str] | None = None,
+        seed: int = 0,
+        progress: bool = True,
+        desc: str = "sampling",
+    ) -> list[list[Generation]]:
+        if isinstance(prompts, str):
+            raise TypeError("HFGenerator.generate: prompts must be a list of strings, not one string")
+        if n < 1 or max_new_tokens < 1:
+            raise ValueError(f"HFGenerator.generate: n and max_new_tokens must be >= 1, got {n} and {max_new_tokens}")
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise ValueError(f"HFGenerator.generate: need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+        stop = [s for s in (stop or []) if s] or None
+        if not prompts:
+            return []
+
+        prompt_ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        for i, ids in enumerate(prompt_ids):
+            if not ids:
+                raise ValueError(f"HFGenerator.generate: prompt {i} is empty; generation needs at least one token")
+
+        # Greedy decoding gives the same output n times: decode each prompt once and copy.
+        copies = 1 if temperature == 0 else n
+        work = [(i, j) for i in range(len(prompts)) for j in range(copies)]
+        order = sorted(range(len(work)), key=lambda w: -len(prompt_ids[work[w][0]]))  # stable: samples stay together
+        batches = _batches(order, self.batch_size)
+
+        results: list[list[Generation | None]] = [[None] * n for _ in prompts]
+        with _eval_mode(self.model):
+            for b, batch in enumerate(tqdm(batches, desc=desc, unit="batch", disable=not progress)):
+                generations = self._generate_batch(
+                    [prompt_ids[work[w][0]] for w in batch],
+                    max_new_tokens=max_new_tokens,
+                    temperature=temperature,
+                    top_p=top_p,
+                    stop=stop,
+                    seed=(seed * 1_000_003 + b) % 2**63,
+                )
+                for w, gen in zip(batch, generations):
+                    i, j = work[w]
+                    results[i][j] = gen
+        if copies == 1 and n > 1:
+            for row in results:
+                row[1:] = [Generation(row[0].text, list(row[0].token_ids), row[0].finished, row[0].stop_reason)
+                           for _ in range(n - 1)]
+        return results  # type: ignore[return-value]
+
+    def _generate_batch(
+        self, prompt_ids: list[list[int]], *, max_new_tokens: int, temperature: float, top_p: float,
+        stop: list[str] | None, seed: int,
+    ) -> list[Generation]:
+        device = _device(self.model)
+        width = max(len(ids) for ids in prompt_ids)
+        input_ids = torch.full((len(prompt_ids), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+        for row, ids in enumerate(prompt_ids):  # left padding: the last prompt token is at the same place in every row
+            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, width - len(ids) :] = 1
+
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=temperature > 0,
+            temperature=temperature if temperature > 0 else None,
+            top_p=top_p if temperature > 0 else None,
+            top_k=0 if temperature > 0 else None,  # off (HF's default is 50)
+            eos_token_id=self.eos_token_id,
+            pad_token_id=self.pad_token_id,
+            stop_strings=stop,
+        )
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), _only_this_generation_config(self.model, config):
+            torch.manual_seed(seed)
+            out = self.model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                generation_config=config,
+                tokenizer=self.tokenizer if stop else None,
+            )
+        new_tokens = out[:, width:].tolist()
+        return [self._finish(ids, stop, max_new_tokens) for ids in new_tokens]
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def _finish(self, ids: list[int], stop: list[str] | None, max_new_tokens: int) -> Generation:
+        """Turn one row of generated ids (possibly followed by padding) into a `Generation`."""
+        if self.eos_token_id in ids:
+            tokens, reason = ids[: ids.index(self.eos_token_id)], "eos"
+        else:
+            tokens, reason = ids, "length"
+        text = self._decode(tokens)
+
+        if stop:
+            ends = [text.find(s) + len(s) for s in stop if s in text]
+            if ends:
+                text = text[: min(ends)]
+                tokens, reason = tokens[: self._tokens_for_prefix(tokens, text)], "stop"
+            elif reason == "length" and len(ids) < max_new_tokens:
+                # Generation ended early, so this row was stopped by HF's stop-string check on a match that began
+                # inside the prompt (invisible in the generated text alone): drop the padding after it.
+                while tokens and tokens[-1] == self.pad_token_id:
+                    tokens.pop()
+                text, reason = self._decode(tokens), "stop"
+        return Generation(text=text, token_ids=list(tokens), finished=reason != "length", stop_reason=reason)
+
+    def _tokens_for_prefix(self, tokens: list[int], prefix: str) -> int:
+        """Smallest k such that decode(tokens[:k]) starts with `prefix` (binary search; decode(tokens) does)."""
+        lo, hi = 0, len(tokens)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self._decode(tokens[:mid]).startswith(prefix):
+                hi = mid
+            else:
+                lo = mid + 1
+        return hi
+
+
+@contextlib.contextmanager
+def _only_this_generation_config(model, config: GenerationConfig) -> Iterator[None]:
+    """`generate` fills every unset field from `model.generation_config` (a checkpoint's top_k, min_p, repetition
+    penalty, ...). Swap in `config` for the call so that sampling follows our arguments only."""
+    saved = model.generation_config
+    model.generation_config = config
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# scoring
+
+
+def token_logprobs_chunked(
+    hidden: Tensor,
+    lm_head: nn.Module,
+    targets: Tensor,
+    chunk_size: int,
+    *,
+    logit_scale: float = 1.0,
+    softcap: float | None = None,
+) -> Tensor:
+    """log softmax(lm_head(hidden))[t, targets[t]] for every position t, `chunk_size` positions at a time.
+
+    hidden: [T, H] (model dtype), targets: [T] token ids; returns [T] float32. Peak extra memory is about two
+    [chunk_size, vocab] float32 tensors instead of [T, vocab]. `logit_scale` multiplies the logits and `softcap`
+    applies `softcap * tanh(logits / softcap)`, for heads that do so after `lm_head` (Cohere, Granite, Gemma 2/3).
+    """
+    if hidden.dim() != 2 or targets.dim() != 1 or hidden.shape[0] != targets.shape[0]:
+        raise ValueError(f"token_logprobs_chunked: need hidden [T, H] and targets [T], got {tuple(hidden.shape)} "
+                         f"and {tuple(targets.shape)}")
+    if chunk_size < 1:
+        raise ValueError(f"token_logprobs_chunked: chunk_size must be >= 1, got {chunk_size}")
+    out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    for start in range(0, hidden.shape[0], chunk_size):
+        logits = lm_head(hidden[start : start + chunk_size]).float()
+        if logit_scale != 1.0:
+            logits = logits * logit_scale
+        if softcap is not None:
+            logits = torch.tanh(logits / softcap) * softcap
+        target = targets[start : start + chunk_size].to(logits.device).unsqueeze(-1)
+        picked = logits.gather(-1, target).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        out[start : start + chunk_size] = picked.to(out.device)
+        del logits
+    return out
+
+
+def _head_transform(model) -> tuple[float, float | None]:
+    """(logit_scale, softcap) applied after lm_head by the architectures that do so."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    scale = 1.0
+    if getattr(model, "logit_scale", None) is not None:  # Cohere: logits * logit_scale
+        scale = float(model.logit_scale)
+    elif getattr(config, "logits_scaling", None):  # Granite: logits / logits_scaling
+        scale = 1.0 / float(config.logits_scaling)
+    softcap = getattr(config, "final_logit_softcapping", None)  # Gemma 2/3, nanochat
+    return scale, (float(softcap) if softcap else None)
+
+
+class HFScorer:
+    """Per-token log-probabilities of completions under a Hugging Face causal LM (implements `base.Scorer`)."""
+
+    def __init__(self, model, tokenizer=None, batch_size: int = 16, chunk_size: int = 1024):
+        if batch_size < 1 or chunk_size < 1:
+            raise ValueError(f"HFScorer: batch_size and chunk_size must be >= 1, got {batch_size}, {chunk_size}")
+        self.model = model
+        self.tokenizer = tokenizer  # unused: scoring works on token ids; kept for a uniform constructor
+        self.batch_size = batch_size
+        self.chunk_size = chunk_size
+        self.body = model.get_decoder()
+        self.lm_head = model.get_output_embeddings()
+        if self.lm_head is None or self.body is model:
+            raise ValueError(f"HFScorer: cannot find the transformer body and lm_head of {type(model).__name__}")
+        self.logit_scale, self.softcap = _head_transform(model)
+        self._checked = False
+
+    def _hidden(self, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
+        out = self.body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+    def _check_head(self) -> None:
+        """Once: our body + lm_head (+ scaling) must reproduce the model's own log-probs on a short input."""
+        device = _device(self.model)
+        vocab = self.lm_head.weight.shape[0]
+        ids = (torch.arange(16, device=device) * 7919 % vocab).unsqueeze(0)
+        expected = torch.log_softmax(self.model(input_ids=ids, use_cache=False).logits[0, :-1].float(), -1)
+        expected = expected.gather(-1, ids[0, 1:].unsqueeze(-1)).squeeze(-1)
+        got = token_logprobs_chunked(self._hidden(ids, None)[0, :-1], self.lm_head, ids[0, 1:], self.chunk_size,
+                                     logit_scale=self.logit_scale, softcap=self.softcap)
+        tol = 1e-3 if self.lm_head.weight.dtype == torch.float32 else 5e-2
+        if not torch.allclose(got, expected.to(got.device), atol=tol, rtol=tol):
+            raise RuntimeError(
+                f"HFScorer: {type(self.model).__name__} computes logits differently from lm_head(last hidden state) "
+                f"(max diff {(got - expected.to(got.device)).abs().max().item():.3g}); chunked scoring does not "
+                "support this architecture")
+        self._checked = True
+
+    @torch.inference_mode()
+    def score(
+        self, prompt_ids: list[list[int]], completion_ids: list[list[int]], progress: bool = True
+    ) -> list[list[float]]:
+        if len(prompt_ids) != len(completion_ids):
+            raise ValueError(f"HFScorer.score: {len(prompt_ids)} prompts but {len(completion_ids)} completions")
+        for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
+            if not p and c:
+                raise ValueError(f"HFScorer.score: prompt {i} is empty; the first completion token needs a context")
+        results: list[list[float]] = [[] for _ in prompt_ids]
+        todo = [i for i, c in enumerate(completion_ids) if c]
+        if not todo:
+            return results
+        order = sorted(todo, key=lambda i: -(len(prompt_ids[i]) + len(completion_ids[i])))
+        device = _device(self.model)
+        with _eval_mode(self.model):
+            if not self._checked:
+                self._check_head()
+            for batch in tqdm(_batches(order, self.batch_size), desc="scoring", unit="batch", disable=not progress):
+                seqs = [list(prompt_ids[i]) + list(completion_ids[i]) for i in batch]
+                width = max(len(s) for s in seqs)
+                input_ids = torch.zeros((len(seqs), width), dtype=torch.long)
+                attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+                for row, s in enumerate(seqs):  # right padding: real tokens keep positions 0..len-1
+                    input_ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
+                    attention_mask[row, : len(s)] = 1
+                mask = None if bool(attention_mask.all()) else attention_mask.to(device)
+                hidden = self._hidden(input_ids.to(device), mask)
+
+                # Hidden state at position t predicts token t + 1: completion tokens are predicted from
+                # positions len(prompt) - 1 ... len(seq) - 2.
+                rows, cols, lengths = [], [], []
+                for row, i in enumerate(batch):
+                    start, length = len(prompt_ids[i]) - 1, len(completion_ids[i])
+                    rows += [row] * length
+                    cols += range(start, start + length)
+                    lengths.append(length)
+                rows_t, cols_t = torch.tensor(rows, device=hidden.device), torch.tensor(cols, device=hidden.device)
+                targets = input_ids.to(hidden.device)[rows_t, cols_t + 1]
+                logprobs = token_logprobs_chunked(hidden[rows_t, cols_t], self.lm_head, targets, self.chunk_size,
+                                                  logit_scale=self.logit_scale, softcap=self.softcap)
+                del hidden
+                for i, values in zip(batch, torch.split(logprobs.cpu(), lengths)):
+                    results[i] = values.tolist()
+        return results

@@ -1,0 +1,34 @@
+"""Shared fixtures: a tiny from-scratch model + locally trained tokenizer (no hub, no download)."""
+
+import os
+import random
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def toy_problems(n: int = 200, seed: int = 0) -> list[tuple[str, str, str]]:
+    """(question, trace, answer) triples of two-number sums."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        a, b = rng.randint(1, 99), rng.randint(1, 99)
+        out.append((f"{a}+{b}=?", f"{a}+{b}={a + b}", str(a + b)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    from varreason.config import FormatConfig, ModelConfig
+    from varreason.models import build_tiny
+    from varreason.templates import Templates
+
+    fmt = FormatConfig()
+    t = Templates(fmt)
+    corpus = [t.prompt(q) + t.completion(z, y, eos=False) for q, z, y in toy_problems()]
+    cfg = ModelConfig(vocab_size=300, hidden_size=32, num_hidden_layers=1, intermediate_size=64,
+                      num_attention_heads=2, num_key_value_heads=1, head_dim=16)
+    return build_tiny(cfg, fmt, corpus, tmp_path_factory.mktemp("tiny") / "base")

@@ -1,0 +1,40 @@
+"""The factory's model folder is an ordinary HF folder: it loads with the Auto classes in a fresh process."""
+
+import json
+import subprocess
+import sys
+
+from varreason.models import load_tokenizer
+
+FRESH = r"""
+import json, sys
+from transformers import AutoModelForCausalLM, AutoTokenizer
+path = sys.argv[1]
+model = AutoModelForCausalLM.from_pretrained(path)
+tok = AutoTokenizer.from_pretrained(path)
+ids = tok("<think>12</think>", add_special_tokens=False)["input_ids"]
+prompt = tok.apply_chat_template([{"role": "user", "content": "1+1=?"}], tokenize=False, add_generation_prompt=True)
+print(json.dumps({"arch": type(model).__name__, "ids": ids, "eos": tok.eos_token, "pad": tok.pad_token,
+                  "prompt": prompt, "vocab": len(tok), "emb": model.get_input_embeddings().weight.shape[0]}))
+"""
+
+
+def test_factory_folder_loads_in_fresh_process(tiny_model_dir):
+    out = subprocess.run([sys.executable, "-c", FRESH, str(tiny_model_dir)], capture_output=True, text=True,
+                         check=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    assert info["arch"] == "Qwen3ForCausalLM"
+    assert len(info["ids"]) == 4  # <think>, 1, 2, </think>: markers are single tokens, digits split one by one
+    assert info["eos"] == "<|im_end|>" and info["pad"] == "<|pad|>"
+    assert info["prompt"].endswith("<|im_start|>assistant\n")
+    assert info["vocab"] == info["emb"]
+
+
+def test_unknown_model_path_is_input_error(tmp_path):
+    import pytest
+
+    from varreason.errors import InputError
+
+    with pytest.raises(InputError) as err:
+        load_tokenizer(tmp_path / "nope")
+    assert "nope" in err.value.line()

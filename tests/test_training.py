@@ -1,0 +1,94 @@
+"""Weighted SFT on the HF Trainer: the loss plumbing across micro-batches, learning, resume."""
+
+import pytest
+import torch
+from transformers import TrainerCallback, TrainingArguments
+
+from conftest import toy_problems
+from varreason.config import FormatConfig, SFTConfig
+from varreason.models import load_model, load_tokenizer
+from varreason.objectives import constant_normalizer, token_nll, weighted_sft_loss
+from varreason.templates import Templates
+from varreason.training import WeightedCollator, WeightedSFTTrainer, tokenize_examples, train_sft
+
+
+def _rows(tok, n=8, weights=None):
+    t = Templates(FormatConfig(), tok)
+    rows = [{"prompt": t.prompt(q), "completion": t.completion(z, y), "weight": 1.0} for q, z, y in toy_problems(n)]
+    for r, w in zip(rows, weights or []):
+        r["weight"] = w
+    return rows
+
+
+@pytest.mark.parametrize("normalizer", ["constant", "tokens"])
+def test_micro_batches_sum_to_the_step_loss(tiny_model_dir, tmp_path, normalizer):
+    """Two micro-batches of 2 (gradient accumulation) give exactly the loss of one batch of 4."""
+    tok = load_tokenizer(tiny_model_dir)
+    model = load_model(tiny_model_dir)
+    data = tokenize_examples(_rows(tok, 4, [0.5, 2.0, 1.0, 0.0]), tok, 128)
+    collate = WeightedCollator(tok.pad_token_id)
+    constant = constant_normalizer([3, 5, 7, 9], 4)  # any data-set constant
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none",
+                             per_device_train_batch_size=2, gradient_accumulation_steps=2)
+    trainer = WeightedSFTTrainer(model=model, args=args, normalizer=normalizer, constant=constant,
+                                 data_collator=collate, train_dataset=data.features)
+    micro = [collate(data.features[:2]), collate(data.features[2:])]
+    full = collate(data.features)
+    n_items = trainer._get_num_items_in_batch(micro, torch.device("cpu"))
+    assert n_items.item() == sum(data.supervised_tokens)
+    with torch.no_grad():
+        parts = [trainer.compute_loss(model, dict(mb), num_items_in_batch=n_items) for mb in micro]
+        nll, mask = token_nll(model(input_ids=full["input_ids"], attention_mask=full["attention_mask"]).logits,
+                              full["labels"])
+        norm = constant if normalizer == "constant" else mask.sum()
+        expected = weighted_sft_loss(nll, mask, full["weight"], norm)
+    assert sum(p.item() for p in parts) == pytest.approx(expected.item(), rel=1e-5)
+    assert trainer.loss_is_scaled_for_ga  # the Trainer must not divide by the accumulation steps again
+
+
+def test_prompt_tokens_are_not_supervised(tiny_model_dir):
+    tok = load_tokenizer(tiny_model_dir)
+    rows = _rows(tok, 1)
+    f = tokenize_examples(rows, tok, 128).features[0]
+    n_prompt = len(tok(rows[0]["prompt"], add_special_tokens=False)["input_ids"])
+    assert all(label == -100 for label in f["labels"][:n_prompt])
+    assert f["labels"][n_prompt:] == f["input_ids"][n_prompt:]
+    assert f["input_ids"][-1] == tok.eos_token_id
+
+
+def test_bad_rows_are_input_errors(tiny_model_dir):
+    from varreason.errors import InputError
+
+    tok = load_tokenizer(tiny_model_dir)
+    with pytest.raises(InputError, match="row 1"):
+        tokenize_examples([{"prompt": "a", "completion": "b"}, {"prompt": "a", "completion": ""}], tok, 64)
+    with pytest.raises(InputError, match="weight"):
+        tokenize_examples([{"prompt": "a", "completion": "b", "weight": float("nan")}], tok, 64)
+
+
+class _StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_train_learns_and_resumes(tiny_model_dir, tmp_path):
+    tok = load_tokenizer(tiny_model_dir)
+    rows = _rows(tok, 64)
+    cfg = SFTConfig(learning_rate=5e-3, max_steps=8, per_device_train_batch_size=16, save_steps=4,
+                    logging_steps=1, report_to=[], warmup_ratio=0.0)
+    out = tmp_path / "sft"
+    with pytest.raises(KeyboardInterrupt):  # killed after step 6; the checkpoint of step 4 is on disk
+        train_sft(tiny_model_dir, rows, cfg, out, callbacks=[_StopAt(6)])
+    assert not out.exists() and (tmp_path / "sft.work" / "checkpoint-4").exists()
+    stats = train_sft(tiny_model_dir, rows, cfg, out)
+    assert stats["resumed_from"].endswith("checkpoint-4")
+    assert stats["optimizer_steps"] == 8
+    assert (out / "model.safetensors").exists() and not (tmp_path / "sft.work").exists()
+    losses = [loss for _, loss in stats["loss_history"]]
+    assert losses[-1] < losses[0]
+    before, after = load_model(tiny_model_dir), load_model(out)
+    assert not torch.equal(before.lm_head.weight, after.lm_head.weight)
