@@ -19,8 +19,16 @@ from varreason.verify import Verdict, check_integer
 
 TASKS: dict[str, type] = {"sum": SumTask, "product": ProductTask}
 
-__all__ = ["TASKS", "Problem", "Task", "get_task", "build_splits", "fill_cells", "score_problem",
-           "load_user_problems"]
+__all__ = [
+    "TASKS",
+    "Problem",
+    "Task",
+    "build_splits",
+    "fill_cells",
+    "get_task",
+    "load_user_problems",
+    "score_problem",
+]
 
 
 def get_task(name: str, **params) -> ProceduralTask:

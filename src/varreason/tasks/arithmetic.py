@@ -49,6 +49,7 @@ import functools
 import hashlib
 import random
 from collections.abc import Iterator
+from typing import ClassVar
 
 from varreason.errors import InputError
 from varreason.tasks.base import Problem
@@ -97,7 +98,8 @@ def unit_hash(*parts: object) -> float:
 
 
 # --- the teacher's building blocks -------------------------------------------------------------------------------
-# A "step" is (expression, value, is_last_column); its line is `expression=value running_result`.
+# A "step" is (expression, value, is_last_column); its line is `expression=value running_result`. A step with value
+# None brings digits down: its line is the running result with `expression` (those digits) in front.
 
 
 def column_steps(terms: list[int]) -> list[tuple[str, int | None, bool]]:
@@ -167,11 +169,11 @@ class ProceduralTask:
 
     Subclasses define `candidates(seed, difficulty)` (an endless seeded stream of (canonical key, payload)),
     `build(payload, difficulty, seed)` and `check(problem, predicted_answer) -> Verdict`. The canonical key is
-    what "the same question" means (sums and products are commutative, so operands are sorted).
+    what "the same question" means (sums and products are commutative, so operands are sorted). `self.levels`
+    maps each difficulty to its generator parameters.
     """
 
     name = "procedural"
-    levels: dict[int, dict] = {}
 
     def candidates(self, seed: int, difficulty: int) -> Iterator[tuple[str, object]]:
         raise NotImplementedError
@@ -198,7 +200,7 @@ class ProceduralTask:
         return 1.0 if self.check(problem, predicted_answer).correct else 0.0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gym_dataset(name: str):
     import reasoning_gym  # slow to import (~3 s): only when something is scored
 
@@ -209,11 +211,20 @@ class ArithmeticTask(ProceduralTask):
     """Common parts of `sum` and `product`: operands -> question, answer, teacher trace; integer scoring."""
 
     gym_scorer = ""  # the reasoning-gym dataset whose `score_answer` fits this family
-    default_levels: dict[int, dict] = {}
+    default_levels: ClassVar[dict[int, dict]] = {}
 
     def __init__(self, style_mix: dict[str, float] | None = None, levels: dict[int, dict] | None = None):
         self.style_mix = normalize_style_mix(style_mix)
-        self.levels = {int(k): dict(v) for k, v in (levels or self.default_levels).items()}
+        try:
+            self.levels = {int(k): dict(v) for k, v in (levels or self.default_levels).items()}
+            for level in self.levels.values():
+                self.validate_level(level)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise InputError(f"bad difficulty table for '{self.name}': {levels!r} ({type(exc).__name__}: {exc})",
+                             field="levels") from None
+
+    def validate_level(self, level: dict) -> None:
+        raise NotImplementedError
 
     # operands
     def draw(self, rng: random.Random, difficulty: int) -> tuple[int, ...]:
@@ -270,7 +281,10 @@ class ArithmeticTask(ProceduralTask):
         )
 
     def check(self, problem: Problem, predicted_answer: object) -> Verdict:
-        """reasoning-gym's scorer for this family (guarded); `check_integer` when that scorer fails."""
+        """reasoning-gym's scorer for this family (guarded); `check_integer` when that scorer fails or the
+        prediction is not text (its scorer would take ["1638"] for "1638")."""
+        if not isinstance(predicted_answer, str):
+            return check_integer(problem.answer, predicted_answer)
         score = guarded(lambda pred, gold: _gym_dataset(self.gym_scorer).score_answer(pred, {"answer": gold}))
         verdict = score(predicted_answer, str(problem.answer))
         if verdict.reason.startswith("error"):
@@ -290,6 +304,11 @@ class SumTask(ArithmeticTask):
     name = "sum"
     gym_scorer = "chain_sum"
     default_levels = SUM_LEVELS
+
+    def validate_level(self, level):
+        lo, hi = level["digits"]
+        if not (isinstance(level["terms"], int) and level["terms"] >= 2 and isinstance(lo, int) and 1 <= lo <= hi):
+            raise ValueError("need terms >= 2 and digits (lo, hi) with 1 <= lo <= hi")
 
     def draw(self, rng, difficulty):
         level = self.levels[difficulty]
@@ -324,6 +343,11 @@ class ProductTask(ArithmeticTask):
     name = "product"
     gym_scorer = "products"
     default_levels = PRODUCT_LEVELS
+
+    def validate_level(self, level):
+        da, db = level["digits"]
+        if not (isinstance(da, int) and isinstance(db, int) and da >= 1 and db >= 1):
+            raise ValueError("need digits (a, b) with a, b >= 1")
 
     def draw(self, rng, difficulty):
         da, db = self.levels[difficulty]["digits"]
