@@ -11,10 +11,10 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
-from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
-from varreason.backends import Generation, Generator, HFGenerator, HFScorer, Scorer, token_logprobs_chunked  # noqa: E402
+from varreason.backends import Generation, Generator, HFGenerator, HFScorer, Scorer, token_logprobs_chunked
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<answer>", "</answer>", "<|pad|>"]
 PROMPTS = ["What is 3 + 4?", "<|im_start|>user\nWhat is 12 + 30 + 7?<|im_end|>\n<think>", "Q: 5"]
@@ -76,6 +76,18 @@ def test_chunked_core_softcap_and_scale():
         expected = torch.log_softmax(logits, -1).gather(-1, targets[:, None])[:, 0]
         got = token_logprobs_chunked(hidden, head, targets, 4, logit_scale=0.5, softcap=3.0)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+
+def test_chunked_core_differentiable_path_matches():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 50, bias=False)
+    hidden, targets = torch.randn(9, 8, requires_grad=True), torch.randint(0, 50, (9,))
+    got = token_logprobs_chunked(hidden, head, targets, 4, softcap=3.0)
+    with torch.no_grad():
+        expected = token_logprobs_chunked(hidden, head, targets, 2, softcap=3.0)  # in-place path
+    torch.testing.assert_close(got.detach(), expected, atol=1e-6, rtol=0)
+    got.sum().backward()
+    assert hidden.grad is not None and torch.isfinite(hidden.grad).all()
 
 
 @pytest.mark.parametrize("chunk_size,batch_size", [(1, 2), (5, 16), (4096, 3)])
@@ -140,12 +152,12 @@ def test_shape_and_fields(model, tokenizer):
 
 def test_deterministic_given_seed_and_varies_with_seed(model, tokenizer):
     gen = HFGenerator(model, tokenizer, batch_size=4)
-    kwargs = dict(n=3, max_new_tokens=8, temperature=1.0, progress=False)
+    kwargs = {"n": 3, "max_new_tokens": 8, "temperature": 1.0, "progress": False}
     a = gen.generate(PROMPTS, seed=7, **kwargs)
     torch.manual_seed(123)  # the global RNG state must not matter
     b = gen.generate(PROMPTS, seed=7, **kwargs)
     c = gen.generate(PROMPTS, seed=8, **kwargs)
-    ids = lambda out: [[g.token_ids for g in row] for row in out]  # noqa: E731
+    ids = lambda out: [[g.token_ids for g in row] for row in out]
     assert ids(a) == ids(b)
     assert ids(a) != ids(c)
     assert len({tuple(t) for t in ids(a)[0]}) > 1  # the n samples of one prompt differ

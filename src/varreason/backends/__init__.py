@@ -5,7 +5,7 @@
 
 from varreason.backends.base import Generation, Generator, Scorer, StopReason
 
-__all__ = ["Generation", "Generator", "Scorer", "StopReason", "HFGenerator", "HFScorer", "token_logprobs_chunked"]
+__all__ = ["Generation", "Generator", "HFGenerator", "HFScorer", "Scorer", "StopReason", "token_logprobs_chunked"]
 
 _HF = {"HFGenerator", "HFScorer", "token_logprobs_chunked"}
 

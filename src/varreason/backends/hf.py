@@ -31,7 +31,6 @@ from transformers import GenerationConfig
 
 from varreason.backends.base import Generation
 
-
 # ----------------------------------------------------------------------------------------------------------------------
 # helpers shared by both classes
 
@@ -224,8 +223,9 @@ def token_logprobs_chunked(
 ) -> Tensor:
     """log softmax(lm_head(hidden))[t, targets[t]] for every position t, `chunk_size` positions at a time.
 
-    hidden: [T, H] (model dtype), targets: [T] token ids; returns [T] float32. Peak extra memory is about two
-    [chunk_size, vocab] float32 tensors instead of [T, vocab]. `logit_scale` multiplies the logits and `softcap`
+    hidden: [T, H] (model dtype), targets: [T] token ids; returns [T] float32. Without autograd (the scorer runs
+    under `torch.inference_mode`) the extra memory is one [chunk_size, vocab] float32 buffer, worked on in place,
+    instead of two [T, vocab] tensors; with autograd it is a few chunk-sized tensors per chunk (kept for backward). `logit_scale` multiplies the logits and `softcap`
     applies `softcap * tanh(logits / softcap)`, for heads that do so after `lm_head` (Cohere, Granite, Gemma 2/3).
     """
     if hidden.dim() != 2 or targets.dim() != 1 or hidden.shape[0] != targets.shape[0]:
@@ -236,12 +236,21 @@ def token_logprobs_chunked(
     out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     for start in range(0, hidden.shape[0], chunk_size):
         logits = lm_head(hidden[start : start + chunk_size]).float()
-        if logit_scale != 1.0:
-            logits = logits * logit_scale
-        if softcap is not None:
-            logits = torch.tanh(logits / softcap) * softcap
         target = targets[start : start + chunk_size].to(logits.device).unsqueeze(-1)
-        picked = logits.gather(-1, target).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        if logits.requires_grad:  # differentiable path (out of place)
+            if logit_scale != 1.0:
+                logits = logits * logit_scale
+            if softcap is not None:
+                logits = torch.tanh(logits / softcap) * softcap
+            picked = logits.gather(-1, target).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        else:  # in place: a single [chunk, vocab] float32 buffer at any time
+            if logit_scale != 1.0:
+                logits.mul_(logit_scale)
+            if softcap is not None:
+                logits.div_(softcap).tanh_().mul_(softcap)
+            top = logits.amax(dim=-1, keepdim=True)
+            picked = logits.gather(-1, target) - top
+            picked = (picked - logits.sub_(top).exp_().sum(dim=-1, keepdim=True).log()).squeeze(-1)
         out[start : start + chunk_size] = picked.to(out.device)
         del logits
     return out
