@@ -227,10 +227,8 @@ def test_difficulty_levels_grow(splits):
         return [[size(operands(p)) for p in train if p.task == task and p.difficulty == d] for d in LEVELS]
 
     increasing = lambda xs: all(x < y for x, y in itertools.pairwise(xs))
-    # sums: more digits in all, and terms never shorter
+    # sums: more digits in all (more terms or longer ones)
     assert increasing([mean(v) for v in per_level("sum", lambda ops: sum(len(str(x)) for x in ops))])
-    longest = [max(v) for v in per_level("sum", lambda ops: max(len(str(x)) for x in ops))]
-    assert all(x <= y for x, y in itertools.pairwise(longest))
     # products: more single-digit multiplications, and the multiplier never shorter
     assert increasing([mean(v) for v in per_level("product", lambda ops: len(str(ops[0])) * len(str(ops[1])))])
     shorter = [max(v) for v in per_level("product", lambda ops: min(len(str(x)) for x in ops))]

@@ -92,3 +92,18 @@ def test_train_learns_and_resumes(tiny_model_dir, tmp_path):
     assert losses[-1] < losses[0]
     before, after = load_model(tiny_model_dir), load_model(out)
     assert not torch.equal(before.lm_head.weight, after.lm_head.weight)
+
+
+def test_length_grouped_sampler_batches_similar_lengths_in_random_order():
+    from varreason.training import ShuffledLengthGroupedSampler
+
+    lengths = [(i * 37) % 101 + 1 for i in range(200)]
+    sampler = ShuffledLengthGroupedSampler(lengths, batch_size=8, seed=3, mega_batches=4)
+    first, second = list(sampler), list(sampler)
+    assert sorted(first) == list(range(200)) and sorted(second) == list(range(200))  # every example once
+    assert first != second  # a new order each epoch
+    spread = [max(lengths[i] for i in first[j:j + 8]) - min(lengths[i] for i in first[j:j + 8])
+              for j in range(0, 200, 8)]
+    assert max(spread) < 30  # within a batch lengths are close (they range over 1..101)
+    maxima = [max(lengths[i] for i in first[j:j + 8]) for j in range(0, 200, 8)]
+    assert maxima != sorted(maxima) and maxima != sorted(maxima, reverse=True)  # no long-to-short sweep

@@ -59,9 +59,9 @@ from varreason.verify import Verdict, check_integer, guarded
 SUM_LEVELS: dict[int, dict] = {
     1: {"terms": 2, "digits": (1, 2)},
     2: {"terms": 2, "digits": (2, 3)},
-    3: {"terms": 3, "digits": (2, 3)},
-    4: {"terms": 4, "digits": (3, 4)},
-    5: {"terms": 5, "digits": (3, 4)},
+    3: {"terms": 3, "digits": (2, 2)},
+    4: {"terms": 3, "digits": (2, 3)},
+    5: {"terms": 4, "digits": (2, 3)},
 }
 # Products: digits of (first factor, second factor); the second is the multiplier (one partial product per digit).
 # A one-digit multiplier is drawn from 2..9 (x0 and x1 are trivial).
