@@ -14,7 +14,8 @@ def test_smoke_run_end_to_end(tmp_path, capsys):
     assert main(["run", "--config", "smoke", "--output-dir", str(out)]) == 0
     for rel in ("config.yaml", "manifest.json", "data/train.parquet", "data/test.parquet",
                 "models/base/config.json", "models/initial/model.safetensors", "models/initial/tokenizer.json",
-                "eval/initial/samples.parquet", "eval/initial/metrics.json", "eval/summary.json"):
+                "eval/initial/samples.parquet", "eval/initial/metrics.json", "eval/summary.json", "report.md",
+                "plots/accuracy_by_difficulty.png", "plots/loss_initial.png"):
         assert (out / rel).exists(), rel
     train = pq.read_table(out / "data/train.parquet").to_pylist()
     test = pq.read_table(out / "data/test.parquet").to_pylist()

@@ -73,6 +73,10 @@ def run_all(cfg: RunConfig, stages_to_run: list[str] | None = None, force: bool 
     for name in stages_to_run or ORDER:
         run_stage(name, cfg, run, force=force)
     wall = time.time() - start
+    from varreason.report import write_report
+
+    if write_report(run):
+        console.print(f"report: {run.path / 'report.md'}")
     print_results(run, wall)
     return {"wall_seconds": wall}
 
