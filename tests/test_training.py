@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from conftest import toy_problems
 from transformers import TrainerCallback, TrainingArguments
 
-from conftest import toy_problems
 from varreason.config import FormatConfig, SFTConfig
 from varreason.models import load_model, load_tokenizer
 from varreason.objectives import constant_normalizer, token_nll, weighted_sft_loss

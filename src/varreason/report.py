@@ -78,8 +78,8 @@ def write_report(run: RunDir) -> str | None:
             plot_loss(history, plots / f"loss_{name}.png", f"training loss: {name}")
             c = entry["counts"]
             lines += [f"## Training: {name}", "",
-                      f"{c['examples']} examples, {c['optimizer_steps']} optimiser steps, normalizer "
-                      f"`{c['normalizer']}`, {c['wall_seconds']:.0f} s, {c['tokens_per_second']:.0f} tokens/s.", "",
+                      (f"{c['examples']} examples, {c['optimizer_steps']} optimiser steps, normalizer "
+                       f"`{c['normalizer']}`, {c['wall_seconds']:.0f} s, {c['tokens_per_second']:.0f} tokens/s."), "",
                       f"![loss {name}](plots/loss_{name}.png)", ""]
     lines += ["## Stages", "", "| stage | wall time (s) |", "|---|---|"]
     lines += [f"| {name} | {entry['wall_seconds']:.1f} |" for name, entry in stages.items()]

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 from varreason.config import RunConfig
 from varreason.errors import InputError
 from varreason.evaluation import summarize
 from varreason.models import build_tiny, count_parameters, load_model, load_tokenizer
+from varreason.runs import RunDir
 from varreason.tasks.base import Problem
 from varreason.templates import Templates
 from varreason.training import train_sft
-from varreason.runs import RunDir
-
 
 # --- data --------------------------------------------------------------------------------------------------------
 
@@ -29,8 +27,8 @@ def stage_data(cfg: RunConfig, run: RunDir) -> dict:
     if t.source == "builtin":
         train, test = tasks.build_splits(t.families, t.n_train, t.n_test, cfg.seed, t.difficulties, t.style_mix)
     else:
-        columns = dict(question_column=t.question_column, trace_column=t.trace_column,
-                       answer_column=t.answer_column, difficulty_column=t.difficulty_column)
+        columns = {"question_column": t.question_column, "trace_column": t.trace_column,
+                   "answer_column": t.answer_column, "difficulty_column": t.difficulty_column}
         rows = tasks.load_user_problems(t.source, split=t.split, **columns)
         for p in rows:
             p.meta.setdefault("answer_kind", t.answer_kind)
@@ -159,7 +157,3 @@ def stage_eval(cfg: RunConfig, run: RunDir, model_name: str = "initial") -> dict
     summary[model_name] = {k: metrics[k] for k in ("accuracy", "ci_low", "ci_high", "n", "by_difficulty", "by_task")}
     run.write_json("eval/summary.json", summary)
     return {"accuracy": metrics["accuracy"], "n": metrics["n"], "generation_seconds": gen_seconds}
-
-
-def model_size(path: Path) -> int:
-    return count_parameters(load_model(path))
