@@ -1,10 +1,16 @@
 """The math of the method as pure functions on tensors: no I/O, no models.
 
-This issue's part: the weighted SFT loss and its normalizers. The importance-weight estimators land here next.
+The weighted SFT loss and its normalizers (torch), and the importance-weight math of one question (numpy float64,
+log space): log ratios, the estimators of log π(Y|x,z), ρ̃, ESS, top-1 selection, implied and forward-KL weights.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 
 IGNORE_INDEX = -100
@@ -45,3 +51,272 @@ def constant_normalizer(supervised_tokens_per_example: list[int], examples_per_s
         raise ValueError("constant normalizer needs at least one example and examples_per_step >= 1")
     mean_tokens = sum(supervised_tokens_per_example) / len(supervised_tokens_per_example)
     return float(mean_tokens * examples_per_step)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Importance weights (paper §1.3–1.4, §3; released build_data_GML.py / build_data_Acc.py).
+# Plain numpy float64 on one question at a time, all in log space. -inf is a legal value everywhere (probability 0:
+# accuracy 0 of M, an ineligible trace); +inf and NaN are never legal inputs and raise ValueError.
+# ---------------------------------------------------------------------------------------------------------------
+
+RATIO_MODES = ("geometric", "exact")
+ESTIMATORS = ("gml", "likelihood", "accuracy")
+IMPLIED_METHODS = ("rft", "grpo", "variational")
+
+
+def _logps(values: Sequence[float], name: str) -> np.ndarray:
+    """Per-token log-probs as float64, rejecting NaN and +inf (a log-prob is never either)."""
+    a = np.asarray(values, dtype=np.float64).reshape(-1)
+    if np.isnan(a).any() or np.isposinf(a).any():
+        raise ValueError(f"{name}: log-probs must not contain NaN or +inf")
+    return a
+
+
+def log_ratio(logp_prior: Sequence[float], logp_posterior: Sequence[float], mode: str = "geometric") -> float:
+    """log [π0(z|x) / q(z|x,y′)] of one trace, from the per-token log-probs of the same trace tokens.
+
+    Only the shared length L = min(len(prior), len(posterior)) is compared, token by token (the released
+    scripts' `shared_think_len`: π0 scores the think part cut at the end marker, q its whole output).
+    `geometric` (the paper's choice, §3.1): mean_{t<L} (prior_t − posterior_t), the log of the per-token geometric
+    mean; `exact`: the sum, the true IWAE log ratio. A prior log-prob of −inf gives −inf; a posterior log-prob of
+    −inf (a token q could not have sampled) is invalid. L = 0 raises ValueError: an empty trace has no ratio, so
+    callers mark it ineligible.
+    """
+    if mode not in RATIO_MODES:
+        raise ValueError(f"ratio mode must be one of {RATIO_MODES}, got {mode!r}")
+    a, b = _logps(logp_prior, "logp_prior"), _logps(logp_posterior, "logp_posterior")
+    shared = min(a.size, b.size)
+    if shared == 0:
+        raise ValueError("log_ratio of an empty trace (shared length 0)")
+    a, b = a[:shared], b[:shared]
+    if np.isneginf(b).any():
+        raise ValueError("logp_posterior: -inf for a token of a trace sampled from q")
+    diff = a - b  # -inf where π0 gives the token probability 0; never NaN (b finite)
+    return float(diff.mean() if mode == "geometric" else diff.sum())
+
+
+def log_p_answer_gml(answer_logps: Sequence[float]) -> float:
+    """GML estimator of log π(Y|x,z): mean token log-prob of the reference answer (log of the geometric mean), §3.3."""
+    a = _logps(answer_logps, "answer_logps")
+    if a.size == 0:
+        raise ValueError("log_p_answer_gml of an empty answer")
+    return float(a.mean())
+
+
+def log_p_answer_likelihood(answer_logps: Sequence[float]) -> float:
+    """Likelihood estimator of log π(Y|x,z): summed token log-prob of the reference answer (the "-L" ablation)."""
+    a = _logps(answer_logps, "answer_logps")
+    if a.size == 0:
+        raise ValueError("log_p_answer_likelihood of an empty answer")
+    return float(a.sum())
+
+
+def log_p_answer_accuracy(correct: int, total: int) -> float:
+    """Accuracy estimator of log π(Y|x,z): log(c/M) over M answers of π0 after (x, z), −inf when none is correct."""
+    if total <= 0:
+        raise ValueError(f"accuracy needs total > 0 answers, got {total}")
+    if not 0 <= correct <= total:
+        raise ValueError(f"correct must lie in [0, {total}], got {correct}")
+    return -math.inf if correct == 0 else math.log(correct / total)
+
+
+def log_rho(log_ratio: float, log_p_answer: float) -> float:
+    """log ρ_k = log ratio + log π̂(Y|x,z_k) (§1.4); −inf propagates (−inf + finite = −inf), +inf / NaN are invalid."""
+    for name, v in (("log_ratio", log_ratio), ("log_p_answer", log_p_answer)):
+        if math.isnan(v) or v == math.inf:
+            raise ValueError(f"{name} must be finite or -inf, got {v}")
+    return float(log_ratio + log_p_answer)  # (-inf) + (-inf) = -inf; no +inf operand, so never NaN
+
+
+def _log_rhos(log_rhos: Sequence[float]) -> np.ndarray:
+    """log ρ of one question as float64, rejecting NaN and +inf."""
+    a = np.asarray(log_rhos, dtype=np.float64).reshape(-1)
+    if np.isnan(a).any() or np.isposinf(a).any():
+        raise ValueError("log rhos must be finite or -inf (no NaN, no +inf)")
+    return a
+
+
+def all_ineligible(log_rhos: Sequence[float]) -> bool:
+    """True when no trace of the question has a finite log ρ: the question falls back to its teacher trace."""
+    return not np.isfinite(_log_rhos(log_rhos)).any()
+
+
+def normalized_weights(log_rhos: Sequence[float]) -> np.ndarray:
+    """ρ̃ = softmax of log ρ within one question (self-normalised IS, §1.4), with a max shift so nothing overflows.
+
+    −inf entries get weight 0. If every entry is −inf (see `all_ineligible`) the result is all zeros, explicitly,
+    rather than 0/0; otherwise it sums to 1 (the largest entry contributes exp(0) = 1, so the sum never underflows),
+    so an all-zero result means exactly "no eligible trace". An empty question gives an empty array.
+    """
+    a = _log_rhos(log_rhos)
+    finite = np.isfinite(a)
+    if not finite.any():
+        return np.zeros_like(a)
+    shifted = np.where(finite, a - a[finite].max(), -np.inf)
+    e = np.exp(shifted)
+    return e / e.sum()
+
+
+def effective_sample_size(weights: Sequence[float]) -> float:
+    """ESS = (Σ w)² / Σ w² (Kish), = 1 / Σ w² for normalised weights: in [1, K]; 0 for all-zero weights (no trace).
+
+    Why: a question whose ρ̃ is one-hot trains on a single trace whatever K is; the ESS says how many count.
+    """
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError("weights must be finite and non-negative")
+    total = w.sum()
+    if total == 0:
+        return 0.0
+    w = w / total
+    return float(1.0 / np.square(w).sum())
+
+
+def select_best(log_rhos: Sequence[float], eligible: Sequence[bool] | None = None) -> int | None:
+    """Index of the largest finite log ρ among eligible traces (the released top-1 selection), or None when none is.
+
+    None tells the caller to fall back to the teacher trace (and count it). Ties go to the lowest index.
+    `eligible` defaults to all True; it carries the caller's filters (length cutoff, unfinished traces).
+    """
+    a = _log_rhos(log_rhos)
+    mask = np.ones(a.size, dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool).reshape(-1)
+    if mask.size != a.size:
+        raise ValueError(f"eligible has {mask.size} entries for {a.size} log rhos")
+    mask = mask & np.isfinite(a)
+    if not mask.any():
+        return None
+    return int(np.argmax(np.where(mask, a, -np.inf)))  # np.argmax returns the first maximum
+
+
+@dataclass
+class TraceWeight:
+    """One posterior trace's row of weights.parquet; None where a term was not computable or not supplied."""
+
+    k: int
+    think_len: int  # shared length L = min(len prior logps, len posterior logps)
+    log_ratio: float | None
+    log_p_answer_gml: float | None
+    log_p_answer_likelihood: float | None
+    accuracy: float | None
+    log_rho: float  # -inf when the trace is ineligible
+    rho_tilde: float
+    eligible: bool  # finite log_rho
+
+
+@dataclass
+class QuestionWeights:
+    """The weights of one question's K traces, with its ESS, top-1 choice and teacher-fallback flag."""
+
+    traces: list[TraceWeight]
+    ess: float  # 0 when fallback
+    best: int | None  # argmax ρ among eligible traces; None when fallback
+    fallback: bool  # no eligible trace: use the teacher trace
+
+
+def _per_trace(values, k: int, name: str) -> list:
+    """Broadcast an int to K entries, or check a per-trace sequence has K entries."""
+    if isinstance(values, int | np.integer):
+        return [int(values)] * k
+    values = list(values)
+    if len(values) != k:
+        raise ValueError(f"{name} has {len(values)} entries for {k} traces")
+    return values
+
+
+def question_weights(
+    prior_logps: Sequence[Sequence[float]],
+    posterior_logps: Sequence[Sequence[float]],
+    answer_logps: Sequence[Sequence[float]] | None = None,
+    correct: Sequence[int] | None = None,
+    totals: int | Sequence[int] | None = None,
+    *,
+    estimator: str = "gml",
+    ratio: str = "geometric",
+    eligible: Sequence[bool] | None = None,
+) -> QuestionWeights:
+    """All weight terms of ONE question's K traces: the `weights` stage's row builder.
+
+    prior_logps[k] / posterior_logps[k]: per-token log-probs of trace k under π0 and q; answer_logps[k]: the
+    reference answer's log-probs under π0 after trace k (needed for gml / likelihood); correct[k] of totals[k]
+    (an int broadcasts) answers of π0 after trace k verified correct (needed for accuracy). Every term that can be
+    computed is reported; `estimator` picks the one in log ρ, `ratio` the log-ratio mode. A trace with no tokens,
+    with no answer tokens under gml / likelihood, or marked False in `eligible` (caller filters such as the length
+    cutoff) gets log ρ = −inf and weight 0 instead of an error.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    if ratio not in RATIO_MODES:
+        raise ValueError(f"ratio mode must be one of {RATIO_MODES}, got {ratio!r}")
+    k = len(prior_logps)
+    posterior_logps = _per_trace(posterior_logps, k, "posterior_logps")
+    answers = _per_trace(answer_logps, k, "answer_logps") if answer_logps is not None else None
+    if (correct is None) != (totals is None):
+        raise ValueError("correct and totals go together")
+    counts = _per_trace(correct, k, "correct") if correct is not None else None
+    totals_k = _per_trace(totals, k, "totals") if totals is not None else None
+    if estimator in ("gml", "likelihood") and answers is None:
+        raise ValueError(f"estimator {estimator!r} needs answer_logps")
+    if estimator == "accuracy" and counts is None:
+        raise ValueError("estimator 'accuracy' needs correct and totals")
+    allowed = _per_trace(eligible, k, "eligible") if eligible is not None else [True] * k
+
+    rows = []
+    for i in range(k):
+        think_len = min(len(prior_logps[i]), len(posterior_logps[i]))
+        lr = log_ratio(prior_logps[i], posterior_logps[i], ratio) if think_len > 0 else None
+        gml = lik = acc = None
+        if answers is not None and len(answers[i]) > 0:
+            gml, lik = log_p_answer_gml(answers[i]), log_p_answer_likelihood(answers[i])
+        log_acc = None
+        if counts is not None:
+            log_acc = log_p_answer_accuracy(counts[i], totals_k[i])
+            acc = counts[i] / totals_k[i]
+        answer_term = {"gml": gml, "likelihood": lik, "accuracy": log_acc}[estimator]
+        if lr is None or answer_term is None or not allowed[i]:
+            lrho = -math.inf
+        else:
+            lrho = log_rho(lr, answer_term)
+        rows.append(TraceWeight(i, think_len, lr, gml, lik, acc, lrho, 0.0, math.isfinite(lrho)))
+
+    lrhos = [r.log_rho for r in rows]
+    w = normalized_weights(lrhos)
+    for r, wi in zip(rows, w):
+        r.rho_tilde = float(wi)
+    best = select_best(lrhos)
+    return QuestionWeights(rows, effective_sample_size(w), best, best is None)
+
+
+def implied_weight(p: float, method: str) -> float:
+    """Per-question weight each method puts on the forward KL to the posterior, given accuracy P (§4).
+
+    rft: P; grpo: sqrt(P / (1 − P)) (binary-reward RL divided by the group std sqrt(P(1 − P))), 0 at P = 0 and
+    +inf at P = 1 (a question the model always solves has zero reward std); variational: 1 for every question.
+    Why: RFT and GRPO grow with P, i.e. favour easy questions; the log in the variational objective removes that.
+    """
+    if method not in IMPLIED_METHODS:
+        raise ValueError(f"method must be one of {IMPLIED_METHODS}, got {method!r}")
+    if not 0.0 <= p <= 1.0:  # also rejects NaN
+        raise ValueError(f"accuracy P must lie in [0, 1], got {p}")
+    if method == "rft":
+        return float(p)
+    if method == "variational":
+        return 1.0
+    return math.inf if p == 1.0 else math.sqrt(p / (1.0 - p))
+
+
+def forward_kl_weights(correct_counts: Sequence[int], totals: int | Sequence[int]) -> tuple[np.ndarray, bool]:
+    """Weights of π0's own traces for q's forward-KL step (Algorithm 1's φ-phase, §2.2): w_m = acc_m / Σ_j acc_j.
+
+    acc_m is the fraction of π0's answers after its trace m that are correct (totals: an int broadcasts).
+    Returns (weights, none_correct): when no trace has a correct answer the weights are all zero and the flag is True
+    (the question teaches q nothing), rather than 0/0.
+    """
+    counts = list(correct_counts)
+    totals_m = _per_trace(totals, len(counts), "totals")
+    for c, t in zip(counts, totals_m):
+        log_p_answer_accuracy(c, t)  # validates 0 <= c <= t, t > 0
+    acc = np.array([c / t for c, t in zip(counts, totals_m)], dtype=np.float64)
+    total = acc.sum()
+    if total == 0:
+        return np.zeros_like(acc), True
+    return acc / total, False
