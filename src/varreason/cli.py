@@ -18,7 +18,7 @@ COMMANDS = {
     "data": "build the train / test problems (data/*.parquet)",
     "base": "build the starting model (a tiny Qwen3 from scratch, or check the given model)",
     "initial": "train pi0 by SFT on the teacher traces (models/initial)",
-    "eval": "evaluate the run's models on the held-out split (eval/)",
+    "eval": "evaluate the run's models on the held-out split (eval/), or with --model any model on benchmarks",
     "config": "print the resolved config (YAML) and exit",
 }
 EPILOG = """config: --config FILE_OR_PRESET (default: the 'demo' preset; presets: demo, smoke).
@@ -60,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--output-dir", default=None, help="run directory (default: the config's output_dir)")
         if name != "config":
             p.add_argument("--force", action="store_true", help="redo the stage(s) even if their artifacts exist")
+        if name == "eval":
+            g = p.add_argument_group("benchmark evaluation (with --model)")
+            g.add_argument("--model", help="HF model folder or hub id to evaluate on benchmarks")
+            g.add_argument("--benchmark", action="append", default=[],
+                           help="spec name (math500, aime24, ..., arith) or a .jsonl/.parquet file; repeatable")
+            g.add_argument("--n", type=int, default=None, help="samples per problem (default: the spec's)")
+            g.add_argument("--data", default=None, help="local file with the benchmark's rows (data not shipped)")
+            g.add_argument("--limit", type=int, default=None, help="evaluate the first N problems only")
+            g.add_argument("--chunk-size", type=int, default=64, help="problems per resumable shard")
     return parser
 
 
@@ -88,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         from varreason.pipeline import ORDER, run_all
 
         set_threads(cfg.num_threads)
+        if args.command == "eval" and getattr(args, "model", None):
+            return _benchmark_eval(args, cfg)
+        if args.command == "eval" and args.benchmark:
+            raise InputError("--benchmark needs --model (the model to evaluate)")
         stages = ORDER if args.command == "run" else [args.command]
         run_all(cfg, stages, force=args.force)
         return 0
@@ -97,6 +110,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("varreason: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+def _benchmark_eval(args, cfg) -> int:
+    from pathlib import Path
+
+    from varreason.evaluator import evaluate_many
+
+    if not args.benchmark:
+        raise InputError("--model needs at least one --benchmark (a spec name or a .jsonl/.parquet file)")
+    out = args.output_dir or str(Path("runs") / "eval" / Path(args.model.rstrip("/")).name)
+    evaluate_many(args.model, args.benchmark, out, n=args.n, e=cfg.eval, fmt=cfg.format, seed=cfg.seed,
+                  data=args.data, limit=args.limit, chunk_size=args.chunk_size, force=args.force)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,284 @@
+"""The evaluation suite: benchmarks as small declarative specs, and a batched, resumable evaluator.
+
+A spec says where a benchmark's rows come from (a local JSONL / Parquet file, a `datasets` name when a hub is
+reachable, or one of our procedural tasks), which fields hold the question / answer / choices / tests, the prompt
+template, the answer type (math | choice | code | integer) and the default number of samples per problem.
+Specs ship for the paper's benchmarks (their data does not: pass `--data FILE` or let `datasets` fetch it).
+
+A local JSONL row is `{"id", "question", "answer"}` (math), `{"id", "question", "choices", "answer"}` (multiple
+choice; `answer` is the letter or the choice text) or `{"id", "question", "tests": [{"input", "output"}]}` (code).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from varreason.errors import InputError
+
+LETTERS = "ABCDEFGHIJ"
+MATH_PROMPT = "Return your final response within \\boxed{{}}. {question}"
+CHOICE_PROMPT = "{question}\n\n{choices}\n\nAnswer with the letter of the correct option."
+CODE_PROMPT = ("{question}\n\nWrite a Python program that reads from standard input and writes to standard output. "
+               "Put the program in one ```python code block.")
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    name: str
+    answer_type: str  # math | choice | code | integer
+    hf_name: str | None = None  # `datasets` name when the data is on a hub
+    hf_config: str | None = None
+    hf_split: str = "test"
+    fields: dict = field(default_factory=dict)  # our field -> source column (id, question, answer, choices, tests)
+    filter_contains: tuple[str, str] | None = None  # (column, substring) a row must contain
+    prompt_template: str = MATH_PROMPT
+    default_n: int = 1
+    max_completion_length: int = 32768
+    builtin: str | None = None  # "sum", "product", "sum,product" or "gym:<dataset>": procedural, offline
+    difficulty: str | None = None  # keep only rows of this difficulty (LiveCodeBench easy/medium/hard)
+
+
+# The paper's evaluation (paper.md §5.5, original-recipe.md §4): default n as in its eval script.
+SPECS: dict[str, BenchmarkSpec] = {s.name: s for s in [
+    BenchmarkSpec("math500", "math", "HuggingFaceH4/MATH-500", hf_split="test",
+                  fields={"id": "unique_id", "question": "problem", "answer": "answer"}, default_n=2),
+    BenchmarkSpec("aime24", "math", "AI-MO/aimo-validation-aime", hf_split="train",
+                  fields={"id": "id", "question": "problem", "answer": "answer"}, filter_contains=("url", "2024"),
+                  default_n=32),
+    BenchmarkSpec("aime25", "math", "zhouxiangxin/AIME2025", hf_split="train",
+                  fields={"question": "problem", "answer": "answer"},
+                  prompt_template="{question}\nReturn your final response within \\boxed{{}}", default_n=32),
+    BenchmarkSpec("amc23", "math", "AI-MO/aimo-validation-amc", hf_split="train",
+                  fields={"id": "id", "question": "problem", "answer": "answer"}, filter_contains=("url", "2023"),
+                  default_n=32),
+    BenchmarkSpec("olympiadbench", "math", "Hothan/OlympiadBench", hf_config="OE_TO_maths_en_COMP",
+                  hf_split="train", fields={"id": "id", "question": "question", "answer": "final_answer"},
+                  default_n=2),
+    BenchmarkSpec("gpqa_diamond", "choice", "Idavidrein/gpqa", hf_config="gpqa_diamond", hf_split="train",
+                  fields={"question": "Question", "answer": "Correct Answer",
+                          "choices": ["Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2",
+                                      "Incorrect Answer 3"]},
+                  prompt_template=CHOICE_PROMPT, default_n=8),
+    BenchmarkSpec("mmlu_pro", "choice", "TIGER-Lab/MMLU-Pro", hf_split="test",
+                  fields={"id": "question_id", "question": "question", "choices": "options", "answer": "answer"},
+                  prompt_template=CHOICE_PROMPT, default_n=1),
+    *[BenchmarkSpec(f"livecodebench_{level}", "code", "livecodebench/code_generation_lite",
+                    hf_config="release_v2", hf_split="test",
+                    fields={"id": "question_id", "question": "question_content", "tests": "public_test_cases"},
+                    prompt_template=CODE_PROMPT, default_n=8, difficulty=level)
+      for level in ("easy", "medium", "hard")],
+    # built-in procedural benchmarks: no download, always available
+    BenchmarkSpec("arith", "integer", builtin="sum,product", prompt_template="{question}", default_n=1,
+                  max_completion_length=256),
+    BenchmarkSpec("arith_sum", "integer", builtin="sum", prompt_template="{question}", max_completion_length=256),
+    BenchmarkSpec("arith_product", "integer", builtin="product", prompt_template="{question}",
+                  max_completion_length=256),
+    BenchmarkSpec("gym_basic_arithmetic", "gym", builtin="gym:basic_arithmetic", prompt_template="{question}",
+                  max_completion_length=256),
+    BenchmarkSpec("gym_chain_sum", "gym", builtin="gym:chain_sum", prompt_template="{question}",
+                  max_completion_length=256),
+]}
+
+
+@dataclass
+class BenchItem:
+    """One problem of a benchmark, in our fields."""
+
+    id: str
+    question: str
+    answer: str = ""
+    choices: list[str] | None = None
+    tests: list[dict] | None = None
+    difficulty: str = ""
+    meta: dict = field(default_factory=dict)  # e.g. the reasoning-gym entry to score with
+
+
+def _rows_from_file(path: Path) -> list[dict]:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    rows = []
+    with path.open() as fh:
+        for line_no, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"not valid JSON ({exc.msg})", file=str(path), row=line_no - 1) from None
+    return rows
+
+
+def _letter_answer(answer, choices: list[str], path: str, row: int) -> str:
+    answer = str(answer).strip()
+    if len(answer) == 1 and answer.upper() in LETTERS[: len(choices)]:
+        return answer.upper()
+    if answer in choices:
+        return LETTERS[choices.index(answer)]
+    raise InputError(f"answer {answer!r} is neither a letter nor one of the choices", file=path, row=row,
+                     field="answer")
+
+
+def _item(row: dict, i: int, spec: BenchmarkSpec, source: str, local: bool, rng: random.Random) -> BenchItem:
+    f = {} if local else spec.fields
+
+    def get(name: str, required: bool = True):
+        column = f.get(name, name)
+        if column not in row or row[column] in (None, ""):
+            if required:
+                raise InputError("missing or empty", file=source, row=i, field=column)
+            return None
+        return row[column]
+
+    question = get("question")
+    if not isinstance(question, str):
+        raise InputError(f"must be text, got {type(question).__name__}", file=source, row=i, field="question")
+    item = BenchItem(id=str(get("id", required=False) or f"{spec.name}-{i}"), question=question,
+                     difficulty=str(row.get("difficulty", "") or ""))
+    kind = spec.answer_type
+    if kind == "choice":
+        columns = f.get("choices", "choices")
+        if isinstance(columns, list):  # GPQA: the correct answer and three distractors, shuffled with a seeded RNG
+            choices = [str(row[c]).strip() for c in columns]
+            correct = choices[0]
+            rng.shuffle(choices)
+            item.choices, item.answer = choices, LETTERS[choices.index(correct)]
+        else:
+            choices = get("choices")
+            if not isinstance(choices, list) or len(choices) < 2:
+                raise InputError("must be a list of at least 2 choices", file=source, row=i, field=columns)
+            item.choices = [str(c) for c in choices]
+            item.answer = _letter_answer(get("answer"), item.choices, source, i)
+    elif kind == "code":
+        tests = get("tests")
+        if isinstance(tests, str):
+            try:
+                tests = json.loads(tests)
+            except json.JSONDecodeError:
+                raise InputError("tests must be a list or its JSON text", file=source, row=i, field="tests") from None
+        if not isinstance(tests, list) or not tests or not all(isinstance(t, dict) and "input" in t
+                                                               and "output" in t for t in tests):
+            raise InputError("tests must be a non-empty list of {input, output}", file=source, row=i, field="tests")
+        item.tests = [{"input": str(t["input"]), "output": str(t["output"])} for t in tests]
+    else:
+        answer = get("answer")
+        item.answer = str(answer[0] if isinstance(answer, list) and answer else answer)
+    return item
+
+
+def infer_answer_type(row: dict) -> str:
+    if "tests" in row:
+        return "code"
+    if "choices" in row:
+        return "choice"
+    return "math"
+
+
+def load_benchmark(name_or_file: str, data: str | None = None, limit: int | None = None, seed: int = 0,
+                   n_builtin: int = 200) -> tuple[BenchmarkSpec, list[BenchItem]]:
+    """A spec and its items: a spec name (data from `data`, else from the hub), a built-in name, or a file."""
+    path = Path(name_or_file)
+    if name_or_file not in SPECS and path.suffix in (".jsonl", ".json", ".parquet"):
+        if not path.exists():
+            raise InputError("benchmark file not found", file=str(path))
+        rows = _rows_from_file(path)
+        if not rows:
+            raise InputError("no rows", file=str(path))
+        kind = infer_answer_type(rows[0])
+        template = {"math": MATH_PROMPT, "choice": CHOICE_PROMPT, "code": CODE_PROMPT}[kind]
+        spec = BenchmarkSpec(path.stem, kind, prompt_template=template)
+        return spec, _items(rows, spec, str(path), local=True, limit=limit, seed=seed)
+    if name_or_file not in SPECS:
+        raise InputError(f"unknown benchmark '{name_or_file}' (known: {', '.join(SPECS)}; or a .jsonl/.parquet file)",
+                         field="benchmark")
+    spec = SPECS[name_or_file]
+    if spec.builtin:
+        return spec, _builtin_items(spec, n_builtin if limit is None else limit, seed)
+    if data:
+        rows, source, local = _rows_from_file(Path(data)), data, True
+    else:
+        rows, source, local = _rows_from_hub(spec), spec.hf_name, False
+    if spec.filter_contains and not local:
+        column, needle = spec.filter_contains
+        rows = [r for r in rows if needle in str(r.get(column, ""))]
+    if spec.difficulty:
+        rows = [r for r in rows if str(r.get("difficulty", "")) == spec.difficulty]
+    return spec, _items(rows, spec, source, local=local, limit=limit, seed=seed)
+
+
+def _items(rows, spec, source, local, limit, seed) -> list[BenchItem]:
+    rng = random.Random(seed)
+    items = [_item(r, i, spec, source, local, rng) for i, r in enumerate(rows[: limit or None])]
+    if len({it.id for it in items}) != len(items):
+        raise InputError("duplicate problem ids", file=source, field="id")
+    return items
+
+
+def _rows_from_hub(spec: BenchmarkSpec) -> list[dict]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(spec.hf_name, spec.hf_config, split=spec.hf_split)
+    except Exception as exc:  # noqa: BLE001 - offline, gated, or renamed: one line for the user
+        raise InputError(f"cannot load {spec.hf_name} ({type(exc).__name__}); the data is not shipped: pass "
+                         f"--data FILE (a .jsonl/.parquet of this benchmark)", field="benchmark") from None
+    return list(ds)
+
+
+def _builtin_items(spec: BenchmarkSpec, n: int, seed: int) -> list[BenchItem]:
+    from varreason.tasks import build_splits
+
+    names = spec.builtin.split(",")
+    difficulties = [1] if names[0].startswith("gym:") else [1, 2, 3, 4, 5]
+    _, test = build_splits(names, 0, n, seed, difficulties)
+    return [BenchItem(id=p.id, question=p.question, answer=p.answer, difficulty=str(p.difficulty),
+                      meta={"problem": p.to_row()}) for p in test]
+
+
+def render_question(spec: BenchmarkSpec, item: BenchItem) -> str:
+    choices = "\n".join(f"({LETTERS[i]}) {c}" for i, c in enumerate(item.choices or []))
+    return spec.prompt_template.format(question=item.question, choices=choices)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# scoring one sample
+
+
+def score_sample(spec: BenchmarkSpec, item: BenchItem, text: str, answer_section: str | None,
+                 code_time_limit_s: float = 6.0, code_memory_mb: int = 1024):
+    """(predicted answer, Verdict) for one generated text; never raises."""
+    from varreason.verify import Verdict
+
+    try:
+        if spec.answer_type in ("integer", "gym"):
+            from varreason.tasks import score_problem
+            from varreason.tasks.base import Problem
+
+            row = dict(item.meta["problem"])
+            meta = row.get("meta")
+            row["meta"] = json.loads(meta) if isinstance(meta, str) else (meta or {})
+            predicted = answer_section if answer_section is not None else None
+            if predicted is None:
+                return None, Verdict(False, "no answer")
+            return predicted, score_problem(Problem(**row), predicted)
+        if spec.answer_type == "math":
+            from varreason.extract import check_math_text, extract_math_answer
+
+            return extract_math_answer(text, answer_section), check_math_text(item.answer, text, answer_section)
+        if spec.answer_type == "choice":
+            from varreason.extract import check_choice, extract_choice
+
+            source = answer_section if answer_section is not None else text
+            n = len(item.choices or [])
+            return extract_choice(source, n), check_choice(item.answer, source, n)
+        if spec.answer_type == "code":
+            from varreason.sandbox import extract_code, run_tests
+
+            result = run_tests(text, item.tests or [], time_limit_s=code_time_limit_s, memory_mb=code_memory_mb)
+            return extract_code(text), Verdict(result.passed, result.reason)
+        return None, Verdict(False, f"error: unknown answer type {spec.answer_type!r}")
+    except Exception as exc:  # noqa: BLE001 - a verifier never crashes an evaluation
+        return None, Verdict(False, f"error: {type(exc).__name__}: {exc}")
