@@ -31,6 +31,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/scoring_memory.py
+	$(BIN)/python benchmarks/eval_throughput.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -233,7 +233,9 @@ def _builtin_items(spec: BenchmarkSpec, n: int, seed: int) -> list[BenchItem]:
 
     names = spec.builtin.split(",")
     difficulties = [1] if names[0].startswith("gym:") else [1, 2, 3, 4, 5]
-    _, test = build_splits(names, 0, n, seed, difficulties)
+    # The split of a question is a seeded hash against n_test / (n_train + n_test); with the demo's ratio (4000 :
+    # 500) these are held-out questions of any run with the same seed and ratio, never its training questions.
+    _, test = build_splits(names, 8 * n, n, seed, difficulties)
     return [BenchItem(id=p.id, question=p.question, answer=p.answer, difficulty=str(p.difficulty),
                       meta={"problem": p.to_row()}) for p in test]
 
