@@ -101,3 +101,13 @@ def test_builtin_benchmark_is_disjoint_from_the_demo_training_split():
     _, items = load_benchmark("arith", limit=100, seed=0)
     questions = {it.question for it in items}
     assert questions.isdisjoint({p.question for p in train}) and len(items) == 100
+
+
+def test_reasoning_gym_benchmark_offline():
+    from varreason.suite import score_sample
+
+    spec, items = load_benchmark("gym_chain_sum", limit=3)
+    assert len(items) == 3
+    assert score_sample(spec, items[0], "", items[0].answer)[1].correct
+    assert not score_sample(spec, items[0], "", "not a number")[1].correct
+    assert score_sample(spec, items[0], "", None)[1].reason == "no answer"
