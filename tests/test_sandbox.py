@@ -38,11 +38,17 @@ def spawned(monkeypatch):
             pids.append(self.pid)
 
     monkeypatch.setattr(sandbox.subprocess, "Popen", Recording)
+    # children this process already had (e.g. the math-verify worker another test started) are not ours
+    _PREEXISTING.clear()
+    _PREEXISTING.update(_live_processes(set()))
     return pids
 
 
+_PREEXISTING: set[int] = set()
+
+
 def _live_processes(sessions) -> list[int]:
-    """Non-zombie processes in the given sessions, or children of this process."""
+    """Non-zombie processes in the given sessions, or children of this process started since the fixture ran."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -53,7 +59,7 @@ def _live_processes(sessions) -> list[int]:
         except OSError:
             continue
         state, ppid, session = fields[0], int(fields[1]), int(fields[3])
-        if state not in "ZX" and (session in sessions or ppid == os.getpid()):
+        if state not in "ZX" and (session in sessions or ppid == os.getpid()) and int(entry) not in _PREEXISTING:
             found.append(int(entry))
     return found
 
