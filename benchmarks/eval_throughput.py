@@ -31,6 +31,8 @@ def main() -> None:
     if not Path(args.model, "config.json").exists():
         raise SystemExit(f"no model at {args.model}: run `make run` first (or pass --model DIR)")
     set_threads(0)
+    with tempfile.TemporaryDirectory() as tmp:  # warm-up: imports (reasoning-gym's scorer), first model load
+        evaluate_benchmark(args.model, "arith", tmp, n=1, e=EvalConfig(max_completion_length=8), limit=2)
     rows = []
     for bs in args.batch_sizes:
         with tempfile.TemporaryDirectory() as tmp:
