@@ -127,7 +127,7 @@ class WeightedSFTTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def _training_arguments(cfg: SFTConfig, work_dir: Path, seed: int, num_examples: int) -> TrainingArguments:
+def _training_arguments(cfg: SFTConfig, work_dir: Path, seed: int) -> TrainingArguments:
     on_gpu = torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(work_dir),
@@ -185,7 +185,7 @@ def train_sft(
     examples_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world
     constant = constant_normalizer(data.supervised_tokens, examples_per_step) if cfg.normalizer == "constant" else None
 
-    args = _training_arguments(cfg, work_dir, seed, len(rows))
+    args = _training_arguments(cfg, work_dir, seed)
     if log_dir is not None:
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(log_dir)
     trainer = WeightedSFTTrainer(
