@@ -14,10 +14,19 @@ import sys
 from varreason.errors import InputError
 
 COMMANDS = {
-    "run": "run every stage in order (data, base, initial, eval) and print the results table",
+    "run": "run every stage in order and print the results table (stages: data base initial posterior sample score "
+           "rollout weights build final matched eval)",
     "data": "build the train / test problems (data/*.parquet)",
     "base": "build the starting model (a tiny Qwen3 from scratch, or check the given model)",
     "initial": "train pi0 by SFT on the teacher traces (models/initial)",
+    "posterior": "train q_phi by SFT with the answer hint in its prompt (models/posterior)",
+    "sample": "sample K traces per training question from q (samples/posterior.parquet)",
+    "score": "per-token log-probs of each trace under pi0 and q, and of the answer under pi0 (scores/scores.parquet)",
+    "rollout": "M answers of pi0 after each trace, verified; pi0's own traces (scores/rollouts.parquet, ...)",
+    "weights": "importance weights per (question, trace): log ratio, estimator, log rho, rho~, ESS (weights.parquet)",
+    "build": "the final training set: best (+mix) or weighted (train/final.parquet)",
+    "final": "train the final model by weighted SFT on train/final.parquet (models/<final.name>)",
+    "matched": "train sft-matched: the teacher data with the final model's init, steps and batch (models/sft-matched)",
     "eval": "evaluate the run's models on the held-out split (eval/), or with --model any model on benchmarks",
     "config": "print the resolved config (YAML) and exit",
 }

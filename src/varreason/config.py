@@ -99,6 +99,77 @@ class SFTConfig:
 
 
 @dataclass
+class PosteriorConfig(SFTConfig):
+    """q_φ(z | x, y′): SFT with the answer hint in the prompt (format A or B: `format.posterior_format`)."""
+
+    mode: str = "teacher"  # teacher: SFT on the teacher traces (the released recipe); forward_kl: a later issue
+    init: str = "base"  # base (the released recipe) | initial (Algorithm 1: q starts as a copy of pi0)
+
+
+@dataclass
+class SampleConfig:
+    """K traces per training question from q (paper: K = 8, temperature 0.7, top_p 1)."""
+
+    num_questions: int | None = None  # a seeded subset of the training questions (the paper's 1K setting); null = all
+    num_generations: int = 8
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_completion_length: int = 256
+    batch_size: int = 64
+    chunk_size: int = 128  # questions per resumable shard
+
+
+@dataclass
+class ScoreConfig:
+    """Per-token log-probs of the traces under pi0 and q, and of the reference answer under pi0."""
+
+    batch_size: int = 64
+    chunk_size: int = 1024  # positions per log-softmax chunk (memory), see backends/hf.py
+
+
+@dataclass
+class RolloutConfig:
+    """M answers of pi0 after each (question, trace), verified: the accuracy estimator's data."""
+
+    num_generations: int = 8  # M; 0 skips rollouts (then the accuracy estimator is unavailable)
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_completion_length: int = 32  # the answer section only
+    batch_size: int = 256
+    chunk_size: int = 128  # questions per resumable shard
+    prior_samples: int = 2  # pi0's own traces per question (no hint), to compare with q's traces in the report
+
+
+@dataclass
+class WeightsConfig:
+    """Importance weights per (question, trace): estimator of log pi(Y|x,z) and the log-ratio mode."""
+
+    estimator: str = "gml"  # gml | accuracy | likelihood
+    ratio: str = "geometric"  # geometric (per-token mean, the paper's) | exact (sum, the true IWAE ratio)
+    max_trace_tokens: int | None = None  # longer traces are ineligible (the released 28000 cutoff); null = none
+    require_finished: bool = True  # a trace q did not finish (hit max_completion_length) is ineligible
+
+
+@dataclass
+class BuildConfig:
+    """The final training set from the weights."""
+
+    mode: str = "best"  # best: argmax rho per question (17K recipe); weighted: all K traces with weight rho~ (1K recipe)
+    mix: bool = True  # add the teacher data 1:1 (the paper's 17K mix)
+    min_weight: float = 0.0  # weighted mode: drop rows with rho~ below this (counted), to spare compute
+
+
+@dataclass
+class FinalConfig(SFTConfig):
+    """The final reasoning model: weighted SFT on the built set; plus its compute-matched SFT baseline."""
+
+    name: str = "final"  # the model folder models/<name> (name variants to keep several in one run)
+    init: str = "base"  # base (the paper) | initial (continue from pi0)
+    # max_steps -1 = the same number of optimiser steps as pi0 (the paper: same steps, batch doubled for the mix)
+    sft_matched: bool = True  # also train `sft-matched`: the teacher data, same init, steps and batch as final
+
+
+@dataclass
 class EvalConfig:
     """Held-out evaluation: sampling settings and batching."""
 
@@ -118,6 +189,13 @@ class RunConfig:
     format: FormatConfig = field(default_factory=FormatConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     initial: SFTConfig = field(default_factory=SFTConfig)
+    posterior: PosteriorConfig = field(default_factory=PosteriorConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    weights: WeightsConfig = field(default_factory=WeightsConfig)
+    build: BuildConfig = field(default_factory=BuildConfig)
+    final: FinalConfig = field(default_factory=FinalConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
@@ -223,6 +301,14 @@ def validate(cfg: RunConfig) -> RunConfig:
     """Cross-field checks that types alone cannot express."""
     choices = {
         "initial.normalizer": (cfg.initial.normalizer, {"constant", "tokens"}),
+        "posterior.normalizer": (cfg.posterior.normalizer, {"constant", "tokens"}),
+        "final.normalizer": (cfg.final.normalizer, {"constant", "tokens"}),
+        "posterior.mode": (cfg.posterior.mode, {"teacher", "forward_kl"}),
+        "posterior.init": (cfg.posterior.init, {"base", "initial"}),
+        "final.init": (cfg.final.init, {"base", "initial"}),
+        "weights.estimator": (cfg.weights.estimator, {"gml", "accuracy", "likelihood"}),
+        "weights.ratio": (cfg.weights.ratio, {"geometric", "exact"}),
+        "build.mode": (cfg.build.mode, {"best", "weighted"}),
         "format.posterior_format": (cfg.format.posterior_format, {"A", "B"}),
         "task.answer_kind": (cfg.task.answer_kind, {"math", "integer"}),
     }
@@ -233,6 +319,19 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise InputError("'task.n_train' and 'task.n_test' must be positive")
     if not 0.0 < cfg.task.test_fraction < 1.0:
         raise InputError(f"'task.test_fraction' must be in (0, 1), got {cfg.task.test_fraction}")
+    if cfg.final.name in ("base", "initial", "posterior", "sft-matched") or not cfg.final.name.replace("-", "").replace(
+            "_", "").isalnum():
+        raise InputError(f"'final.name' must be a new model name (letters, digits, - and _), got {cfg.final.name!r}")
+    if cfg.posterior.mode == "forward_kl":
+        raise InputError("'posterior.mode: forward_kl' (Algorithm 1's phi-phase) is not implemented yet; use 'teacher'")
+    if cfg.sample.num_generations < 1:
+        raise InputError("'sample.num_generations' (K) must be at least 1")
+    if cfg.sample.num_questions is not None and cfg.sample.num_questions < 1:
+        raise InputError("'sample.num_questions' must be positive or null (all training questions)")
+    if cfg.rollout.num_generations < 0 or cfg.rollout.prior_samples < 0:
+        raise InputError("'rollout.num_generations' and 'rollout.prior_samples' must be >= 0")
+    if cfg.weights.estimator == "accuracy" and cfg.rollout.num_generations == 0:
+        raise InputError("'weights.estimator: accuracy' needs rollouts: set 'rollout.num_generations' (M) above 0")
     markers = [cfg.format.think_open, cfg.format.think_close, cfg.format.answer_open, cfg.format.answer_close]
     if any(not m for m in markers) or len(set(markers)) != 4:
         raise InputError("the four format markers must be non-empty and distinct")

@@ -1,9 +1,9 @@
 """The stage graph: which stages exist, what each depends on, skip-when-done, and the printed results.
 
-    data -> base -> initial -> eval(initial)
+    data -> base -> initial -> posterior -> sample -> score -> rollout -> weights -> build -> final -> matched -> eval
 
-The rest of the variational pipeline (posterior, sample, score, rollout, weights, build, final) joins this
-graph in the next issue.
+A stage is skipped when the manifest holds it with the same hash of the config sections it (and everything
+upstream) depends on and its outputs exist. `eval` always runs and skips, model by model, what it already did.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
-from varreason import stages
+from varreason import stages, variational
+from varreason.variational import UPSTREAM
 from varreason.config import RunConfig, dump_config
 from varreason.runs import RunDir
 
@@ -29,6 +30,7 @@ class Stage:
     sections: tuple[str, ...]  # config sections this stage (and everything upstream of it) depends on
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+    always: bool = False  # run every time (the stage caches its own work)
 
 
 STAGES: dict[str, Stage] = {
@@ -38,8 +40,22 @@ STAGES: dict[str, Stage] = {
         Stage("base", stages.stage_base, ("seed", "task", "format", "model"), ("data/train.parquet",), ()),
         Stage("initial", stages.stage_initial, ("seed", "task", "format", "model", "initial"),
               ("data/train.parquet",), ("models/initial/config.json",)),
-        Stage("eval", stages.stage_eval, ("seed", "task", "format", "model", "initial", "eval"),
-              ("models/initial", "data/test.parquet"), ("eval/initial/metrics.json", "eval/summary.json")),
+        Stage("posterior", variational.stage_posterior, UPSTREAM["posterior"], ("data/train.parquet",),
+              ("models/posterior/config.json",)),
+        Stage("sample", variational.stage_sample, UPSTREAM["sample"], ("models/posterior",),
+              ("samples/posterior.parquet",)),
+        Stage("score", variational.stage_score, UPSTREAM["score"],
+              ("samples/posterior.parquet", "models/initial", "models/posterior"), ("scores/scores.parquet",)),
+        Stage("rollout", variational.stage_rollout, UPSTREAM["rollout"], ("samples/posterior.parquet", "models/initial"),
+              ()),
+        Stage("weights", variational.stage_weights, UPSTREAM["weights"],
+              ("scores/scores.parquet", "scores/rollouts.parquet", "samples/posterior.parquet"), ("weights.parquet",)),
+        Stage("build", variational.stage_build, UPSTREAM["build"], ("weights.parquet", "samples/posterior.parquet"),
+              ("train/final.parquet",)),
+        Stage("final", variational.stage_final, UPSTREAM["final"], ("train/final.parquet",), ()),
+        Stage("matched", variational.stage_matched, UPSTREAM["matched"], ("data/train.parquet",), ()),
+        Stage("eval", stages.stage_eval, ("seed", "task", "format", "eval"), ("models/*", "data/test.parquet"),
+              ("eval/summary.json",), always=True),
     ]
 }
 ORDER = list(STAGES)
@@ -48,6 +64,13 @@ ORDER = list(STAGES)
 def _outputs(stage: Stage, cfg: RunConfig) -> list[str]:
     if stage.name == "base" and not cfg.model.name_or_path:
         return ["models/base/config.json"]
+    if stage.name == "rollout":
+        return (["scores/rollouts.parquet"] if cfg.rollout.num_generations else []) + (
+            ["scores/prior_samples.parquet"] if cfg.rollout.prior_samples else [])
+    if stage.name == "final":
+        return [f"models/{cfg.final.name}/config.json"]
+    if stage.name == "matched" and cfg.final.sft_matched:
+        return ["models/sft-matched/config.json"]
     return list(stage.outputs)
 
 
@@ -56,7 +79,7 @@ def run_stage(name: str, cfg: RunConfig, run: RunDir, force: bool = False) -> di
     stage = STAGES[name]
     config_hash = cfg.section_hash(*stage.sections)
     outputs = _outputs(stage, cfg)
-    if not force and run.is_done(name, config_hash, outputs):
+    if not force and not stage.always and run.is_done(name, config_hash, outputs):
         console.print(f"[dim]- {name}: done for this config, skipped[/dim]")
         return run.manifest()["stages"][name]["counts"]
     console.print(f"[bold]- {name}[/bold]")

@@ -87,3 +87,37 @@ class RunDir:
         import pyarrow.parquet as pq
 
         return pq.read_table(self.path / rel).to_pylist()
+
+    # --- resumable work in shards ------------------------------------------------------------------------------
+    def sharded(self, rel_dir: str, key: str, items: list, chunk_size: int, work, desc: str = "") -> list[dict]:
+        """Rows of `work(chunk, chunk_index)` over `items` in chunks, each chunk saved as one Parquet shard.
+
+        A killed stage resumes from its finished shards: a shard is reused when it exists under the same `key`
+        (the config hash of the stage), so shards of another config are never mixed in. `work` must be
+        deterministic given (chunk, chunk_index), e.g. seeded from the index. The shard folder is removed by
+        the caller once the merged artifact is written (`drop_shards`).
+        """
+        from tqdm.auto import tqdm
+
+        folder = f"{rel_dir}/.shards-{key}"
+        chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
+        rows: list[dict] = []
+        done = sum((self.path / folder / f"part-{i:05d}.parquet").exists() for i in range(len(chunks)))
+        bar = tqdm(total=len(chunks), initial=done, desc=desc or rel_dir, unit="shard")
+        for i, chunk in enumerate(chunks):
+            rel = f"{folder}/part-{i:05d}.parquet"
+            if (self.path / rel).exists():
+                rows += self.read_rows(rel)
+                continue
+            part = work(chunk, i)
+            self.write_rows(rel, part)
+            rows += part
+            bar.update(1)
+        bar.close()
+        return rows
+
+    def drop_shards(self, rel_dir: str) -> None:
+        import shutil
+
+        for folder in (self.path / rel_dir).glob(".shards-*"):
+            shutil.rmtree(folder, ignore_errors=True)

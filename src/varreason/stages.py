@@ -116,7 +116,43 @@ def stage_initial(cfg: RunConfig, run: RunDir) -> dict:
 
 # --- evaluation ----------------------------------------------------------------------------------------------------
 
-def stage_eval(cfg: RunConfig, run: RunDir, model_name: str = "initial") -> dict:
+REASONING_MODELS_FIRST = ("initial", "final", "sft-matched")
+NOT_REASONING_MODELS = ("base", "posterior")
+
+
+def reasoning_models(run: RunDir) -> list[str]:
+    """Every finished model of the run that answers without a hint: pi0, the final model(s), baselines."""
+    folder = run.path / "models"
+    names = [d.name for d in folder.iterdir() if d.is_dir() and not d.name.endswith(".work")
+             and d.name not in NOT_REASONING_MODELS and (d / "config.json").exists()] if folder.exists() else []
+    order = {n: i for i, n in enumerate(REASONING_MODELS_FIRST)}
+    return sorted(names, key=lambda n: (order.get(n, len(order)), n))
+
+
+def _fingerprint(cfg: RunConfig, model_dir) -> str:
+    """Identifies (model weights, eval settings, test set): an evaluation is redone only when one of them changed."""
+    import hashlib
+
+    weights = sorted(p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin"))
+    stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights]
+    payload = json.dumps([stamp, cfg.section_hash("seed", "task", "format", "eval")])
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def stage_eval(cfg: RunConfig, run: RunDir) -> dict:
+    """Held-out accuracy of every reasoning model of the run (skipping those already evaluated as they are)."""
+    out = {}
+    for name in reasoning_models(run):
+        metrics_path = run.path / "eval" / name / "metrics.json"
+        fingerprint = _fingerprint(cfg, run.path / "models" / name)
+        if metrics_path.exists() and json.loads(metrics_path.read_text()).get("fingerprint") == fingerprint:
+            out[name] = json.loads(metrics_path.read_text())["accuracy"]
+            continue
+        out[name] = evaluate_model(cfg, run, name, fingerprint)["accuracy"]
+    return {"accuracy": out}
+
+
+def evaluate_model(cfg: RunConfig, run: RunDir, model_name: str, fingerprint: str = "") -> dict:
     """Held-out accuracy of one model of the run: samples with verdicts, metrics JSON, summary entry."""
     from varreason.backends.hf import HFGenerator
     from varreason.tasks import score_problem
@@ -148,7 +184,7 @@ def stage_eval(cfg: RunConfig, run: RunDir, model_name: str = "initial") -> dict
             })
     run.write_rows(f"eval/{model_name}/samples.parquet", records)
     metrics = summarize(records)
-    metrics.update({"model": model_name, "generation_seconds": gen_seconds,
+    metrics.update({"model": model_name, "generation_seconds": gen_seconds, "fingerprint": fingerprint,
                     "sampling": {"temperature": e.temperature, "top_p": e.top_p, "n": e.num_generations,
                                  "max_completion_length": e.max_completion_length}})
     run.write_json(f"eval/{model_name}/metrics.json", metrics)
@@ -156,4 +192,4 @@ def stage_eval(cfg: RunConfig, run: RunDir, model_name: str = "initial") -> dict
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     summary[model_name] = {k: metrics[k] for k in ("accuracy", "ci_low", "ci_high", "n", "by_difficulty", "by_task")}
     run.write_json("eval/summary.json", summary)
-    return {"accuracy": metrics["accuracy"], "n": metrics["n"], "generation_seconds": gen_seconds}
+    return metrics

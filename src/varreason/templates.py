@@ -74,6 +74,32 @@ class Templates:
             return self._chat(POSTERIOR_SYSTEM["B"], f"{question}\n{HINT_LABEL} {hint}") + f.think_open
         raise ValueError(f"unknown posterior format {kind!r} (expected 'A' or 'B')")
 
+    def trace_token_ids(self, token_ids: list[int], trace: str) -> list[int]:
+        """The sampled tokens that make up `trace` (the cut text): scored as they were sampled, never re-tokenised.
+
+        When think_close is one token (a special token, as in Qwen3 and our tiny tokenizer) the trace is everything
+        before it; otherwise it is the shortest prefix whose decoding covers the trace (a token that straddles the
+        marker is kept, as the released scripts keep `<|end_of`).
+        """
+        if not trace:
+            return []
+        tok = self.tokenizer
+        close = tok(self.fmt.think_close, add_special_tokens=False)["input_ids"]
+        if len(close) == 1 and close[0] in token_ids:
+            return list(token_ids[: token_ids.index(close[0])])
+
+        def decode(ids):
+            return tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+        lo, hi = 0, len(token_ids)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if decode(token_ids[:mid]).startswith(trace):
+                hi = mid
+            else:
+                lo = mid + 1
+        return list(token_ids[:hi])
+
     def stop_strings(self) -> list[str]:
         return [self.fmt.answer_close]
 

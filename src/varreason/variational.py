@@ -1,0 +1,433 @@
+"""The stages of the variational pipeline (paper §5.2): posterior, sample, score, rollout, weights, build, final.
+
+Each stage reads artifacts of the run directory and writes one artifact; the math lives in `objectives.py`.
+Sampling, scoring and rollouts run in shards (`RunDir.sharded`), so an interrupted stage resumes where it stopped.
+
+Where we depart from the released scripts (see docs/variational.md):
+- `accuracy` builds are written as intended (the released `build_data_Acc.py` has a commented-out line that breaks it).
+- The answer term `log pi0(y* | x, z)` covers the tokens of y* only, not the markers around it: the markers are
+  near-certain and would only dilute the geometric mean.
+- Rollouts continue after `trace + think_close` (the released scripts append the partial marker `<|end_of`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import random
+from collections import defaultdict
+
+from varreason import objectives
+from varreason.config import RunConfig
+from varreason.errors import InputError
+from varreason.models import load_model, load_tokenizer
+from varreason.runs import RunDir
+from varreason.stages import base_model_path, load_problems, sft_rows
+from varreason.tasks.base import Problem
+from varreason.templates import Templates
+from varreason.training import train_sft
+
+
+_BASE = ("seed", "task", "format", "model", "initial")
+UPSTREAM = {  # the config sections each stage (and everything before it) depends on; pipeline.py uses the same
+    "posterior": _BASE + ("posterior",),
+    "sample": _BASE + ("posterior", "sample"),
+    "score": _BASE + ("posterior", "sample", "score"),
+    "rollout": _BASE + ("posterior", "sample", "rollout"),
+    "weights": _BASE + ("posterior", "sample", "score", "rollout", "weights"),
+    "build": _BASE + ("posterior", "sample", "score", "rollout", "weights", "build"),
+    "final": _BASE + ("posterior", "sample", "score", "rollout", "weights", "build", "final"),
+    "matched": _BASE + ("final",),
+}
+
+
+def _seed(*parts) -> int:
+    """A 31-bit seed from any parts (stage name, config seed, shard index): stable across runs and processes."""
+    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
+def sampled_questions(cfg: RunConfig, run: RunDir) -> list[Problem]:
+    """The training questions the posterior samples for: all, or a seeded subset (the paper's 1K setting)."""
+    problems = load_problems(run, "train")
+    n = cfg.sample.num_questions
+    if n is None or n >= len(problems):
+        return problems
+    keep = set(random.Random(_seed("subset", cfg.seed)).sample(range(len(problems)), n))
+    return [p for i, p in enumerate(problems) if i in keep]
+
+
+def _model_dir(run: RunDir, name: str) -> str:
+    path = run.path / "models" / name
+    if not (path / "config.json").exists():
+        raise InputError(f"model '{name}' is missing; run its stage first", file=str(path))
+    return str(path)
+
+
+def _init_path(cfg: RunConfig, run: RunDir, init: str) -> str:
+    return base_model_path(cfg, run) if init == "base" else _model_dir(run, "initial")
+
+
+def _group(rows: list[dict], *keys: str) -> dict:
+    out: dict = defaultdict(list)
+    for r in rows:
+        out[tuple(r[k] for k in keys) if len(keys) > 1 else r[keys[0]]].append(r)
+    return out
+
+
+# --- 2. posterior ---------------------------------------------------------------------------------------------------
+
+def stage_posterior(cfg: RunConfig, run: RunDir) -> dict:
+    """q_phi: SFT with the reference answer as the hint in the prompt (format A or B), on the teacher traces."""
+    init = _init_path(cfg, run, cfg.posterior.init)
+    templates = Templates(cfg.format, load_tokenizer(init))
+    rows = [{"prompt": templates.posterior_prompt(p.question, p.answer),
+             "completion": templates.completion(p.trace, p.answer), "weight": 1.0, "source": "teacher"}
+            for p in load_problems(run, "train")]
+    stats = train_sft(init, rows, cfg.posterior, run.path / "models" / "posterior", seed=cfg.seed,
+                      log_dir=run.path / "logs" / "posterior")
+    return {**stats, "init": cfg.posterior.init, "format": cfg.format.posterior_format}
+
+
+# --- 3. sample --------------------------------------------------------------------------------------------------------
+
+def stage_sample(cfg: RunConfig, run: RunDir) -> dict:
+    """K traces per question from q, cut by the cut rule; the sampled token ids of each trace are kept."""
+    from varreason.backends.hf import HFGenerator
+
+    s = cfg.sample
+    key = cfg.section_hash(*UPSTREAM["sample"])
+    path = _model_dir(run, "posterior")
+    tokenizer = load_tokenizer(path)
+    templates = Templates(cfg.format, tokenizer)
+    generator = HFGenerator(load_model(path), tokenizer, batch_size=s.batch_size)
+
+    def work(chunk: list[Problem], index: int) -> list[dict]:
+        outputs = generator.generate(
+            [templates.posterior_prompt(p.question, p.answer) for p in chunk], n=s.num_generations,
+            max_new_tokens=s.max_completion_length, temperature=s.temperature, top_p=s.top_p,
+            stop=templates.stop_strings(), seed=_seed("sample", cfg.seed, index), progress=False)
+        rows = []
+        for p, samples in zip(chunk, outputs):
+            for k, g in enumerate(samples):
+                cut = templates.cut(g.text)
+                trace_ids = templates.trace_token_ids(g.token_ids, cut.trace)
+                rows.append({"question_id": p.id, "k": k, "text": g.text, "trace": cut.trace,
+                             "trace_token_ids": trace_ids, "trace_tokens": len(trace_ids),
+                             "posterior_answer": cut.answer, "finished": g.finished, "stop_reason": g.stop_reason,
+                             "format_ok": cut.format_ok, "format_error": cut.error})
+        return rows
+
+    problems = sampled_questions(cfg, run)
+    rows = run.sharded("samples", key, problems, s.chunk_size, work, desc="sample q")
+    run.write_rows("samples/posterior.parquet", rows)
+    run.drop_shards("samples")
+    by_id = {p.id: p for p in problems}
+    hint_kept = sum(1 for r in rows if r["posterior_answer"] is not None
+                    and str(r["posterior_answer"]).strip() == str(by_id[r["question_id"]].answer).strip())
+    return {"questions": len(problems), "traces": len(rows),
+            "finished": sum(r["finished"] for r in rows), "format_ok": sum(r["format_ok"] for r in rows),
+            "answer_equals_hint": hint_kept,
+            "mean_trace_tokens": sum(r["trace_tokens"] for r in rows) / max(1, len(rows))}
+
+
+# --- 4. score ---------------------------------------------------------------------------------------------------------
+
+def stage_score(cfg: RunConfig, run: RunDir) -> dict:
+    """Per-token log-probs of every trace under pi0 (no hint) and under q (its own prompt), on the same token ids,
+    and of the reference answer's tokens after the trace under pi0."""
+    from varreason.backends.hf import HFScorer
+
+    c = cfg.score
+    key = cfg.section_hash(*UPSTREAM["score"])
+    prior_dir, posterior_dir = _model_dir(run, "initial"), _model_dir(run, "posterior")
+    tokenizer = load_tokenizer(prior_dir)
+    if load_tokenizer(posterior_dir).get_vocab() != tokenizer.get_vocab():
+        raise InputError("pi0 and q have different tokenizers; the same trace ids cannot be scored under both",
+                         file=posterior_dir)
+    templates = Templates(cfg.format, tokenizer)
+    prior = HFScorer(load_model(prior_dir), tokenizer, batch_size=c.batch_size, chunk_size=c.chunk_size)
+    posterior = HFScorer(load_model(posterior_dir), tokenizer, batch_size=c.batch_size, chunk_size=c.chunk_size)
+
+    def enc(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    problems = {p.id: p for p in load_problems(run, "train")}
+    samples = run.read_rows("samples/posterior.parquet")
+    middle = enc(cfg.format.think_close + cfg.format.answer_open)
+    closer = enc(cfg.format.answer_close)
+
+    def work(chunk: list[dict], index: int) -> list[dict]:
+        prior_prompts, prior_completions, q_prompts, q_completions, spans = [], [], [], [], []
+        for r in chunk:
+            p = problems[r["question_id"]]
+            trace, answer = list(r["trace_token_ids"]), enc(str(p.answer))
+            prior_prompts.append(enc(templates.prompt(p.question)))
+            prior_completions.append(trace + middle + answer + closer)
+            q_prompts.append(enc(templates.posterior_prompt(p.question, p.answer)))
+            q_completions.append(trace)
+            spans.append((len(trace), len(trace) + len(middle), len(answer)))
+        prior_lp = prior.score(prior_prompts, prior_completions, progress=False)
+        q_lp = posterior.score(q_prompts, q_completions, progress=False)
+        rows = []
+        for r, lp, qlp, (t, a0, n) in zip(chunk, prior_lp, q_lp, spans):
+            rows.append({"question_id": r["question_id"], "k": r["k"], "trace_tokens": t,
+                         "prior_logps": lp[:t], "posterior_logps": qlp, "answer_logps": lp[a0 : a0 + n],
+                         "answer_tokens": n})
+        return rows
+
+    rows = run.sharded("scores", key, samples, max(1, cfg.sample.chunk_size * cfg.sample.num_generations), work,
+                       desc="score pi0 & q")
+    run.write_rows("scores/scores.parquet", rows)
+    run.drop_shards("scores")
+    return {"traces": len(rows), "scored_tokens": sum(r["trace_tokens"] + r["answer_tokens"] for r in rows)}
+
+
+# --- 5. rollout -------------------------------------------------------------------------------------------------------
+
+def stage_rollout(cfg: RunConfig, run: RunDir) -> dict:
+    """M answers of pi0 after each (question, trace), verified; and pi0's own traces (no hint) for comparison."""
+    from varreason.backends.hf import HFGenerator
+    from varreason.tasks import score_problem
+
+    o = cfg.rollout
+    key = cfg.section_hash(*UPSTREAM["rollout"])
+    path = _model_dir(run, "initial")
+    tokenizer = load_tokenizer(path)
+    templates = Templates(cfg.format, tokenizer)
+    model = load_model(path)
+    problems = {p.id: p for p in load_problems(run, "train")}
+    close = cfg.format.think_close
+    counts: dict = {"rollouts": 0, "correct": 0, "prior_samples": 0, "prior_correct": 0}
+
+    if o.num_generations > 0:
+        generator = HFGenerator(model, tokenizer, batch_size=o.batch_size)
+        samples = run.read_rows("samples/posterior.parquet")
+
+        def work(chunk: list[dict], index: int) -> list[dict]:
+            prompts = [templates.prompt(problems[r["question_id"]].question) + r["trace"] + close for r in chunk]
+            outputs = generator.generate(prompts, n=o.num_generations, max_new_tokens=o.max_completion_length,
+                                         temperature=o.temperature, top_p=o.top_p, stop=templates.stop_strings(),
+                                         seed=_seed("rollout", cfg.seed, index), progress=False)
+            rows = []
+            for r, answers in zip(chunk, outputs):
+                p = problems[r["question_id"]]
+                for m, g in enumerate(answers):
+                    cut = templates.cut(r["trace"] + close + g.text)
+                    verdict = score_problem(p, cut.answer) if cut.answer is not None else None
+                    rows.append({"question_id": r["question_id"], "k": r["k"], "m": m, "text": g.text,
+                                 "predicted": cut.answer, "correct": bool(verdict and verdict.correct)})
+            return rows
+
+        rows = run.sharded("scores/rollouts", key, samples, max(1, o.chunk_size * cfg.sample.num_generations), work,
+                           desc="rollout pi0")
+        run.write_rows("scores/rollouts.parquet", rows)
+        run.drop_shards("scores/rollouts")
+        counts.update(rollouts=len(rows), correct=sum(r["correct"] for r in rows))
+
+    if o.prior_samples > 0:
+        s = cfg.sample
+        generator = HFGenerator(model, tokenizer, batch_size=s.batch_size)
+        questions = sampled_questions(cfg, run)
+
+        def own(chunk: list[Problem], index: int) -> list[dict]:
+            outputs = generator.generate([templates.prompt(p.question) for p in chunk], n=o.prior_samples,
+                                         max_new_tokens=s.max_completion_length, temperature=s.temperature,
+                                         top_p=s.top_p, stop=templates.stop_strings(),
+                                         seed=_seed("prior", cfg.seed, index), progress=False)
+            rows = []
+            for p, gens in zip(chunk, outputs):
+                for j, g in enumerate(gens):
+                    cut = templates.cut(g.text)
+                    verdict = score_problem(p, cut.answer) if cut.answer is not None else None
+                    rows.append({"question_id": p.id, "j": j, "text": g.text, "trace": cut.trace,
+                                 "trace_tokens": len(templates.trace_token_ids(g.token_ids, cut.trace)),
+                                 "predicted": cut.answer, "correct": bool(verdict and verdict.correct),
+                                 "finished": g.finished})
+            return rows
+
+        rows = run.sharded("scores/prior", key, questions, s.chunk_size, own, desc="pi0's own traces")
+        run.write_rows("scores/prior_samples.parquet", rows)
+        run.drop_shards("scores/prior")
+        counts.update(prior_samples=len(rows), prior_correct=sum(r["correct"] for r in rows))
+    return counts
+
+
+# --- 6. weights -------------------------------------------------------------------------------------------------------
+
+def compute_weights(cfg: RunConfig, scores: list[dict], samples: list[dict], rollouts: list[dict] | None) -> list[dict]:
+    """weights.parquet rows from the scores (and rollouts): everything needed to recompute them is in the artifacts."""
+    w = cfg.weights
+    finished = {(r["question_id"], r["k"]): r["finished"] for r in samples}
+    correct: dict = defaultdict(int)
+    totals: dict = defaultdict(int)
+    for r in rollouts or []:
+        correct[(r["question_id"], r["k"])] += int(r["correct"])
+        totals[(r["question_id"], r["k"])] += 1
+    rows = []
+    for qid, group in _group(scores, "question_id").items():
+        group = sorted(group, key=lambda r: r["k"])
+        keys = [(qid, r["k"]) for r in group]
+        eligible = [(finished[key] or not w.require_finished)
+                    and (w.max_trace_tokens is None or r["trace_tokens"] <= w.max_trace_tokens)
+                    for key, r in zip(keys, group)]
+        has_rollouts = rollouts is not None and all(totals[key] > 0 for key in keys)
+        qw = objectives.question_weights(
+            [r["prior_logps"] for r in group], [r["posterior_logps"] for r in group],
+            [r["answer_logps"] for r in group],
+            correct=[correct[key] for key in keys] if has_rollouts else None,
+            totals=[totals[key] for key in keys] if has_rollouts else None,
+            estimator=w.estimator, ratio=w.ratio, eligible=eligible)
+        for r, t in zip(group, qw.traces):
+            rows.append({"question_id": qid, "k": r["k"], "trace_tokens": r["trace_tokens"],
+                         "log_ratio": t.log_ratio, "log_p_answer_gml": t.log_p_answer_gml,
+                         "log_p_answer_likelihood": t.log_p_answer_likelihood, "accuracy": t.accuracy,
+                         "log_rho": t.log_rho, "rho_tilde": t.rho_tilde, "eligible": t.eligible,
+                         "best": qw.best == t.k, "ess": qw.ess, "fallback": qw.fallback})
+    return rows
+
+
+def stage_weights(cfg: RunConfig, run: RunDir) -> dict:
+    """One row per (question, trace): log ratio, estimator terms, log rho, rho~; per question ESS and fallback."""
+    rollouts = None
+    if cfg.rollout.num_generations > 0:
+        rollouts = run.read_rows("scores/rollouts.parquet")
+    rows = compute_weights(cfg, run.read_rows("scores/scores.parquet"), run.read_rows("samples/posterior.parquet"),
+                           rollouts)
+    run.write_rows("weights.parquet", rows)
+    per_question = {r["question_id"]: r for r in rows}
+    ess = [r["ess"] for r in per_question.values() if not r["fallback"]]
+    return {"questions": len(per_question), "traces": len(rows), "estimator": cfg.weights.estimator,
+            "ratio": cfg.weights.ratio, "eligible": sum(r["eligible"] for r in rows),
+            "fallbacks": sum(r["fallback"] for r in per_question.values()),
+            "mean_ess": sum(ess) / len(ess) if ess else 0.0}
+
+
+# --- 7. build ---------------------------------------------------------------------------------------------------------
+
+def _answers(cfg: RunConfig, p: Problem, k: int, rollouts_by_trace: dict) -> list[tuple[str, float]]:
+    """(answer text, share) pairs a trace is trained with: the reference, or for `accuracy` pi0's verified answers."""
+    if cfg.weights.estimator != "accuracy":
+        return [(str(p.answer), 1.0)]
+    right = [r["predicted"] for r in sorted(rollouts_by_trace.get((p.id, k), []), key=lambda r: r["m"])
+             if r["correct"]]
+    if not right:
+        return []
+    if cfg.build.mode == "best":
+        return [(right[0], 1.0)]  # the first verified answer, as the released build_data_Acc.py
+    shares: dict = defaultdict(float)
+    for a in right:
+        shares[a] += 1.0 / len(right)
+    return list(shares.items())
+
+
+def build_rows(cfg: RunConfig, run: RunDir, templates: Templates) -> tuple[list[dict], dict]:
+    """The final training set (prompt, completion, weight, source) and its counts."""
+    b = cfg.build
+    weights = _group(run.read_rows("weights.parquet"), "question_id")
+    traces = {(r["question_id"], r["k"]): r["trace"] for r in run.read_rows("samples/posterior.parquet")}
+    rollouts_by_trace = {}
+    if cfg.weights.estimator == "accuracy":
+        rollouts_by_trace = _group(run.read_rows("scores/rollouts.parquet"), "question_id", "k")
+    problems = {p.id: p for p in load_problems(run, "train")}
+    rows, fallbacks, dropped, dropped_mass = [], 0, 0, 0.0
+    for qid, group in weights.items():
+        p = problems[qid]
+        teacher = {"prompt": templates.prompt(p.question), "completion": templates.completion(p.trace, p.answer),
+                   "weight": 1.0, "source": "fallback", "question_id": qid, "k": -1, "rho_tilde": None}
+        if group[0]["fallback"]:
+            rows.append(teacher)
+            fallbacks += 1
+            continue
+        if b.mode == "best":
+            chosen = [(r, 1.0) for r in group if r["best"]]
+        else:
+            chosen = []
+            for r in group:
+                if r["rho_tilde"] <= 0.0:
+                    continue
+                if r["rho_tilde"] < b.min_weight:
+                    dropped, dropped_mass = dropped + 1, dropped_mass + r["rho_tilde"]
+                    continue
+                chosen.append((r, r["rho_tilde"]))
+        for r, weight in chosen:
+            for answer, share in _answers(cfg, p, r["k"], rollouts_by_trace):
+                rows.append({"prompt": templates.prompt(p.question),
+                             "completion": templates.completion(traces[(qid, r["k"])], answer),
+                             "weight": weight * share, "source": "posterior", "question_id": qid, "k": r["k"],
+                             "rho_tilde": r["rho_tilde"]})
+    posterior_rows = sum(r["source"] == "posterior" for r in rows)
+    questions = len(weights)
+    if b.mode == "weighted" and not b.mix and rows:
+        # Mean row weight 1, so the learning rate means the same as for SFT; within a question the weights stay
+        # exactly proportional to rho~ (the paper scales the batch by K instead, which costs K times the compute).
+        scale = len(rows) / questions
+        for r in rows:
+            r["weight"] *= scale
+    if b.mix:
+        for p in (problems[qid] for qid in weights):
+            rows.append({"prompt": templates.prompt(p.question), "completion": templates.completion(p.trace, p.answer),
+                         "weight": 1.0, "source": "teacher", "question_id": p.id, "k": -1, "rho_tilde": None})
+    counts = {"rows": len(rows), "questions": questions, "posterior_rows": posterior_rows,
+              "teacher_rows": sum(r["source"] == "teacher" for r in rows), "fallbacks": fallbacks,
+              "dropped_below_min_weight": dropped, "dropped_weight_mass": dropped_mass, "mode": b.mode, "mix": b.mix}
+    return rows, counts
+
+
+def stage_build(cfg: RunConfig, run: RunDir) -> dict:
+    rows, counts = build_rows(cfg, run, Templates(cfg.format, load_tokenizer(_model_dir(run, "initial"))))
+    run.write_rows("train/final.parquet", rows)
+    if counts["fallbacks"]:
+        print(f"build: {counts['fallbacks']} of {counts['questions']} questions had no eligible trace and fell back "
+              "to their teacher trace")
+    return counts
+
+
+# --- 8. final and its compute-matched SFT baseline ------------------------------------------------------------------
+
+def final_training_config(cfg: RunConfig, run: RunDir):
+    """cfg.final with max_steps resolved: -1 means as many optimiser steps as pi0 took."""
+    sft = copy.deepcopy(cfg.final)
+    if sft.max_steps is None or sft.max_steps < 0:
+        stats = run.manifest()["stages"].get("initial", {}).get("counts", {})
+        if not stats.get("optimizer_steps"):
+            raise InputError("final.max_steps is -1 (match pi0) but pi0's step count is not in the manifest; "
+                             "run `initial` first or set final.max_steps")
+        sft.max_steps = int(stats["optimizer_steps"])
+    return sft
+
+
+def stage_final(cfg: RunConfig, run: RunDir) -> dict:
+    """The final reasoning model: weighted SFT on train/final.parquet, saved as models/<final.name>."""
+    sft = final_training_config(cfg, run)
+    rows = [{k: r[k] for k in ("prompt", "completion", "weight")} for r in run.read_rows("train/final.parquet")]
+    stats = train_sft(_init_path(cfg, run, cfg.final.init), rows, sft, run.path / "models" / cfg.final.name,
+                      seed=cfg.seed, log_dir=run.path / "logs" / cfg.final.name)
+    return {**stats, "init": cfg.final.init}
+
+
+def stage_matched(cfg: RunConfig, run: RunDir) -> dict:
+    """`sft-matched`: pi0's recipe (the teacher data) with the final model's init, optimiser steps and batch size."""
+    if not cfg.final.sft_matched:
+        return {"skipped": "final.sft_matched is false"}
+    sft = final_training_config(cfg, run)
+    init = _init_path(cfg, run, cfg.final.init)
+    rows = sft_rows(load_problems(run, "train"), Templates(cfg.format, load_tokenizer(init)))
+    stats = train_sft(init, rows, sft, run.path / "models" / "sft-matched", seed=cfg.seed,
+                      log_dir=run.path / "logs" / "sft-matched")
+    return {**stats, "init": cfg.final.init}
+
+
+def recompute_weights_matches(cfg: RunConfig, run: RunDir, atol: float = 1e-9) -> bool:
+    """True when weights.parquet equals the weights recomputed from the scores artifact (an audit helper)."""
+    stored = {(r["question_id"], r["k"]): r for r in run.read_rows("weights.parquet")}
+    rollouts = run.read_rows("scores/rollouts.parquet") if cfg.rollout.num_generations > 0 else None
+    fresh = compute_weights(cfg, run.read_rows("scores/scores.parquet"), run.read_rows("samples/posterior.parquet"),
+                            rollouts)
+    for r in fresh:
+        s = stored[(r["question_id"], r["k"])]
+        for name in ("log_rho", "rho_tilde", "ess"):
+            a, b = r[name], s[name]
+            if not (a == b or (math.isfinite(a) and math.isfinite(b) and abs(a - b) <= atol)):
+                return False
+    return len(fresh) == len(stored)
