@@ -155,7 +155,7 @@ class BuildConfig:
     """The final training set from the weights."""
 
     mode: str = "best"  # best: argmax rho per question (17K recipe); weighted: all K traces with weight rho~ (1K recipe)
-    mix: bool = True  # add the teacher data 1:1 (the paper's 17K mix)
+    mix: bool = True  # add the teacher data of every training question (the paper's 17K mix: 1:1 when q covers all)
     min_weight: float = 0.0  # weighted mode: drop rows with rho~ below this (counted), to spare compute
 
 

@@ -53,6 +53,120 @@ def plot_loss(history: list, path, title: str) -> None:
     plt.close(fig)
 
 
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_weights(weights: list[dict], plots) -> None:
+    """rho~ of every eligible trace, the largest rho~ of each question, and the ESS of each question."""
+    plt = _plt()
+    questions = {r["question_id"]: r for r in weights if not r["fallback"]}
+    k = max((r["k"] for r in weights), default=0) + 1
+    top: dict = {}
+    for r in weights:
+        if not r["fallback"]:
+            top[r["question_id"]] = max(top.get(r["question_id"], 0.0), r["rho_tilde"])
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    axes[0].hist([r["rho_tilde"] for r in weights if r["eligible"]], bins=20, range=(0, 1), alpha=0.6,
+                 label="every eligible trace")
+    axes[0].hist(list(top.values()), bins=20, range=(0, 1), alpha=0.6, label="largest per question")
+    axes[0].set_xlabel("normalised weight rho~")
+    axes[0].set_ylabel("count")
+    axes[0].set_title("rho~ distribution")
+    axes[0].legend()
+    axes[1].hist([r["ess"] for r in questions.values()], bins=min(4 * k, 40), range=(1, k))
+    axes[1].set_xlabel(f"effective sample size (of K = {k})")
+    axes[1].set_ylabel("questions")
+    axes[1].set_title("ESS per question")
+    fig.tight_layout()
+    fig.savefig(plots / "weights.png", dpi=120)
+    plt.close(fig)
+
+
+def plot_length_vs_ratio(weights: list[dict], path) -> None:
+    plt = _plt()
+    pts = [r for r in weights if r["log_ratio"] is not None]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for chosen, color, label in ((False, "tab:gray", "other traces"), (True, "tab:red", "selected (argmax rho)")):
+        sub = [r for r in pts if r["best"] == chosen]
+        ax.scatter([r["trace_tokens"] for r in sub], [r["log_ratio"] for r in sub], s=4, alpha=0.4, c=color,
+                   label=label)
+    ax.set_xlabel("trace length (tokens)")
+    ax.set_ylabel("log ratio log pi0(z|x) - log q(z|x,y')")
+    ax.set_title("Trace length vs log ratio")
+    ax.legend(markerscale=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def trace_quality(run: RunDir) -> dict | None:
+    """By difficulty: share of pi0's answers that are correct after q's traces vs after pi0's own traces."""
+    from collections import defaultdict
+
+    rollouts_path, prior_path = run.path / "scores/rollouts.parquet", run.path / "scores/prior_samples.parquet"
+    if not rollouts_path.exists() or not prior_path.exists():
+        return None
+    difficulty = {r["id"]: str(r["difficulty"]) for r in run.read_rows("data/train.parquet")}
+    out: dict = defaultdict(lambda: {"q": [0, 0], "pi0": [0, 0]})
+    for source, rows in (("q", run.read_rows("scores/rollouts.parquet")),
+                         ("pi0", run.read_rows("scores/prior_samples.parquet"))):
+        for r in rows:
+            for level in (difficulty[r["question_id"]], "all"):
+                out[level][source][0] += int(r["correct"])
+                out[level][source][1] += 1
+    return {d: {s: (c / n if n else 0.0) for s, (c, n) in v.items()} for d, v in out.items()}
+
+
+def plot_trace_quality(quality: dict, path) -> None:
+    plt = _plt()
+    levels = sorted(quality, key=lambda d: (d == "all", len(d), d))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    xs = range(len(levels))
+    ax.bar([x - 0.2 for x in xs], [quality[d]["pi0"] for d in levels], 0.4, label="pi0's own traces")
+    ax.bar([x + 0.2 for x in xs], [quality[d]["q"] for d in levels], 0.4, label="q's traces (hinted)")
+    ax.set_xticks(list(xs), [d if d == "all" else f"d={d}" for d in levels])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share of pi0's answers correct")
+    ax.set_title("Traces that lead pi0 to the right answer")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _variational_section(run: RunDir, plots) -> list[str]:
+    if not (run.path / "weights.parquet").exists():
+        return []
+    weights = run.read_rows("weights.parquet")
+    stages = run.manifest()["stages"]
+    w = stages.get("weights", {}).get("counts", {})
+    b = stages.get("build", {}).get("counts", {})
+    plot_weights(weights, plots)
+    plot_length_vs_ratio(weights, plots / "length_vs_log_ratio.png")
+    lines = ["## Importance weights", "",
+             f"Estimator `{w.get('estimator')}`, ratio `{w.get('ratio')}`: {w.get('questions')} questions, "
+             f"{w.get('traces')} traces, {w.get('eligible')} eligible; mean ESS {w.get('mean_ess', 0):.2f}; "
+             f"**{w.get('fallbacks')} questions fell back to their teacher trace** (no eligible trace).", ""]
+    if b:
+        lines += [f"Training set (`build.mode: {b.get('mode')}`, mix {b.get('mix')}): {b.get('rows')} rows, "
+                  f"{b.get('posterior_rows')} from q, {b.get('teacher_rows')} teacher, {b.get('fallbacks')} fallbacks, "
+                  f"{b.get('dropped_below_min_weight')} dropped below `min_weight`.", ""]
+    lines += ["![weights](plots/weights.png)", "", "![length vs log ratio](plots/length_vs_log_ratio.png)", ""]
+    quality = trace_quality(run)
+    if quality:
+        plot_trace_quality(quality, plots / "trace_quality.png")
+        lines += ["Share of pi0's answers that are correct after q's (hinted) traces vs after pi0's own traces "
+                  f"(all: {quality['all']['q']:.1%} vs {quality['all']['pi0']:.1%}).", "",
+                  "![trace quality](plots/trace_quality.png)", ""]
+    return lines
+
+
 def write_report(run: RunDir) -> str | None:
     """Tables of accuracy overall / by difficulty / by task, the loss curve of each trained model, plots."""
     path = run.path / "eval" / "summary.json"
@@ -72,6 +186,7 @@ def write_report(run: RunDir) -> str | None:
         lines.append(f"| {name} | {m['accuracy']:.1%} | [{m['ci_low']:.1%}, {m['ci_high']:.1%}] | "
                      + " | ".join(cells) + " |")
     lines += ["", "![accuracy by difficulty](plots/accuracy_by_difficulty.png)", ""]
+    lines += _variational_section(run, plots)
     for name, entry in stages.items():
         history = entry["counts"].get("loss_history") if isinstance(entry.get("counts"), dict) else None
         if history:

@@ -364,8 +364,8 @@ def build_rows(cfg: RunConfig, run: RunDir, templates: Templates) -> tuple[list[
         scale = len(rows) / questions
         for r in rows:
             r["weight"] *= scale
-    if b.mix:
-        for p in (problems[qid] for qid in weights):
+    if b.mix:  # the teacher data of every training question (the paper's mix: q covers all of them, so 1:1)
+        for p in problems.values():
             rows.append({"prompt": templates.prompt(p.question), "completion": templates.completion(p.trace, p.answer),
                          "weight": 1.0, "source": "teacher", "question_id": p.id, "k": -1, "rho_tilde": None})
     counts = {"rows": len(rows), "questions": questions, "posterior_rows": posterior_rows,
