@@ -105,7 +105,8 @@ def test_best_mix_build_has_one_row_per_question_plus_teacher(smoke_run):
     questions = {r["question_id"] for r in weights}
     fallbacks = {r["question_id"] for r in weights if r["fallback"]}
     assert {"prompt", "completion", "weight", "source"} <= set(built[0])
-    assert sum(r["source"] == "teacher" for r in built) == len(questions)
+    train = rows(smoke_run / "data/train.parquet")
+    assert sum(r["source"] == "teacher" for r in built) == len(train), "mix: the teacher data of every question"
     assert sum(r["source"] == "fallback" for r in built) == len(fallbacks)
     assert sum(r["source"] == "posterior" for r in built) == len(questions) - len(fallbacks)
     manifest = json.loads((smoke_run / "manifest.json").read_text())["stages"]
