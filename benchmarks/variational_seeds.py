@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from varreason.evaluation import wilson_interval
+
 VARIANTS = {  # final.name -> overrides
     "final": [],  # the demo default: gml, best + mix
     "final-acc-mix": ["--weights.estimator", "accuracy"],
@@ -56,12 +58,13 @@ def main() -> int:
     parser.add_argument("--root", default="runs/seeds")
     parser.add_argument("--config", default="demo")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--aggregate-only", action="store_true", help="only summarise the runs already in ROOT")
     args, extra = parser.parse_known_args()
     extra = [e for e in extra if e != "--"]
     root = Path(args.root)
     exe = [sys.executable, "-m", "varreason"]
     walls: dict = {}
-    for seed in args.seeds:
+    for seed in [] if args.aggregate_only else args.seeds:
         out = str(root / f"seed{seed}")
         for i, name in enumerate(args.variants):
             cmd = exe + ["run", "--config", args.config, "--output-dir", out, "--seed", str(seed),
@@ -74,18 +77,24 @@ def main() -> int:
     for seed in args.seeds:
         summary = json.loads((root / f"seed{seed}" / "eval" / "summary.json").read_text())
         for model, entry in summary.items():
-            table.setdefault(model, {"overall": [], "hard": [], "seeds": []})
+            table.setdefault(model, {"overall": [], "hard": [], "seeds": [], "correct": 0, "n": 0})
+            table[model]["correct"] += round(entry["accuracy"] * entry["n"])
+            table[model]["n"] += entry["n"]
             table[model]["overall"].append(entry["accuracy"])
             table[model]["hard"].append(hard_accuracy(entry))
             table[model]["seeds"].append(seed)
     result = {}
     lines = [f"Held-out accuracy over seeds {args.seeds} (mean ± t 95% CI half-width; hard = d4 + d5)", "",
-             "| model | overall | hard (d4+d5) | per seed (overall) |", "|---|---|---|---|"]
+             "| model | overall | hard (d4+d5) | pooled over seeds (Wilson 95% CI) | per seed (overall) |",
+             "|---|---|---|---|---|"]
     for model, v in table.items():
         (m, h), (hm, hh) = mean_ci(v["overall"]), mean_ci(v["hard"])
         result[model] = {"overall_mean": m, "overall_ci": h, "hard_mean": hm, "hard_ci": hh, **v}
         per_seed = " / ".join(f"{a:.1%}" for a in v["overall"])
-        lines.append(f"| {model} | {m:.1%} ± {h:.1%} | {hm:.1%} ± {hh:.1%} | {per_seed} |")
+        lo, hi = wilson_interval(v["correct"], v["n"])
+        result[model].update(pooled_ci=[lo, hi])
+        lines.append(f"| {model} | {m:.1%} ± {h:.1%} | {hm:.1%} ± {hh:.1%} | {v['correct'] / v['n']:.1%} "
+                     f"[{lo:.1%}, {hi:.1%}] (n={v['n']}) | {per_seed} |")
     result["_wall_seconds"] = {f"seed{s}/{n}": w for (s, n), w in walls.items()}
     root.mkdir(parents=True, exist_ok=True)
     (root / "summary.json").write_text(json.dumps(result, indent=2))
