@@ -145,8 +145,9 @@ def stage_eval(cfg: RunConfig, run: RunDir) -> dict:
     for name in reasoning_models(run):
         metrics_path = run.path / "eval" / name / "metrics.json"
         fingerprint = _fingerprint(cfg, run.path / "models" / name)
-        if metrics_path.exists() and json.loads(metrics_path.read_text()).get("fingerprint") == fingerprint:
-            out[name] = json.loads(metrics_path.read_text())["accuracy"]
+        previous = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+        if previous.get("fingerprint") == fingerprint:
+            out[name] = previous["accuracy"]
             continue
         out[name] = evaluate_model(cfg, run, name, fingerprint)["accuracy"]
     return {"accuracy": out}

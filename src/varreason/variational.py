@@ -157,14 +157,22 @@ def stage_score(cfg: RunConfig, run: RunDir) -> dict:
     middle = enc(cfg.format.think_close + cfg.format.answer_open)
     closer = enc(cfg.format.answer_close)
 
+    encoded: dict = {}  # question id -> (pi0 prompt, q prompt, answer) ids, tokenised once for its K traces
+
+    def prompts_of(p: Problem) -> tuple[list[int], list[int], list[int]]:
+        if p.id not in encoded:
+            encoded[p.id] = (enc(templates.prompt(p.question)), enc(templates.posterior_prompt(p.question, p.answer)),
+                             enc(str(p.answer)))
+        return encoded[p.id]
+
     def work(chunk: list[dict], index: int) -> list[dict]:
         prior_prompts, prior_completions, q_prompts, q_completions, spans = [], [], [], [], []
         for r in chunk:
-            p = problems[r["question_id"]]
-            trace, answer = list(r["trace_token_ids"]), enc(str(p.answer))
-            prior_prompts.append(enc(templates.prompt(p.question)))
+            prior_prompt, q_prompt, answer = prompts_of(problems[r["question_id"]])
+            trace = list(r["trace_token_ids"])
+            prior_prompts.append(prior_prompt)
             prior_completions.append(trace + middle + answer + closer)
-            q_prompts.append(enc(templates.posterior_prompt(p.question, p.answer)))
+            q_prompts.append(q_prompt)
             q_completions.append(trace)
             spans.append((len(trace), len(trace) + len(middle), len(answer)))
         prior_lp = prior.score(prior_prompts, prior_completions, progress=False)
