@@ -20,7 +20,8 @@ COMMANDS = {
     "base": "build the starting model (a tiny Qwen3 from scratch, or check the given model)",
     "initial": "train pi0 by SFT on the teacher traces (models/initial)",
     "posterior": "train q_phi by SFT with the answer hint in its prompt (models/posterior)",
-    "sample": "sample K traces per training question from q (samples/posterior.parquet)",
+    "sample": "sample K traces per training question from q, or from pi0 with --sample.proposal prior "
+              "(samples/posterior.parquet)",
     "score": "per-token log-probs of each trace under pi0 and q, and of the answer under pi0 (scores/scores.parquet)",
     "rollout": "M answers of pi0 after each trace, verified; pi0's own traces (scores/rollouts.parquet, ...)",
     "weights": "importance weights per (question, trace): log ratio, estimator, log rho, rho~, ESS (weights.parquet)",
@@ -28,6 +29,11 @@ COMMANDS = {
     "final": "train the final model by weighted SFT on train/final.parquet (models/<final.name>)",
     "matched": "train sft-matched: the teacher data with the final model's init, steps and batch (models/sft-matched)",
     "eval": "evaluate the run's models on the held-out split (eval/), or with --model any model on benchmarks",
+    "rft": "RFT baseline: keep pi0's verified traces (`sample` with --sample.proposal prior) and fine-tune "
+           "(models/<rft.name>)",
+    "grpo": "GRPO baseline on TRL's GRPOTrainer from pi0, our verifier as the reward (models/<grpo.name>)",
+    "compare": "train every method (compare.methods) from the same pi0, evaluate all the same way; writes "
+               "DIR/summary.json, report.md, plots and the accuracy-bias diagnostic",
     "config": "print the resolved config (YAML) and exit",
 }
 EPILOG = """config: --config FILE_OR_PRESET (default: the 'demo' preset; presets: demo, smoke).
@@ -69,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--output-dir", default=None, help="run directory (default: the config's output_dir)")
         if name != "config":
             p.add_argument("--force", action="store_true", help="redo the stage(s) even if their artifacts exist")
+        if name == "compare":
+            p.add_argument("--reuse", action="append", default=[], metavar="RUN_DIR",
+                           help="a finished run folder whose stages are adopted where the config matches; repeatable")
         if name == "eval":
             g = p.add_argument_group("benchmark evaluation (with --model)")
             g.add_argument("--model", help="HF model folder or hub id to evaluate on benchmarks")
@@ -110,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
             return _benchmark_eval(args, cfg)
         if args.command == "eval" and args.benchmark:
             raise InputError("--benchmark needs --model (the model to evaluate)")
+        if args.command == "compare":
+            from varreason.compare import run_compare
+
+            run_compare(cfg, cfg.output_dir, reuse=args.reuse, force=args.force)
+            return 0
         stages = ORDER if args.command == "run" else [args.command]
         run_all(cfg, stages, force=args.force)
         return 0

@@ -111,6 +111,7 @@ class SampleConfig:
     """K traces per training question from q (paper: K = 8, temperature 0.7, top_p 1)."""
 
     num_questions: int | None = None  # a seeded subset of the training questions (the paper's 1K setting); null = all
+    proposal: str = "posterior"  # posterior: q with the hint; prior: pi0 without it (the paper's "w/o y'" ablation)
     num_generations: int = 8
     temperature: float = 0.7
     top_p: float = 1.0
@@ -170,6 +171,59 @@ class FinalConfig(SFTConfig):
 
 
 @dataclass
+class RFTConfig(SFTConfig):
+    """Rejection-sampling fine-tuning: pi0's own traces (the `sample` stage with `sample.proposal: prior`), verified;
+    the correct ones are kept and trained on by SFT."""
+
+    # max_steps -1 = the final model's optimiser steps (compute-matched with it)
+    name: str = "rft"
+    init: str = "initial"  # initial (continue from pi0, as the demo's final model) | base
+    mode: str = "keep"  # keep: every correct trace, weight 1 (per-question weight ~ P) | normalized: weight 1/c_i
+    mix: bool = True  # add the teacher data of every training question, as the variational build does
+    require_finished: bool = True  # a trace that hit max_completion_length is not kept even if its answer is right
+
+
+@dataclass
+class GRPOSection:
+    """GRPO from pi0 with our verifier as the reward, on TRL's GRPOTrainer; TRL's field names and CPU-safe defaults."""
+
+    name: str = "grpo"  # the model folder models/<name>
+    reward: str = "binary"  # binary: 1 if verified correct | debiased: 1(correct) / batch accuracy of the question (§4)
+    learning_rate: float = 1e-5
+    max_steps: int = 100
+    per_device_train_batch_size: int = 64  # completions per optimiser step (prompts x num_generations)
+    gradient_accumulation_steps: int = 1
+    num_generations: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_completion_length: int = 256
+    beta: float = 0.0  # KL to the reference model (TRL's default: none, no reference model loaded)
+    epsilon: float = 0.2
+    loss_type: str = "dapo"  # TRL: grpo | dr_grpo | dapo | bnpo | ...
+    scale_rewards: str = "group"  # group (GRPO: divide by the group std) | batch | none (Dr. GRPO)
+    num_iterations: int = 1
+    mask_truncated_completions: bool = False
+    warmup_ratio: float = 0.0
+    lr_scheduler_type: str = "constant"
+    max_grad_norm: float = 1.0
+    logging_steps: int = 10
+    save_steps: int = 50
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    bf16: bool = False  # fp32 on CPU: bf16 is emulated there and ~10x slower (TRL's default is True)
+    gradient_checkpointing: bool = False  # TRL's default is True: ~10x slower on this CPU for a tiny model
+
+
+@dataclass
+class CompareConfig:
+    """`varreason compare`: which methods to train and evaluate side by side, and named variants of them."""
+
+    methods: list[str] = field(default_factory=lambda: ["sft", "sft-matched", "variational", "no-hint", "rft", "grpo",
+                                                        "grpo-debiased"])
+    # extra entries: name -> {method: <built-in method>, <section.field>: value, ...}
+    variants: dict[str, dict] = field(default_factory=dict)
+
+
+@dataclass
 class EvalConfig:
     """Held-out evaluation: sampling settings and batching."""
 
@@ -196,15 +250,28 @@ class RunConfig:
     weights: WeightsConfig = field(default_factory=WeightsConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
     final: FinalConfig = field(default_factory=FinalConfig)
+    rft: RFTConfig = field(default_factory=RFTConfig)
+    grpo: GRPOSection = field(default_factory=GRPOSection)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def section_hash(self, *sections: str) -> str:
         """A short hash of the named sections: a stage is redone when the config it depends on changes."""
-        payload = {name: self.to_dict()[name] for name in sections}
+        data = self.to_dict()
+        payload = {name: data[name] for name in sections}
+        for section, key in HASH_OMIT_AT_DEFAULT:  # options added later: at their default they change no hash
+            if section in payload and payload[section].get(key) == _DEFAULTS[section][key]:
+                del payload[section][key]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Fields added after runs existed whose default reproduces the old behaviour: left out of the stage hashes at their
+# default, so finished stages of older run folders are still reused (and `compare --reuse` finds them).
+HASH_OMIT_AT_DEFAULT = {("sample", "proposal")}
+_DEFAULTS = RunConfig().to_dict()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -309,6 +376,13 @@ def validate(cfg: RunConfig) -> RunConfig:
         "weights.estimator": (cfg.weights.estimator, {"gml", "accuracy", "likelihood"}),
         "weights.ratio": (cfg.weights.ratio, {"geometric", "exact"}),
         "build.mode": (cfg.build.mode, {"best", "weighted"}),
+        "sample.proposal": (cfg.sample.proposal, {"posterior", "prior"}),
+        "rft.mode": (cfg.rft.mode, {"keep", "normalized"}),
+        "rft.init": (cfg.rft.init, {"base", "initial"}),
+        "rft.normalizer": (cfg.rft.normalizer, {"constant", "tokens"}),
+        "grpo.reward": (cfg.grpo.reward, {"binary", "debiased"}),
+        "grpo.scale_rewards": (cfg.grpo.scale_rewards, {"group", "batch", "none"}),
+        "grpo.loss_type": (cfg.grpo.loss_type, {"grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"}),
         "format.posterior_format": (cfg.format.posterior_format, {"A", "B"}),
         "task.answer_kind": (cfg.task.answer_kind, {"math", "integer"}),
     }
@@ -322,6 +396,18 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.final.name in ("base", "initial", "posterior", "sft-matched") or not cfg.final.name.replace("-", "").replace(
             "_", "").isalnum():
         raise InputError(f"'final.name' must be a new model name (letters, digits, - and _), got {cfg.final.name!r}")
+    for section in ("rft", "grpo"):
+        name = getattr(cfg, section).name
+        if name in ("base", "initial", "posterior", "sft-matched", cfg.final.name) or not name.replace("-", "").replace(
+                "_", "").isalnum():
+            raise InputError(f"'{section}.name' must be a new model name (letters, digits, - and _), got {name!r}")
+    if cfg.grpo.reward == "debiased" and cfg.grpo.scale_rewards == "group":
+        raise InputError("'grpo.reward: debiased' with 'grpo.scale_rewards: group' is plain GRPO: dividing a group's "
+                         "rewards by its accuracy is undone by dividing by the group's std; use 'none' or 'batch'")
+    g = cfg.grpo
+    if g.num_generations < 2 or (g.per_device_train_batch_size * g.gradient_accumulation_steps) % g.num_generations:
+        raise InputError("'grpo.num_generations' must be >= 2 and divide per_device_train_batch_size x "
+                         "gradient_accumulation_steps (whole groups per optimiser step)")
     if cfg.posterior.mode == "forward_kl":
         raise InputError("'posterior.mode: forward_kl' (Algorithm 1's phi-phase) is not implemented yet; use 'teacher'")
     if cfg.sample.num_generations < 1:

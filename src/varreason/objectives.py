@@ -320,3 +320,101 @@ def forward_kl_weights(correct_counts: Sequence[int], totals: int | Sequence[int
     if total == 0:
         return np.zeros_like(acc), True
     return acc / total, False
+
+
+# --- baselines: RFT and GRPO weights, and the measured per-question weight (the bias diagnostic) -----------------
+
+def rft_weights(num_correct: int, mode: str = "keep") -> list[float]:
+    """Row weights of a question's c correct traces: `keep` 1 each (total c, i.e. ~ P: RFT's bias), `normalized`
+    1/c each (total 1 for every solved question, as in the variational objective)."""
+    if num_correct < 0:
+        raise ValueError(f"num_correct must be >= 0, got {num_correct}")
+    if mode == "keep":
+        return [1.0] * num_correct
+    if mode == "normalized":
+        return [1.0 / num_correct] * num_correct if num_correct else []
+    raise ValueError(f"mode must be 'keep' or 'normalized', got {mode!r}")
+
+
+def debiased_rewards(correct: Sequence[bool], groups: Sequence) -> np.ndarray:
+    """The paper's debiased reward (§4, App. A.5 with alpha=1, beta=gamma=0): 1(correct) / P̂(question), where P̂ is
+    the question's accuracy among the completions of this batch (`groups` holds each completion's question).
+    A question with no correct completion gets 0 everywhere (P̂ = 0: there is nothing to reweight)."""
+    c = np.asarray(correct, dtype=np.float64)
+    if len(c) != len(groups):
+        raise ValueError(f"{len(c)} verdicts but {len(groups)} group labels")
+    out = np.zeros_like(c)
+    members: dict = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    for idx in members.values():
+        p = c[idx].mean()
+        if p > 0:
+            out[idx] = c[idx] / p
+    return out
+
+
+def _std(x: np.ndarray) -> float:
+    """Unbiased standard deviation (TRL's `nanstd`), 0 for a single value."""
+    return float(np.std(x, ddof=1)) if len(x) > 1 else 0.0
+
+
+def group_advantages(rewards: Sequence[float], group_size: int, scale: str = "group", eps: float = 1e-4) -> np.ndarray:
+    """GRPO advantages as TRL computes them (`sum_then_normalize`): r minus its group mean, divided by
+    (std + eps) with the group's std (`group`), the whole batch's (`batch`), or not at all (`none`)."""
+    r = np.asarray(rewards, dtype=np.float64)
+    if group_size < 1 or len(r) % group_size:
+        raise ValueError(f"{len(r)} rewards do not split into groups of {group_size}")
+    g = r.reshape(-1, group_size)
+    adv = g - g.mean(axis=1, keepdims=True)
+    if scale == "group":
+        adv = adv / (np.array([_std(row) for row in g])[:, None] + eps)
+    elif scale == "batch":
+        adv = adv / (_std(r) + eps)
+    elif scale != "none":
+        raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
+    return adv.reshape(-1)
+
+
+def group_forward_kl_weight(rewards: Sequence[float], correct: Sequence[bool], scale: str = "group",
+                            batch_std: float | None = None) -> float:
+    """The weight one GRPO group puts on the forward-KL step towards the posterior (paper §4, Eq. 11-12).
+
+    With rewards r_j and advantages (r_j − mean)/s, the expected policy gradient is (1/G) Σ_j r_j/s ∇log π(o_j)
+    (the mean's term vanishes in expectation), and the correct completions' share of it is
+    w = (1/G) Σ_{j correct} r_j / s: P for binary rewards and s = 1, √(P/(1−P)) for s = the group std,
+    1 for the debiased reward. A group whose rewards are all equal has zero advantages and gets w = 0
+    (no gradient), which is what the trainer does too.
+    """
+    r = np.asarray(rewards, dtype=np.float64)
+    c = np.asarray(correct, dtype=bool)
+    if len(r) != len(c) or len(r) == 0:
+        raise ValueError("rewards and verdicts must be non-empty and of the same length")
+    if np.all(r == r[0]):
+        return 0.0
+    if scale == "group":
+        s = _std(r)
+    elif scale == "batch":
+        if batch_std is None:
+            raise ValueError("scale 'batch' needs the batch's reward std")
+        s = batch_std
+    elif scale == "none":
+        s = 1.0
+    else:
+        raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
+    return float(r[c].sum() / len(r) / s) if s > 0 else 0.0
+
+
+def fit_implied_scale(ps: Sequence[float], weights: Sequence[float], method: str) -> tuple[float, float]:
+    """Least-squares c in weight ≈ c · implied_weight(P) over the points where the formula is finite, and the
+    relative RMS error of that fit (0 = the measured weights follow the formula exactly). Returns (c, rel_rmse)."""
+    f = np.array([implied_weight(float(p), method) for p in ps], dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    ok = np.isfinite(f)
+    f, w = f[ok], w[ok]
+    if len(f) == 0 or not np.any(f > 0):
+        return math.nan, math.nan
+    c = float((f * w).sum() / (f * f).sum())
+    scale = float(np.sqrt(np.mean(w * w)))
+    rel = float(np.sqrt(np.mean((w - c * f) ** 2)) / scale) if scale > 0 else 0.0
+    return c, rel

@@ -2,6 +2,9 @@
 
     data -> base -> initial -> posterior -> sample -> score -> rollout -> weights -> build -> final -> matched -> eval
 
+and the baselines, run alone (`varreason rft`, `varreason grpo`) or by `varreason compare`: rft (after `sample` with
+`sample.proposal: prior`) and grpo (after `initial`).
+
 A stage is skipped when the manifest holds it with the same hash of the config sections it (and everything
 upstream) depends on and its outputs exist. `eval` always runs and skips, model by model, what it already did.
 """
@@ -16,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from varreason import stages, variational
+from varreason.baselines import grpo, rft
 from varreason.variational import UPSTREAM
 from varreason.config import RunConfig, dump_config
 from varreason.runs import RunDir
@@ -54,11 +58,13 @@ STAGES: dict[str, Stage] = {
               ("train/final.parquet",)),
         Stage("final", variational.stage_final, UPSTREAM["final"], ("train/final.parquet",), ()),
         Stage("matched", variational.stage_matched, UPSTREAM["matched"], ("data/train.parquet",), ()),
+        Stage("rft", rft.stage_rft, UPSTREAM["rft"], ("samples/posterior.parquet", "models/initial"), ()),
+        Stage("grpo", grpo.stage_grpo, UPSTREAM["grpo"], ("data/train.parquet", "models/initial"), ()),
         Stage("eval", stages.stage_eval, ("seed", "task", "format", "eval"), ("models/*", "data/test.parquet"),
               ("eval/summary.json",), always=True),
     ]
 }
-ORDER = list(STAGES)
+ORDER = [n for n in STAGES if n not in ("rft", "grpo")]  # `varreason run`; baselines run alone or via `compare`
 
 
 def _outputs(stage: Stage, cfg: RunConfig) -> list[str]:
@@ -67,8 +73,14 @@ def _outputs(stage: Stage, cfg: RunConfig) -> list[str]:
     if stage.name == "rollout":
         return (["scores/rollouts.parquet"] if cfg.rollout.num_generations else []) + (
             ["scores/prior_samples.parquet"] if cfg.rollout.prior_samples else [])
+    if stage.name == "posterior" and cfg.sample.proposal == "prior":
+        return []
     if stage.name == "final":
         return [f"models/{cfg.final.name}/config.json"]
+    if stage.name == "rft":
+        return [f"train/{cfg.rft.name}.parquet", f"models/{cfg.rft.name}/config.json"]
+    if stage.name == "grpo":
+        return [f"models/{cfg.grpo.name}/config.json", f"grpo/{cfg.grpo.name}/rewards.parquet"]
     if stage.name == "matched" and cfg.final.sft_matched:
         return ["models/sft-matched/config.json"]
     return list(stage.outputs)

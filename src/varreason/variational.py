@@ -39,6 +39,8 @@ UPSTREAM = {  # the config sections each stage (and everything before it) depend
     "build": _BASE + ("posterior", "sample", "score", "rollout", "weights", "build"),
     "final": _BASE + ("posterior", "sample", "score", "rollout", "weights", "build", "final"),
     "matched": _BASE + ("final",),
+    "rft": _BASE + ("posterior", "sample", "final", "rft"),
+    "grpo": _BASE + ("sample", "grpo"),
 }
 
 
@@ -79,6 +81,8 @@ def _group(rows: list[dict], *keys: str) -> dict:
 
 def stage_posterior(cfg: RunConfig, run: RunDir) -> dict:
     """q_phi: SFT with the reference answer as the hint in the prompt (format A or B), on the teacher traces."""
+    if cfg.sample.proposal == "prior":
+        return {"skipped": "sample.proposal is prior: pi0 proposes the traces, no posterior is trained"}
     init = _init_path(cfg, run, cfg.posterior.init)
     templates = Templates(cfg.format, load_tokenizer(init))
     rows = [{"prompt": templates.posterior_prompt(p.question, p.answer),
@@ -91,20 +95,28 @@ def stage_posterior(cfg: RunConfig, run: RunDir) -> dict:
 
 # --- 3. sample --------------------------------------------------------------------------------------------------------
 
+def proposal_prompt(cfg: RunConfig, templates: Templates, p: Problem) -> str:
+    """The prompt the traces are sampled from: q's (with the hint), or pi0's own (no hint) for `proposal: prior`."""
+    return templates.prompt(p.question) if cfg.sample.proposal == "prior" else templates.posterior_prompt(p.question,
+                                                                                                           p.answer)
+
+
 def stage_sample(cfg: RunConfig, run: RunDir) -> dict:
-    """K traces per question from q, cut by the cut rule; the sampled token ids of each trace are kept."""
+    """K traces per question from the proposal (q, or pi0 without the hint), cut by the cut rule; the sampled token
+    ids of each trace are kept, and the answer the proposal wrote after its trace is verified (`correct`)."""
     from varreason.backends.hf import HFGenerator
+    from varreason.tasks import score_problem
 
     s = cfg.sample
     key = cfg.section_hash(*UPSTREAM["sample"])
-    path = _model_dir(run, "posterior")
+    path = _model_dir(run, "initial" if s.proposal == "prior" else "posterior")
     tokenizer = load_tokenizer(path)
     templates = Templates(cfg.format, tokenizer)
     generator = HFGenerator(load_model(path), tokenizer, batch_size=s.batch_size)
 
     def work(chunk: list[Problem], index: int) -> list[dict]:
         outputs = generator.generate(
-            [templates.posterior_prompt(p.question, p.answer) for p in chunk], n=s.num_generations,
+            [proposal_prompt(cfg, templates, p) for p in chunk], n=s.num_generations,
             max_new_tokens=s.max_completion_length, temperature=s.temperature, top_p=s.top_p,
             stop=templates.stop_strings(), seed=_seed("sample", cfg.seed, index), progress=False)
         rows = []
@@ -112,14 +124,17 @@ def stage_sample(cfg: RunConfig, run: RunDir) -> dict:
             for k, g in enumerate(samples):
                 cut = templates.cut(g.text)
                 trace_ids = templates.trace_token_ids(g.token_ids, cut.trace)
+                verdict = score_problem(p, cut.answer) if cut.answer is not None else None
                 rows.append({"question_id": p.id, "k": k, "text": g.text, "trace": cut.trace,
                              "trace_token_ids": trace_ids, "trace_tokens": len(trace_ids),
-                             "posterior_answer": cut.answer, "finished": g.finished, "stop_reason": g.stop_reason,
+                             "posterior_answer": cut.answer, "correct": bool(verdict and verdict.correct),
+                             "finished": g.finished, "stop_reason": g.stop_reason,
                              "format_ok": cut.format_ok, "format_error": cut.error})
         return rows
 
     problems = sampled_questions(cfg, run)
-    rows = run.sharded("samples", key, problems, s.chunk_size, work, desc="sample q")
+    rows = run.sharded("samples", key, problems, s.chunk_size, work,
+                       desc="sample pi0 (no hint)" if s.proposal == "prior" else "sample q")
     run.write_rows("samples/posterior.parquet", rows)
     run.drop_shards("samples")
     by_id = {p.id: p for p in problems}
@@ -127,7 +142,7 @@ def stage_sample(cfg: RunConfig, run: RunDir) -> dict:
                     and str(r["posterior_answer"]).strip() == str(by_id[r["question_id"]].answer).strip())
     return {"questions": len(problems), "traces": len(rows),
             "finished": sum(r["finished"] for r in rows), "format_ok": sum(r["format_ok"] for r in rows),
-            "answer_equals_hint": hint_kept,
+            "correct": sum(r["correct"] for r in rows), "answer_equals_hint": hint_kept, "proposal": s.proposal,
             "mean_trace_tokens": sum(r["trace_tokens"] for r in rows) / max(1, len(rows))}
 
 
@@ -140,14 +155,17 @@ def stage_score(cfg: RunConfig, run: RunDir) -> dict:
 
     c = cfg.score
     key = cfg.section_hash(*UPSTREAM["score"])
-    prior_dir, posterior_dir = _model_dir(run, "initial"), _model_dir(run, "posterior")
+    same = cfg.sample.proposal == "prior"  # the proposal is pi0 itself: q's log-probs are pi0's, the ratio is 1
+    prior_dir = _model_dir(run, "initial")
     tokenizer = load_tokenizer(prior_dir)
-    if load_tokenizer(posterior_dir).get_vocab() != tokenizer.get_vocab():
-        raise InputError("pi0 and q have different tokenizers; the same trace ids cannot be scored under both",
-                         file=posterior_dir)
     templates = Templates(cfg.format, tokenizer)
     prior = HFScorer(load_model(prior_dir), tokenizer, batch_size=c.batch_size, chunk_size=c.chunk_size)
-    posterior = HFScorer(load_model(posterior_dir), tokenizer, batch_size=c.batch_size, chunk_size=c.chunk_size)
+    if not same:
+        posterior_dir = _model_dir(run, "posterior")
+        if load_tokenizer(posterior_dir).get_vocab() != tokenizer.get_vocab():
+            raise InputError("pi0 and q have different tokenizers; the same trace ids cannot be scored under both",
+                             file=posterior_dir)
+        posterior = HFScorer(load_model(posterior_dir), tokenizer, batch_size=c.batch_size, chunk_size=c.chunk_size)
 
     def enc(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -176,7 +194,8 @@ def stage_score(cfg: RunConfig, run: RunDir) -> dict:
             q_completions.append(trace)
             spans.append((len(trace), len(trace) + len(middle), len(answer)))
         prior_lp = prior.score(prior_prompts, prior_completions, progress=False)
-        q_lp = posterior.score(q_prompts, q_completions, progress=False)
+        q_lp = ([lp[:t] for lp, (t, _, _) in zip(prior_lp, spans)] if same
+                else posterior.score(q_prompts, q_completions, progress=False))
         rows = []
         for r, lp, qlp, (t, a0, n) in zip(chunk, prior_lp, q_lp, spans):
             rows.append({"question_id": r["question_id"], "k": r["k"], "trace_tokens": t,

@@ -1,0 +1,157 @@
+"""The accuracy-bias diagnostic (paper §4): the weight each method really puts on each question's training signal,
+against that question's difficulty P, beside the paper's curves RFT ∝ P, GRPO ∝ √(P/(1−P)), variational ∝ 1.
+
+Measured from each method's own artifacts, never from the formulas:
+- variational / no-hint: the summed row weight of the question in `train/final.parquet` (q's or pi0's traces; the
+  teacher mix rows, the same for every question, are left out);
+- RFT: the summed row weight of the question's kept traces in `train/<rft.name>.parquet` (0 when none was correct);
+- GRPO: per rollout group of the training run (`grpo/<name>/rewards.parquet`), the share of the expected policy
+  gradient on its correct completions, (1/G) Σ_correct r_j / s (`objectives.group_forward_kl_weight`).
+P is pi0's accuracy on the question over its K no-hint samples (`sample.proposal: prior`); for GRPO it is the
+accuracy of the group's own rollouts, i.e. of the policy being trained at that step, the P of the formula.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+
+from varreason import objectives
+from varreason.runs import RunDir
+
+FORMULA_LABEL = {"rft": "∝ P", "grpo": "∝ √(P/(1−P))", "variational": "∝ 1"}
+
+
+def pi0_accuracy(samples: list[dict]) -> dict[str, float]:
+    """P per question: the share of pi0's no-hint samples whose answer verified."""
+    hits: dict = defaultdict(list)
+    for r in samples:
+        hits[r["question_id"]].append(bool(r["correct"]))
+    return {q: sum(v) / len(v) for q, v in hits.items()}
+
+
+def sft_question_weights(rows: list[dict], sources: tuple[str, ...], questions) -> dict[str, float]:
+    """Summed row weight per question over rows of the given sources; questions without rows get 0."""
+    out = {q: 0.0 for q in questions}
+    for r in rows:
+        if r["source"] in sources and r["question_id"] in out:
+            out[r["question_id"]] += float(r["weight"])
+    return out
+
+
+def grpo_group_weights(log: list[dict], scale: str) -> list[tuple[float, float, str]]:
+    """(P of the group, its forward-KL weight, question id) for every rollout group in the reward log."""
+    batches: dict = defaultdict(list)
+    for r in log:
+        batches[r["batch"]].append(r)
+    points = []
+    for rows in batches.values():
+        batch_std = float(np.std([r["reward"] for r in rows], ddof=1)) if len(rows) > 1 else 0.0
+        groups: dict = defaultdict(list)
+        for r in rows:
+            groups[r["question_id"]].append(r)
+        for q, g in groups.items():
+            correct = [r["correct"] for r in g]
+            w = objectives.group_forward_kl_weight([r["reward"] for r in g], correct, scale, batch_std=batch_std)
+            points.append((sum(correct) / len(correct), w, q))
+    return points
+
+
+def binned(points: list[tuple[float, float]]) -> list[dict]:
+    """Mean weight (and its standard error) at each distinct P."""
+    by_p: dict = defaultdict(list)
+    for p, w in points:
+        by_p[round(p, 6)].append(w)
+    out = []
+    for p in sorted(by_p):
+        ws = np.array(by_p[p])
+        sem = float(ws.std(ddof=1) / math.sqrt(len(ws))) if len(ws) > 1 else 0.0
+        out.append({"p": p, "mean_weight": float(ws.mean()), "sem": sem, "n": int(len(ws))})
+    return out
+
+
+def method_formula(kind: str, cfg) -> str:
+    """Which of the paper's curves the method should follow, given its settings."""
+    if kind == "rft":
+        return "variational" if cfg.rft.mode == "normalized" else "rft"
+    if kind == "grpo":
+        if cfg.grpo.reward == "debiased":
+            return "variational"
+        return "grpo" if cfg.grpo.scale_rewards == "group" else "rft"
+    return "variational"
+
+
+def measure(kind: str, cfg, run: RunDir, p_of: dict[str, float]) -> dict | None:
+    """The measured curve of one method: bins, fitted scale of its formula and the relative RMS error of that fit
+    (fitted on 0 < P < 1; the weights at P = 0 and 1 are reported in the bins)."""
+    if kind in ("variational", "no-hint"):
+        if not (run.path / "train/final.parquet").exists():
+            return None
+        weights = sft_question_weights(run.read_rows("train/final.parquet"), ("posterior", "fallback"), p_of)
+        points, x_source = [(p_of[q], w) for q, w in weights.items()], "pi0"
+    elif kind == "rft":
+        path = f"train/{cfg.rft.name}.parquet"
+        if not (run.path / path).exists():
+            return None
+        weights = sft_question_weights(run.read_rows(path), ("rft",), p_of)
+        points, x_source = [(p_of[q], w) for q, w in weights.items()], "pi0"
+    elif kind == "grpo":
+        path = f"grpo/{cfg.grpo.name}/rewards.parquet"
+        if not (run.path / path).exists():
+            return None
+        groups = grpo_group_weights(run.read_rows(path), cfg.grpo.scale_rewards)
+        points, x_source = [(p, w) for p, w, _ in groups], "group"
+    else:
+        return None
+    if not points:
+        return None
+    formula = method_formula("no-hint" if kind == "no-hint" else kind, cfg)
+    bins = binned(points)
+    inner = [b for b in bins if 0.0 < b["p"] < 1.0]  # P = 0 or 1: no method has a contrast to learn from there
+    scale, rel = objectives.fit_implied_scale([b["p"] for b in inner], [b["mean_weight"] for b in inner], formula)
+    return {"formula": formula, "x": x_source, "points": len(points), "bins": bins, "scale": scale,
+            "relative_rmse": rel}
+
+
+def plot_bias(curves: dict[str, dict], path) -> None:
+    """One panel per method: measured mean weight per P (± s.e.), its formula scaled to it, and the other curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(curves)
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+    grid = np.linspace(0.0, 0.97, 200)
+    for ax, name in zip(axes.flat, names):
+        c = curves[name]
+        xs = [b["p"] for b in c["bins"]]
+        ys = [b["mean_weight"] for b in c["bins"]]
+        ax.errorbar(xs, ys, yerr=[b["sem"] for b in c["bins"]], fmt="o", color="black", capsize=2,
+                    label="measured", zorder=3)
+        ref = np.mean([y for y in ys if y > 0]) if any(y > 0 for y in ys) else 1.0
+        for formula, style in (("rft", ":"), ("grpo", "--"), ("variational", "-.")):
+            f = np.array([objectives.implied_weight(float(p), formula) for p in grid])
+            if formula == c["formula"] and math.isfinite(c["scale"]):
+                ax.plot(grid, c["scale"] * f, style, color="tab:red", lw=2,
+                        label=f"{formula} {FORMULA_LABEL[formula]} (fit)")
+            else:  # the other curves, scaled to the measured mean for shape only
+                mid = np.mean(f[(grid > 0.05) & (grid < 0.9)])
+                ax.plot(grid, f * ref / mid if mid > 0 else f, style, color="grey", lw=1,
+                        label=f"{formula} {FORMULA_LABEL[formula]}")
+        ax.set_ylim(bottom=0, top=max(ys + [ref]) * 1.6 + 1e-9)
+        ax.set_xlim(-0.03, 1.03)
+        ax.set_title(f"{name} (rel. RMSE {c['relative_rmse']:.2f})", fontsize=9)
+        ax.set_xlabel("P: pi0's accuracy on the question" if c["x"] == "pi0" else "P: accuracy of the GRPO group",
+                      fontsize=8)
+        ax.set_ylabel("weight on the question", fontsize=8)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

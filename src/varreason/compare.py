@@ -1,0 +1,313 @@
+"""`varreason compare`: every method from the same pi0, on the same data, evaluated with the same sampling.
+
+Each method is a complete run folder `DIR/methods/<name>/` (open it with the usual tools, rerun any stage in it).
+Stages that two methods share with the same config (data, base, pi0, q, samples, ...) run once: a method's folder
+adopts a finished stage of an earlier method, or of a `--reuse` run folder, by linking its outputs when the stage's
+config hash is the same. `DIR/summary.json` maps each method to its held-out accuracy (Wilson 95% CI), accuracy by
+difficulty and the wall time of every stage it needs (pi0 included; adopted stages count with their recorded time).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from varreason import bias
+from varreason.config import RunConfig, dump_config, set_value, validate
+from varreason.errors import InputError
+from varreason.runs import RunDir
+
+console = Console(stderr=True)
+PI0_STAGES = ("data", "base", "initial")
+VARIATIONAL_STAGES = ("posterior", "sample", "score", "rollout", "weights", "build", "final")
+
+
+@dataclass(frozen=True)
+class Method:
+    kind: str  # sft | sft-matched | variational | no-hint | rft | grpo: how the model is made and measured
+    stages: tuple[str, ...]  # after data, base and initial
+    overrides: dict = field(default_factory=dict)  # section.field -> value, on top of the compare config
+    description: str = ""
+
+
+BUILTIN: dict[str, Method] = {
+    "sft": Method("sft", (), {}, "pi0: SFT on the teacher traces"),
+    "sft-matched": Method("sft-matched", ("matched",), {"final.sft_matched": True},
+                          "pi0's recipe continued with the final model's init, steps and batch"),
+    "variational": Method("variational", VARIATIONAL_STAGES, {"sample.proposal": "posterior"},
+                          "q's hinted traces, importance-weighted (the method)"),
+    "no-hint": Method("no-hint", VARIATIONAL_STAGES[1:], {"sample.proposal": "prior", "final.name": "no-hint"},
+                      "the paper's w/o y': pi0's own traces, the same estimator and build"),
+    "rft": Method("rft", ("sample", "rft"), {"sample.proposal": "prior"},
+                  "pi0's own traces, verified; correct ones kept; SFT"),
+    "grpo": Method("grpo", ("grpo",), {"grpo.reward": "binary", "grpo.name": "grpo"},
+                   "TRL GRPO from pi0, verifier reward"),
+    "grpo-debiased": Method("grpo", ("grpo",), {"grpo.reward": "debiased", "grpo.scale_rewards": "none",
+                                                "grpo.name": "grpo-debiased"},
+                            "GRPO with the paper's debiased reward 1(correct)/P̂ (§4; untested in the paper)"),
+}
+NAME_FIELD = {"variational": "final.name", "no-hint": "final.name", "rft": "rft.name", "grpo": "grpo.name"}
+
+
+def resolve_methods(cfg: RunConfig) -> dict[str, Method]:
+    """The methods to run, in order: `compare.methods` (built-in names) then `compare.variants`."""
+    out: dict[str, Method] = {}
+    for name in cfg.compare.methods:
+        if name not in BUILTIN:
+            close = difflib.get_close_matches(name, list(BUILTIN) + list(cfg.compare.variants), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise InputError(f"unknown method '{name}' in compare.methods{hint}; built-in: {', '.join(BUILTIN)}")
+        out[name] = BUILTIN[name]
+    for name, spec in cfg.compare.variants.items():
+        spec = dict(spec or {})
+        base = spec.pop("method", None)
+        if base not in BUILTIN:
+            raise InputError(f"compare.variants.{name}: 'method' must be one of {', '.join(BUILTIN)}, got {base!r}")
+        if name in out:
+            raise InputError(f"compare.variants.{name}: the name is taken by a built-in method")
+        m = BUILTIN[base]
+        overrides = {**m.overrides, **{k: v for k, v in spec.items()}}
+        if m.kind in NAME_FIELD:
+            overrides[NAME_FIELD[m.kind]] = name
+        out[name] = Method(m.kind, m.stages, overrides, f"{base} with {spec}")
+    if not out:
+        raise InputError("compare.methods and compare.variants are both empty: nothing to compare")
+    return out
+
+
+def method_config(cfg: RunConfig, name: str, method: Method, root: Path) -> RunConfig:
+    mc = copy.deepcopy(cfg)
+    for key, value in method.overrides.items():
+        set_value(mc, key, value if isinstance(value, str) else json.dumps(value), source=f"compare method {name}")
+    mc.output_dir = str(root / "methods" / name)
+    return validate(mc)
+
+
+def model_name(cfg: RunConfig, method: Method) -> str:
+    return {"sft": "initial", "sft-matched": "sft-matched", "variational": cfg.final.name, "no-hint": cfg.final.name,
+            "rft": cfg.rft.name, "grpo": cfg.grpo.name}[method.kind]
+
+
+# --- adopting finished stages from other run folders ------------------------------------------------------------------
+
+def _link_target(rel: str) -> str:
+    """What to link for a recorded output: the model folder for files inside models/<name>/, else the file."""
+    parts = Path(rel).parts
+    return str(Path(*parts[:2])) if parts[0] == "models" and len(parts) > 2 else rel
+
+
+def adopt(run: RunDir, stage: str, config_hash: str, donors: list[RunDir], expected: list[str]) -> bool:
+    """Link a finished stage of a donor run into `run` when its config hash is the same and the donor has every
+    output this config expects (`expected`); True if adopted."""
+    for donor in donors:
+        if donor.path.resolve() == run.path.resolve():
+            continue
+        entry = donor.manifest()["stages"].get(stage)
+        if not entry or entry.get("config_hash") != config_hash:
+            continue
+        outputs = sorted(set(entry["outputs"]) | set(expected))
+        if not all((donor.path / o).exists() for o in outputs):
+            continue
+        for rel in sorted({_link_target(o) for o in outputs}):
+            dest, src = run.path / rel, (donor.path / rel).resolve()
+            if dest.is_symlink() or (dest.exists() and dest.is_file()):
+                dest.unlink()
+            elif dest.exists():
+                shutil.rmtree(dest)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(src, dest)
+        manifest = run.manifest()
+        manifest["stages"][stage] = {**entry, "adopted_from": str(donor.path.resolve())}
+        run.write_json("manifest.json", manifest)
+        return True
+    return False
+
+
+# --- running ----------------------------------------------------------------------------------------------------------
+
+def run_method(name: str, method: Method, cfg: RunConfig, donors: list[RunDir], force: bool = False) -> dict:
+    """Run (or adopt) every stage of one method in its own folder, then evaluate its model."""
+    from varreason.pipeline import STAGES, _outputs, run_stage
+    from varreason.stages import _fingerprint, evaluate_model
+
+    run = RunDir(cfg.output_dir)
+    run.write_text("config.yaml", dump_config(cfg))
+    console.rule(f"[bold]{name}[/bold]: {method.description}")
+    for stage in PI0_STAGES + method.stages:
+        s = STAGES[stage]
+        config_hash = cfg.section_hash(*s.sections)
+        own = stage in method.stages
+        if not (force and own) and not run.is_done(stage, config_hash, _outputs(s, cfg)):
+            if adopt(run, stage, config_hash, donors, _outputs(s, cfg)):
+                console.print(f"[dim]- {stage}: adopted (same config) from {run.manifest()['stages'][stage]['adopted_from']}[/dim]")
+                continue
+        run_stage(stage, cfg, run, force=force and own)
+    model = model_name(cfg, method)
+    metrics_path = run.path / "eval" / model / "metrics.json"
+    fingerprint = _fingerprint(cfg, run.path / "models" / model)
+    previous = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    metrics = previous if previous.get("fingerprint") == fingerprint and not force else evaluate_model(
+        cfg, run, model, fingerprint)
+    stages = run.manifest()["stages"]
+    wall = {s: stages[s]["wall_seconds"] for s in PI0_STAGES + method.stages if s in stages}
+    return {"method": method.kind, "model": model, "run_dir": str(run.path), "accuracy": metrics["accuracy"],
+            "ci_low": metrics["ci_low"], "ci_high": metrics["ci_high"], "n": metrics["n"],
+            "by_difficulty": metrics["by_difficulty"], "wall_seconds": sum(wall.values()),
+            "method_wall_seconds": sum(v for s, v in wall.items() if s not in PI0_STAGES),
+            "eval_seconds": metrics.get("generation_seconds"), "stage_wall_seconds": wall}
+
+
+def difficulty_source(cfg: RunConfig, root: Path, results: dict, donors: list[RunDir]) -> dict[str, float]:
+    """pi0's accuracy P per sampled training question, from the no-hint samples (run here if no method made them)."""
+    from varreason.pipeline import STAGES, _outputs, run_stage
+
+    for r in results.values():
+        path = Path(r["run_dir"]) / "samples" / "posterior.parquet"
+        mcfg = yaml_config(Path(r["run_dir"]))
+        if path.exists() and mcfg.get("sample", {}).get("proposal") == "prior":
+            return bias.pi0_accuracy(RunDir(r["run_dir"]).read_rows("samples/posterior.parquet"))
+    pcfg = copy.deepcopy(cfg)
+    pcfg.sample.proposal = "prior"
+    pcfg.output_dir = str(root / "methods" / "_pi0-samples")
+    run = RunDir(pcfg.output_dir)
+    for stage in PI0_STAGES + ("sample",):
+        config_hash = pcfg.section_hash(*STAGES[stage].sections)
+        outputs = _outputs(STAGES[stage], pcfg)
+        if not run.is_done(stage, config_hash, outputs) and not adopt(run, stage, config_hash, donors, outputs):
+            run_stage(stage, pcfg, run)
+    return bias.pi0_accuracy(run.read_rows("samples/posterior.parquet"))
+
+
+def yaml_config(run_dir: Path) -> dict:
+    import yaml
+
+    path = run_dir / "config.yaml"
+    return yaml.safe_load(path.read_text()) if path.exists() else {}
+
+
+def run_compare(cfg: RunConfig, out_dir: str | Path, reuse: list[str] | None = None, force: bool = False) -> dict:
+    """Train and evaluate every method; write summary.json, bias.json, report.md and plots under `out_dir`."""
+    root = Path(out_dir)
+    methods = resolve_methods(cfg)
+    configs = {name: method_config(cfg, name, m, root) for name, m in methods.items()}  # all checked before any work
+    for path in reuse or []:
+        if not (Path(path) / "manifest.json").exists():
+            raise InputError("--reuse needs a run folder with a manifest.json", file=str(path))
+    top = RunDir(root)
+    top.write_text("config.yaml", dump_config(cfg))
+    donors = [RunDir(p) for p in reuse or []]
+    start = time.time()
+    results: dict = {}
+    for name, m in methods.items():
+        results[name] = run_method(name, m, configs[name], donors + [RunDir(c.output_dir) for c in configs.values()
+                                                                    if Path(c.output_dir).exists()], force=force)
+        top.write_json("summary.json", {n: _public(r) for n, r in results.items()})
+    p_of = difficulty_source(cfg, root, results, donors + [RunDir(r["run_dir"]) for r in results.values()])
+    curves = {}
+    for name, m in methods.items():
+        curve = bias.measure(m.kind, configs[name], RunDir(configs[name].output_dir), p_of)
+        if curve:
+            curves[name] = curve
+    top.write_json("bias.json", curves)
+    top.write_json("summary.json", {n: _public(r) for n, r in results.items()})
+    top.write_json("details.json", results)
+    write_compare_report(top, results, curves, methods)
+    print_compare(results, time.time() - start)
+    return results
+
+
+def _public(r: dict) -> dict:
+    keys = ("accuracy", "ci_low", "ci_high", "n", "by_difficulty", "wall_seconds", "method_wall_seconds", "model")
+    return {k: r[k] for k in keys}
+
+
+# --- output -----------------------------------------------------------------------------------------------------------
+
+def _levels(results: dict) -> list[str]:
+    return sorted({d for r in results.values() for d in r["by_difficulty"]}, key=lambda d: (len(d), d))
+
+
+def print_compare(results: dict, wall: float | None = None) -> None:
+    levels = _levels(results)
+    table = Table(title="Held-out accuracy, every method from the same pi0")
+    for col in ["method", "accuracy (95% CI)"] + [f"d={d}" for d in levels] + ["wall s (method)"]:
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for name, r in results.items():
+        table.add_row(name, f"{r['accuracy']:.1%} [{r['ci_low']:.1%}, {r['ci_high']:.1%}]",
+                      *[f"{r['by_difficulty'][d]['accuracy']:.1%}" if d in r["by_difficulty"] else "-" for d in levels],
+                      f"{r['wall_seconds']:.0f} ({r['method_wall_seconds']:.0f})")
+    out = Console()
+    out.print(table)
+    if wall is not None:
+        out.print(f"compare wall time this call: {wall:.1f} s (adopted and finished stages are not redone)")
+
+
+def plot_accuracy(results: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.6))
+    acc = [results[n]["accuracy"] for n in names]
+    err = [[a - results[n]["ci_low"] for n, a in zip(names, acc)], [results[n]["ci_high"] - a for n, a in zip(names, acc)]]
+    ax.bar(range(len(names)), acc, yerr=err, capsize=3, color="tab:blue")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("held-out accuracy (Wilson 95% CI)")
+    ax.set_ylim(0, 1)
+    pi0 = [results[n]["wall_seconds"] - results[n]["method_wall_seconds"] for n in names]
+    own = [results[n]["method_wall_seconds"] for n in names]
+    bx.bar(range(len(names)), pi0, color="lightgrey", label="data, base, pi0")
+    bx.bar(range(len(names)), own, bottom=pi0, color="tab:orange", label="the method's own stages")
+    bx.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    bx.set_ylabel("wall time (s)")
+    bx.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_compare_report(top: RunDir, results: dict, curves: dict, methods: dict) -> None:
+    from varreason.report import plot_accuracy_by_difficulty
+
+    plots = top.path / "plots"
+    plots.mkdir(exist_ok=True)
+    plot_accuracy(results, plots / "accuracy.png")
+    plot_accuracy_by_difficulty(results, plots / "accuracy_by_difficulty.png")
+    levels = _levels(results)
+    lines = [f"# Method comparison: {top.path.name}", "",
+             "Every method starts from the same pi0 and is evaluated on the same held-out problems with the same "
+             "sampling. Wall time counts every stage a method needs, pi0 included (method: its own stages).", "",
+             "| method | accuracy | 95% CI | " + " | ".join(f"d={d}" for d in levels) + " | wall s | method s |",
+             "|---|---|---|" + "---|" * len(levels) + "---|---|"]
+    for name, r in results.items():
+        cells = [f"{r['by_difficulty'][d]['accuracy']:.1%}" if d in r["by_difficulty"] else "-" for d in levels]
+        lines.append(f"| {name} | {r['accuracy']:.1%} | [{r['ci_low']:.1%}, {r['ci_high']:.1%}] | " + " | ".join(cells)
+                     + f" | {r['wall_seconds']:.0f} | {r['method_wall_seconds']:.0f} |")
+    lines += ["", "![accuracy and wall time](plots/accuracy.png)", "",
+              "![accuracy by difficulty](plots/accuracy_by_difficulty.png)", "", "## Methods", ""]
+    lines += [f"- `{n}`: {m.description} (`{results[n]['run_dir']}`)" for n, m in methods.items()]
+    if curves:
+        bias.plot_bias(curves, plots / "bias.png")
+        lines += ["", "## Accuracy bias: the weight each method puts on a question vs its difficulty", "",
+                  "Measured from each method's training data or rollouts (see `bias.py`); the red curve is the paper's "
+                  "formula for that method, scaled by least squares; relative RMSE 0 = the formula exactly.", "",
+                  "| method | formula | x | points | fitted scale | rel. RMSE | mean weight at P = 0 / ½ / 1 |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, c in curves.items():
+            at = {round(b["p"], 3): b["mean_weight"] for b in c["bins"]}
+            picks = " / ".join(f"{at[p]:.2f}" if p in at else "-" for p in (0.0, 0.5, 1.0))
+            lines.append(f"| {name} | {c['formula']} {bias.FORMULA_LABEL[c['formula']]} | {c['x']} | {c['points']} | "
+                         f"{c['scale']:.3g} | {c['relative_rmse']:.3f} | {picks} |")
+        lines += ["", "![bias](plots/bias.png)", ""]
+    top.write_text("report.md", "\n".join(lines) + "\n")
