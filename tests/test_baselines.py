@@ -12,8 +12,14 @@ from varreason.baselines.rft import rft_rows
 from varreason.config import FormatConfig, RunConfig, load_config
 from varreason.errors import InputError
 from varreason.models import load_tokenizer
-from varreason.objectives import (debiased_rewards, fit_implied_scale, group_advantages, group_forward_kl_weight,
-                                  implied_weight, rft_weights)
+from varreason.objectives import (
+    debiased_rewards,
+    fit_implied_scale,
+    group_advantages,
+    group_forward_kl_weight,
+    implied_weight,
+    rft_weights,
+)
 from varreason.tasks.base import Problem
 from varreason.templates import Templates
 

@@ -68,7 +68,7 @@ def binned(points: list[tuple[float, float]]) -> list[dict]:
     for p in sorted(by_p):
         ws = np.array(by_p[p])
         sem = float(ws.std(ddof=1) / math.sqrt(len(ws))) if len(ws) > 1 else 0.0
-        out.append({"p": p, "mean_weight": float(ws.mean()), "sem": sem, "n": int(len(ws))})
+        out.append({"p": p, "mean_weight": float(ws.mean()), "sem": sem, "n": len(ws)})
     return out
 
 

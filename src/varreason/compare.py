@@ -146,10 +146,11 @@ def run_method(name: str, method: Method, cfg: RunConfig, donors: list[RunDir], 
         s = STAGES[stage]
         config_hash = cfg.section_hash(*s.sections)
         own = stage in method.stages
-        if not (force and own) and not run.is_done(stage, config_hash, _outputs(s, cfg)):
-            if adopt(run, stage, config_hash, donors, _outputs(s, cfg)):
-                console.print(f"[dim]- {stage}: adopted (same config) from {run.manifest()['stages'][stage]['adopted_from']}[/dim]")
-                continue
+        if (not (force and own) and not run.is_done(stage, config_hash, _outputs(s, cfg))
+                and adopt(run, stage, config_hash, donors, _outputs(s, cfg))):
+            donor = run.manifest()["stages"][stage]["adopted_from"]
+            console.print(f"[dim]- {stage}: adopted (same config) from {donor}[/dim]")
+            continue
         run_stage(stage, cfg, run, force=force and own)
     model = model_name(cfg, method)
     metrics_path = run.path / "eval" / model / "metrics.json"

@@ -20,9 +20,9 @@ from rich.table import Table
 
 from varreason import stages, variational
 from varreason.baselines import grpo, rft
-from varreason.variational import UPSTREAM
 from varreason.config import RunConfig, dump_config
 from varreason.runs import RunDir
+from varreason.variational import UPSTREAM
 
 console = Console(stderr=True)
 

@@ -28,7 +28,6 @@ from varreason.tasks.base import Problem
 from varreason.templates import Templates
 from varreason.training import train_sft
 
-
 _BASE = ("seed", "task", "format", "model", "initial")
 UPSTREAM = {  # the config sections each stage (and everything before it) depends on; pipeline.py uses the same
     "posterior": _BASE + ("posterior",),
