@@ -198,6 +198,13 @@ def test_bias_measure_of_a_grpo_log_follows_the_formula(tmp_path):
     assert curve["formula"] == "grpo" and curve["relative_rmse"] == pytest.approx(0.0, abs=1e-9)
     at = {b["p"]: b["mean_weight"] for b in curve["bins"]}
     assert at[0.0] == 0.0 and at[1.0] == 0.0 and at[0.5] == pytest.approx(math.sqrt(7 / 8))
+    # against pi0's P: q0 and q9 both have pi0 P = 0.25; their mean group weight is binned there
+    curve = bias.measure("grpo", cfg, run, {"q0": 0.25, "q9": 0.25, "q4": 0.5})
+    assert curve["x"] == "pi0" and curve["points"] == 3 and curve["groups"] == 11
+    at = {b["p"]: b["mean_weight"] for b in curve["bins"]}
+    assert at[0.25] == pytest.approx((0.0 + 0.25 / math.sqrt(0.25 * 0.75 * 8 / 7)) / 2)
+    assert at[0.5] == pytest.approx(math.sqrt(7 / 8))
+    assert curve["group_relative_rmse"] == pytest.approx(0.0, abs=1e-9)
     cfg.grpo.reward, cfg.grpo.scale_rewards = "debiased", "none"
     run.write_rows("grpo/grpo/rewards.parquet", dlog)
     curve = bias.measure("grpo", cfg, run, {})

@@ -7,8 +7,9 @@ Measured from each method's own artifacts, never from the formulas:
 - RFT: the summed row weight of the question's kept traces in `train/<rft.name>.parquet` (0 when none was correct);
 - GRPO: per rollout group of the training run (`grpo/<name>/rewards.parquet`), the share of the expected policy
   gradient on its correct completions, (1/G) Σ_correct r_j / s (`objectives.group_forward_kl_weight`).
-P is pi0's accuracy on the question over its K no-hint samples (`sample.proposal: prior`); for GRPO it is the
-accuracy of the group's own rollouts, i.e. of the policy being trained at that step, the P of the formula.
+P is pi0's accuracy on the question over its K no-hint samples (`sample.proposal: prior`). GRPO's weight of a
+question is the mean over its groups; GRPO is also binned by the accuracy of each group's own rollouts (the policy's P
+at that step, the P of the formula), where the measured weight is an exact function of P: `group_bins`.
 """
 
 from __future__ import annotations
@@ -102,17 +103,33 @@ def measure(kind: str, cfg, run: RunDir, p_of: dict[str, float]) -> dict | None:
         if not (run.path / path).exists():
             return None
         groups = grpo_group_weights(run.read_rows(path), cfg.grpo.scale_rewards)
-        points, x_source = [(p, w) for p, w, _ in groups], "group"
+        per_question: dict = defaultdict(list)
+        for _, w, q in groups:
+            if q in p_of:
+                per_question[q].append(w)
+        # the question's mean weight over its groups against pi0's P (the issue's axis); by the group's own P too
+        points, x_source = [(p_of[q], float(np.mean(ws))) for q, ws in per_question.items()], "pi0"
+        extra = {"group_bins": binned([(p, w) for p, w, _ in groups]), "groups": len(groups)}
+        if not points:  # no question with a known pi0 accuracy: fall back to the group's own P
+            points, x_source, extra = [(p, w) for p, w, _ in groups], "group", {}
     else:
         return None
+    if kind != "grpo":
+        extra = {}
     if not points:
         return None
     formula = method_formula("no-hint" if kind == "no-hint" else kind, cfg)
     bins = binned(points)
     inner = [b for b in bins if 0.0 < b["p"] < 1.0]  # P = 0 or 1: no method has a contrast to learn from there
     scale, rel = objectives.fit_implied_scale([b["p"] for b in inner], [b["mean_weight"] for b in inner], formula)
-    return {"formula": formula, "x": x_source, "points": len(points), "bins": bins, "scale": scale,
-            "relative_rmse": rel}
+    out = {"formula": formula, "x": x_source, "points": len(points), "bins": bins, "scale": scale,
+           "relative_rmse": rel}
+    if extra.get("group_bins"):
+        inner = [b for b in extra["group_bins"] if 0.0 < b["p"] < 1.0]
+        g_scale, g_rel = objectives.fit_implied_scale([b["p"] for b in inner], [b["mean_weight"] for b in inner],
+                                                      formula)
+        out.update(extra, group_scale=g_scale, group_relative_rmse=g_rel)
+    return out
 
 
 def plot_bias(curves: dict[str, dict], path) -> None:
@@ -132,7 +149,10 @@ def plot_bias(curves: dict[str, dict], path) -> None:
         xs = [b["p"] for b in c["bins"]]
         ys = [b["mean_weight"] for b in c["bins"]]
         ax.errorbar(xs, ys, yerr=[b["sem"] for b in c["bins"]], fmt="o", color="black", capsize=2,
-                    label="measured", zorder=3)
+                    label="measured" + (" (per question)" if c.get("group_bins") else ""), zorder=3)
+        if c.get("group_bins"):
+            ax.plot([b["p"] for b in c["group_bins"]], [b["mean_weight"] for b in c["group_bins"]], "x",
+                    color="tab:blue", label="measured per group, x = the group's P", zorder=3)
         ref = np.mean([y for y in ys if y > 0]) if any(y > 0 for y in ys) else 1.0
         for formula, style in (("rft", ":"), ("grpo", "--"), ("variational", "-.")):
             f = np.array([objectives.implied_weight(float(p), formula) for p in grid])

@@ -310,5 +310,9 @@ def write_compare_report(top: RunDir, results: dict, curves: dict, methods: dict
             picks = " / ".join(f"{at[p]:.2f}" if p in at else "-" for p in (0.0, 0.5, 1.0))
             lines.append(f"| {name} | {c['formula']} {bias.FORMULA_LABEL[c['formula']]} | {c['x']} | {c['points']} | "
                          f"{c['scale']:.3g} | {c['relative_rmse']:.3f} | {picks} |")
+        for name, c in curves.items():
+            if "group_relative_rmse" in c:
+                lines += ["", f"`{name}` by the accuracy of each rollout group instead of pi0's: {c['groups']} groups, "
+                          f"fitted scale {c['group_scale']:.3g}, relative RMSE {c['group_relative_rmse']:.3f}."]
         lines += ["", "![bias](plots/bias.png)", ""]
     top.write_text("report.md", "\n".join(lines) + "\n")
