@@ -163,7 +163,8 @@ def plot_bias(curves: dict[str, dict], path) -> None:
                 mid = np.mean(f[(grid > 0.05) & (grid < 0.9)])
                 ax.plot(grid, f * ref / mid if mid > 0 else f, style, color="grey", lw=1,
                         label=f"{formula} {FORMULA_LABEL[formula]}")
-        ax.set_ylim(bottom=0, top=max(ys + [ref]) * 1.6 + 1e-9)
+        tops = ys + [ref] + [b["mean_weight"] for b in c.get("group_bins", [])]
+        ax.set_ylim(bottom=0, top=max(tops) * 1.25 + 1e-9)
         ax.set_xlim(-0.03, 1.03)
         ax.set_title(f"{name} (rel. RMSE {c['relative_rmse']:.2f})", fontsize=9)
         ax.set_xlabel("P: pi0's accuracy on the question" if c["x"] == "pi0" else "P: accuracy of the GRPO group",
