@@ -87,6 +87,7 @@ def method_formula(kind: str, cfg) -> str:
 def measure(kind: str, cfg, run: RunDir, p_of: dict[str, float]) -> dict | None:
     """The measured curve of one method: bins, fitted scale of its formula and the relative RMS error of that fit
     (fitted on 0 < P < 1; the weights at P = 0 and 1 are reported in the bins)."""
+    extra: dict = {}  # GRPO only: the same weights binned by each group's own P
     if kind in ("variational", "no-hint"):
         if not (run.path / "train/final.parquet").exists():
             return None
@@ -114,8 +115,6 @@ def measure(kind: str, cfg, run: RunDir, p_of: dict[str, float]) -> dict | None:
             points, x_source, extra = [(p, w) for p, w, _ in groups], "group", {}
     else:
         return None
-    if kind != "grpo":
-        extra = {}
     if not points:
         return None
     formula = method_formula("no-hint" if kind == "no-hint" else kind, cfg)

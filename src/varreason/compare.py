@@ -145,13 +145,13 @@ def run_method(name: str, method: Method, cfg: RunConfig, donors: list[RunDir], 
     for stage in PI0_STAGES + method.stages:
         s = STAGES[stage]
         config_hash = cfg.section_hash(*s.sections)
-        own = stage in method.stages
-        if (not (force and own) and not run.is_done(stage, config_hash, _outputs(s, cfg))
-                and adopt(run, stage, config_hash, donors, _outputs(s, cfg))):
+        outputs = _outputs(s, cfg)
+        if (not (force and stage in method.stages) and not run.is_done(stage, config_hash, outputs)
+                and adopt(run, stage, config_hash, donors, outputs)):
             donor = run.manifest()["stages"][stage]["adopted_from"]
             console.print(f"[dim]- {stage}: adopted (same config) from {donor}[/dim]")
             continue
-        run_stage(stage, cfg, run, force=force and own)
+        run_stage(stage, cfg, run, force=force and stage in method.stages)
     model = model_name(cfg, method)
     metrics_path = run.path / "eval" / model / "metrics.json"
     fingerprint = _fingerprint(cfg, run.path / "models" / model)
@@ -167,15 +167,15 @@ def run_method(name: str, method: Method, cfg: RunConfig, donors: list[RunDir], 
             "eval_seconds": metrics.get("generation_seconds"), "stage_wall_seconds": wall}
 
 
-def difficulty_source(cfg: RunConfig, root: Path, results: dict, donors: list[RunDir]) -> dict[str, float]:
+def difficulty_source(cfg: RunConfig, root: Path, configs: dict[str, RunConfig],
+                      donors: list[RunDir]) -> dict[str, float]:
     """pi0's accuracy P per sampled training question, from the no-hint samples (run here if no method made them)."""
     from varreason.pipeline import STAGES, _outputs, run_stage
 
-    for r in results.values():
-        path = Path(r["run_dir"]) / "samples" / "posterior.parquet"
-        mcfg = yaml_config(Path(r["run_dir"]))
-        if path.exists() and mcfg.get("sample", {}).get("proposal") == "prior":
-            return bias.pi0_accuracy(RunDir(r["run_dir"]).read_rows("samples/posterior.parquet"))
+    for mcfg in configs.values():
+        run = RunDir(mcfg.output_dir)
+        if mcfg.sample.proposal == "prior" and (run.path / "samples" / "posterior.parquet").exists():
+            return bias.pi0_accuracy(run.read_rows("samples/posterior.parquet"))
     pcfg = copy.deepcopy(cfg)
     pcfg.sample.proposal = "prior"
     pcfg.output_dir = str(root / "methods" / "_pi0-samples")
@@ -186,13 +186,6 @@ def difficulty_source(cfg: RunConfig, root: Path, results: dict, donors: list[Ru
         if not run.is_done(stage, config_hash, outputs) and not adopt(run, stage, config_hash, donors, outputs):
             run_stage(stage, pcfg, run)
     return bias.pi0_accuracy(run.read_rows("samples/posterior.parquet"))
-
-
-def yaml_config(run_dir: Path) -> dict:
-    import yaml
-
-    path = run_dir / "config.yaml"
-    return yaml.safe_load(path.read_text()) if path.exists() else {}
 
 
 def run_compare(cfg: RunConfig, out_dir: str | Path, reuse: list[str] | None = None, force: bool = False) -> dict:
@@ -212,7 +205,7 @@ def run_compare(cfg: RunConfig, out_dir: str | Path, reuse: list[str] | None = N
         results[name] = run_method(name, m, configs[name], donors + [RunDir(c.output_dir) for c in configs.values()
                                                                     if Path(c.output_dir).exists()], force=force)
         top.write_json("summary.json", {n: _public(r) for n, r in results.items()})
-    p_of = difficulty_source(cfg, root, results, donors + [RunDir(r["run_dir"]) for r in results.values()])
+    p_of = difficulty_source(cfg, root, configs, donors + [RunDir(r["run_dir"]) for r in results.values()])
     curves = {}
     for name, m in methods.items():
         curve = bias.measure(m.kind, configs[name], RunDir(configs[name].output_dir), p_of)
