@@ -19,7 +19,7 @@ from pathlib import Path
 
 from variational_seeds import hard_accuracy, mean_ci
 
-from varreason.evaluation import wilson_interval
+from varreason.eval.metrics import wilson_interval
 
 
 def main() -> int:

@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def main() -> None:
     from varreason.config import EvalConfig
-    from varreason.evaluator import evaluate_benchmark
+    from varreason.eval.evaluator import evaluate_benchmark
     from varreason.models import set_threads
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

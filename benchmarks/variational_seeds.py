@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from varreason.evaluation import wilson_interval
+from varreason.eval.metrics import wilson_interval
 
 VARIANTS = {  # final.name -> overrides
     "final": [],  # the demo default: gml, best + mix

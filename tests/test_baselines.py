@@ -6,9 +6,6 @@ import math
 import numpy as np
 import pytest
 
-from varreason import bias
-from varreason.baselines.grpo import VerifierReward
-from varreason.baselines.rft import rft_rows
 from varreason.config import FormatConfig, RunConfig, load_config
 from varreason.errors import InputError
 from varreason.models import load_tokenizer
@@ -20,6 +17,8 @@ from varreason.objectives import (
     implied_weight,
     rft_weights,
 )
+from varreason.report import bias
+from varreason.stages.baselines import VerifierReward, rft_rows
 from varreason.tasks.base import Problem
 from varreason.templates import Templates
 

@@ -5,7 +5,15 @@ import math
 import numpy as np
 import pytest
 
-from varreason.evaluation import (
+from varreason.eval.extract import (
+    check_choice,
+    check_math_text,
+    extract_choice,
+    extract_math_answer,
+    extract_math_answer_with_source,
+    normalize_math_answer,
+)
+from varreason.eval.metrics import (
     avg_at_n,
     benchmark_metrics,
     bootstrap_ci,
@@ -15,15 +23,7 @@ from varreason.evaluation import (
     summarize,
     wilson_interval,
 )
-from varreason.extract import (
-    check_choice,
-    check_math_text,
-    extract_choice,
-    extract_math_answer,
-    extract_math_answer_with_source,
-    normalize_math_answer,
-)
-from varreason.verify import Verdict
+from varreason.eval.verify import Verdict
 
 # ---------------------------------------------------------------------------------------------------------------
 # Math extraction

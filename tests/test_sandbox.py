@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from varreason import sandbox
-from varreason.sandbox import CaseResult, extract_code, outputs_match, run_tests, sandbox_protections
+from varreason.eval import sandbox
+from varreason.eval.sandbox import CaseResult, extract_code, outputs_match, run_tests, sandbox_protections
 
 ADD = "a, b = map(int, input().split())\nprint(a + b)\n"
 ADD_TESTS = [{"input": "1 2\n", "output": "3\n"}, {"input": "10 -4", "output": "6"}]

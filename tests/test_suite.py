@@ -8,8 +8,8 @@ import pytest
 from varreason.backends.base import Generation
 from varreason.config import EvalConfig
 from varreason.errors import InputError
-from varreason.evaluator import evaluate_benchmark, evaluate_many
-from varreason.suite import SPECS, load_benchmark
+from varreason.eval.benchmarks import SPECS, load_benchmark
+from varreason.eval.evaluator import evaluate_benchmark, evaluate_many
 
 
 class CannedGenerator:
@@ -104,7 +104,7 @@ def test_builtin_benchmark_is_disjoint_from_the_demo_training_split():
 
 
 def test_reasoning_gym_benchmark_offline():
-    from varreason.suite import score_sample
+    from varreason.eval.benchmarks import score_sample
 
     spec, items = load_benchmark("gym_chain_sum", limit=3)
     assert len(items) == 3

@@ -322,7 +322,7 @@ def test_a_raising_scorer_is_a_wrong_answer(monkeypatch):
 
 
 def test_user_problems_use_math_or_integer_checks(monkeypatch):
-    from varreason import verify
+    from varreason.eval import verify
 
     p = make("user", "q", "42")
     monkeypatch.delattr(verify, "check_math", raising=False)

@@ -93,7 +93,7 @@ def test_weights_recomputed_from_scores_equal_the_artifact(smoke_run):
         assert r["rho_tilde"] == pytest.approx(expected, abs=1e-12)
         ess = 1.0 / sum((math.exp(v - top) / z) ** 2 for v in finite)
         assert r["ess"] == pytest.approx(ess, rel=1e-9)
-    from varreason.variational import recompute_weights_matches
+    from varreason.stages.variational import recompute_weights_matches
 
     assert recompute_weights_matches(cfg, RunDir(smoke_run))
     assert cfg.weights.estimator == "gml" and cfg.weights.ratio == "geometric"

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from varreason import verify as V
-from varreason.verify import (
+from varreason.eval import verify as V
+from varreason.eval.verify import (
     Verdict,
     check_answer,
     check_integer,

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 def _benchmark_eval(args, cfg) -> int:
     from pathlib import Path
 
-    from varreason.evaluator import evaluate_many
+    from varreason.eval.evaluator import evaluate_many
 
     if not args.benchmark:
         raise InputError("--model needs at least one --benchmark (a spec name or a .jsonl/.parquet file)")

@@ -21,10 +21,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from varreason import bias
 from varreason.config import RunConfig, dump_config, set_value, validate
 from varreason.errors import InputError
+from varreason.pipeline import STAGES, run_stage
+from varreason.report import bias
 from varreason.runs import RunDir
+from varreason.stages.eval import eval_fingerprint, evaluate_model
 
 console = Console(stderr=True)
 PI0_STAGES = ("data", "base", "initial")
@@ -136,16 +138,11 @@ def adopt(run: RunDir, stage: str, config_hash: str, donors: list[RunDir], expec
 
 def run_method(name: str, method: Method, cfg: RunConfig, donors: list[RunDir], force: bool = False) -> dict:
     """Run (or adopt) every stage of one method in its own folder, then evaluate its model."""
-    from varreason.pipeline import STAGES, _outputs, run_stage
-    from varreason.stages import _fingerprint, evaluate_model
-
     run = RunDir(cfg.output_dir)
     run.write_text("config.yaml", dump_config(cfg))
     console.rule(f"[bold]{name}[/bold]: {method.description}")
     for stage in PI0_STAGES + method.stages:
-        s = STAGES[stage]
-        config_hash = cfg.section_hash(*s.sections)
-        outputs = _outputs(s, cfg)
+        config_hash, outputs = STAGES[stage].config_hash(cfg), STAGES[stage].outputs(cfg)
         if (not (force and stage in method.stages) and not run.is_done(stage, config_hash, outputs)
                 and adopt(run, stage, config_hash, donors, outputs)):
             donor = run.manifest()["stages"][stage]["adopted_from"]
@@ -154,7 +151,7 @@ def run_method(name: str, method: Method, cfg: RunConfig, donors: list[RunDir], 
         run_stage(stage, cfg, run, force=force and stage in method.stages)
     model = model_name(cfg, method)
     metrics_path = run.path / "eval" / model / "metrics.json"
-    fingerprint = _fingerprint(cfg, run.path / "models" / model)
+    fingerprint = eval_fingerprint(cfg, run.path / "models" / model)
     previous = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     metrics = previous if previous.get("fingerprint") == fingerprint and not force else evaluate_model(
         cfg, run, model, fingerprint)
@@ -170,8 +167,6 @@ def run_method(name: str, method: Method, cfg: RunConfig, donors: list[RunDir], 
 def difficulty_source(cfg: RunConfig, root: Path, configs: dict[str, RunConfig],
                       donors: list[RunDir]) -> dict[str, float]:
     """pi0's accuracy P per sampled training question, from the no-hint samples (run here if no method made them)."""
-    from varreason.pipeline import STAGES, _outputs, run_stage
-
     for mcfg in configs.values():
         run = RunDir(mcfg.output_dir)
         if mcfg.sample.proposal == "prior" and (run.path / "samples" / "posterior.parquet").exists():
@@ -181,8 +176,7 @@ def difficulty_source(cfg: RunConfig, root: Path, configs: dict[str, RunConfig],
     pcfg.output_dir = str(root / "methods" / "_pi0-samples")
     run = RunDir(pcfg.output_dir)
     for stage in PI0_STAGES + ("sample",):
-        config_hash = pcfg.section_hash(*STAGES[stage].sections)
-        outputs = _outputs(STAGES[stage], pcfg)
+        config_hash, outputs = STAGES[stage].config_hash(pcfg), STAGES[stage].outputs(pcfg)
         if not run.is_done(stage, config_hash, outputs) and not adopt(run, stage, config_hash, donors, outputs):
             run_stage(stage, pcfg, run)
     return bias.pi0_accuracy(run.read_rows("samples/posterior.parquet"))
@@ -272,7 +266,7 @@ def plot_accuracy(results: dict, path) -> None:
 
 
 def write_compare_report(top: RunDir, results: dict, curves: dict, methods: dict) -> None:
-    from varreason.report import plot_accuracy_by_difficulty
+    from varreason.report.run_report import plot_accuracy_by_difficulty
 
     plots = top.path / "plots"
     plots.mkdir(exist_ok=True)

@@ -7,6 +7,7 @@ the command line; an unknown key or a value of the wrong type is one line of err
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
@@ -23,237 +24,248 @@ import yaml
 from varreason.errors import InputError
 
 
+def option(default: Any, help: str) -> Any:
+    """A config field with its help text next to it (shown by `--help`), as TRL's config dataclasses keep it."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TaskConfig:
     """Where problems come from: the built-in arithmetic suite or a user's file / `datasets` name."""
 
-    source: str = "builtin"  # "builtin", a .jsonl/.json/.parquet file, or a `datasets` name
-    families: list[str] = field(default_factory=lambda: ["sum", "product"])
-    difficulties: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
-    n_train: int = 4000
-    n_test: int = 500
-    style_mix: dict[str, float] = field(default_factory=lambda: {"careful": 0.5, "terse": 0.35, "corrected": 0.15})
-    # user data
-    test_source: str | None = None  # held-out file; when absent, `test_fraction` of `source` is held out
-    test_fraction: float = 0.1
-    split: str = "train"
-    question_column: str = "question"
-    trace_column: str = "trace"
-    answer_column: str = "answer"
-    difficulty_column: str | None = None
-    answer_kind: str = "math"  # verifier for user data: math | integer
+    source: str = option("builtin", "'builtin', a .jsonl/.json/.parquet file, or a `datasets` name")
+    families: list[str] = option(["sum", "product"], "built-in task families (sum, product, gym:<reasoning-gym name>)")
+    difficulties: list[int] = option([1, 2, 3, 4, 5], "built-in difficulty levels to draw from (1 = easiest)")
+    n_train: int = option(4000, "training problems (at most; user data is cut to this many)")
+    n_test: int = option(500, "held-out problems (at most)")
+    style_mix: dict[str, float] = option({"careful": 0.5, "terse": 0.35, "corrected": 0.15},
+                                         "share of each teacher trace style (built-in tasks)")
+    test_source: str | None = option(None, "user data: a held-out file; null = hold out test_fraction of source")
+    test_fraction: float = option(0.1, "user data without test_source: share of questions held out (hash split)")
+    split: str = option("train", "user data: the split of a `datasets` name")
+    question_column: str = option("question", "user data: the question column")
+    trace_column: str = option("trace", "user data: the teacher trace column")
+    answer_column: str = option("answer", "user data: the reference answer column")
+    difficulty_column: str | None = option(None, "user data: an integer difficulty column (null = none)")
+    answer_kind: str = option("math", "user data: verifier, math (math-verify) | integer")
 
 
 @dataclass
 class FormatConfig:
     """The reasoning format and its marker strings (all configurable)."""
 
-    think_open: str = "<think>"
-    think_close: str = "</think>"
-    answer_open: str = "<answer>"
-    answer_close: str = "</answer>"
-    system_prompt: str = ""  # reasoning-model system prompt; empty = none (the tiny model needs none)
-    posterior_format: str = "B"  # A: solution first, then explanation; B: reconstruct reasoning for a given answer
-    use_chat_template: bool = True
+    think_open: str = option("<think>", "opens the thinking trace (ends every prompt)")
+    think_close: str = option("</think>", "closes the thinking trace")
+    answer_open: str = option("<answer>", "opens the answer section")
+    answer_close: str = option("</answer>", "closes the answer section (a stop string when sampling)")
+    system_prompt: str = option("", "reasoning-model system prompt; empty = none (the tiny model needs none)")
+    posterior_format: str = option("B", "q's prompt: A (solution first, then explanation) | B (reconstruct the "
+                                        "reasoning for a given answer)")
+    use_chat_template: bool = option(True, "render prompts with the tokenizer's chat template")
 
 
 @dataclass
 class ModelConfig:
     """The base model: a local path / hub id, or `null` to build a tiny Qwen3 from scratch."""
 
-    name_or_path: str | None = None
-    vocab_size: int = 1024
-    hidden_size: int = 128
-    num_hidden_layers: int = 4
-    intermediate_size: int = 512
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
-    head_dim: int = 32
-    max_position_embeddings: int = 1024
-    tokenizer_corpus_size: int = 4000  # problems used to train the tokenizer (train split only)
+    name_or_path: str | None = option(None, "HF model folder or hub id; null = a tiny Qwen3 from scratch")
+    vocab_size: int = option(1024, "tiny model: BPE vocabulary trained on the training split")
+    hidden_size: int = option(128, "tiny model: hidden size")
+    num_hidden_layers: int = option(4, "tiny model: transformer layers")
+    intermediate_size: int = option(512, "tiny model: MLP width")
+    num_attention_heads: int = option(4, "tiny model: attention heads")
+    num_key_value_heads: int = option(2, "tiny model: key/value heads (grouped-query attention)")
+    head_dim: int = option(32, "tiny model: size of one attention head")
+    max_position_embeddings: int = option(1024, "tiny model: longest sequence")
+    tokenizer_corpus_size: int = option(4000, "tiny model: training problems the tokenizer is trained on")
 
 
 @dataclass
 class SFTConfig:
     """(Weighted) SFT on the HF Trainer; TRL's field names."""
 
-    learning_rate: float = 2e-3
-    num_train_epochs: float = 3.0
-    max_steps: int = -1
-    per_device_train_batch_size: int = 32
-    gradient_accumulation_steps: int = 1
-    warmup_ratio: float = 0.05
-    lr_scheduler_type: str = "cosine"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    max_length: int = 512
-    normalizer: str = "constant"  # constant (Dr. SFT) | tokens (the usual token mean)
-    group_by_length: bool = True
-    logging_steps: int = 20
-    save_steps: int = 200
-    save_total_limit: int = 1
-    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
-    bf16: bool = False  # fp32 on CPU: bf16 is emulated there and ~10x slower
-    gradient_checkpointing: bool = False
-    dataloader_num_workers: int = 0
+    learning_rate: float = option(2e-3, "peak learning rate (AdamW)")
+    num_train_epochs: float = option(3.0, "epochs over the training rows (when max_steps is -1)")
+    max_steps: int = option(-1, "optimiser steps; -1 = from num_train_epochs")
+    per_device_train_batch_size: int = option(32, "examples per device per micro-batch")
+    gradient_accumulation_steps: int = option(1, "micro-batches per optimiser step")
+    warmup_ratio: float = option(0.05, "share of the steps spent warming the learning rate up")
+    lr_scheduler_type: str = option("cosine", "transformers scheduler name (cosine, linear, constant, ...)")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    max_grad_norm: float = option(1.0, "gradient clipping norm")
+    max_length: int = option(512, "longest prompt + completion in tokens; longer rows are an error")
+    normalizer: str = option("constant", "loss normalizer: constant (Dr. SFT: a data-set constant) | tokens (the "
+                                         "usual token mean)")
+    group_by_length: bool = option(True, "batch rows of similar length together (less padding)")
+    logging_steps: int = option(20, "log the loss every this many steps")
+    save_steps: int = option(200, "checkpoint (to resume a killed run) every this many steps")
+    save_total_limit: int = option(1, "checkpoints kept while training")
+    report_to: list[str] = option(["tensorboard"], "loggers: tensorboard, wandb, ... ([] = none)")
+    bf16: bool = option(False, "bf16 on GPU; fp32 on CPU, where bf16 is emulated and ~10x slower")
+    gradient_checkpointing: bool = option(False, "trade compute for memory (GPU; slower on a CPU)")
+    dataloader_num_workers: int = option(0, "data loader worker processes")
 
 
 @dataclass
 class PosteriorConfig(SFTConfig):
     """q_φ(z | x, y′): SFT with the answer hint in the prompt (format A or B: `format.posterior_format`)."""
 
-    mode: str = "teacher"  # teacher: SFT on the teacher traces (the released recipe); forward_kl: a later issue
-    init: str = "base"  # base (the released recipe) | initial (Algorithm 1: q starts as a copy of pi0)
+    mode: str = option("teacher", "teacher: SFT on the teacher traces (the released recipe) | forward_kl (to come)")
+    init: str = option("base", "base (the released recipe) | initial (Algorithm 1: q starts as a copy of pi0)")
 
 
 @dataclass
 class SampleConfig:
     """K traces per training question from q (paper: K = 8, temperature 0.7, top_p 1)."""
 
-    num_questions: int | None = None  # a seeded subset of the training questions (the paper's 1K setting); null = all
-    proposal: str = "posterior"  # posterior: q with the hint; prior: pi0 without it (the paper's "w/o y'" ablation)
-    num_generations: int = 8
-    temperature: float = 0.7
-    top_p: float = 1.0
-    max_completion_length: int = 256
-    batch_size: int = 64
-    chunk_size: int = 128  # questions per resumable shard
+    num_questions: int | None = option(None, "a seeded subset of the training questions (the paper's 1K setting); "
+                                             "null = all")
+    proposal: str = option("posterior", "posterior: q with the hint | prior: pi0 without it (the paper's w/o y')")
+    num_generations: int = option(8, "K: traces per question")
+    temperature: float = option(0.7, "sampling temperature")
+    top_p: float = option(1.0, "nucleus sampling threshold")
+    max_completion_length: int = option(256, "longest trace + answer in tokens")
+    batch_size: int = option(64, "sequences per generate call")
+    chunk_size: int = option(128, "questions per resumable shard")
 
 
 @dataclass
 class ScoreConfig:
     """Per-token log-probs of the traces under pi0 and q, and of the reference answer under pi0."""
 
-    batch_size: int = 64
-    chunk_size: int = 1024  # positions per log-softmax chunk (memory), see backends/hf.py
+    batch_size: int = option(64, "sequences per forward pass")
+    chunk_size: int = option(1024, "positions per log-softmax chunk (bounds memory; see backends/hf.py)")
 
 
 @dataclass
 class RolloutConfig:
     """M answers of pi0 after each (question, trace), verified: the accuracy estimator's data."""
 
-    num_generations: int = 8  # M; 0 skips rollouts (then the accuracy estimator is unavailable)
-    temperature: float = 0.7
-    top_p: float = 1.0
-    max_completion_length: int = 32  # the answer section only
-    batch_size: int = 256
-    chunk_size: int = 128  # questions per resumable shard
-    prior_samples: int = 2  # pi0's own traces per question (no hint), to compare with q's traces in the report
+    num_generations: int = option(8, "M: answers per trace; 0 skips rollouts (no accuracy estimator then)")
+    temperature: float = option(0.7, "sampling temperature of the answers")
+    top_p: float = option(1.0, "nucleus sampling threshold")
+    max_completion_length: int = option(32, "longest answer section in tokens")
+    batch_size: int = option(256, "sequences per generate call")
+    chunk_size: int = option(128, "questions per resumable shard")
+    prior_samples: int = option(2, "pi0's own traces per question (no hint), to compare with q's in the report")
 
 
 @dataclass
 class WeightsConfig:
     """Importance weights per (question, trace): estimator of log pi(Y|x,z) and the log-ratio mode."""
 
-    estimator: str = "gml"  # gml | accuracy | likelihood
-    ratio: str = "geometric"  # geometric (per-token mean, the paper's) | exact (sum, the true IWAE ratio)
-    max_trace_tokens: int | None = None  # longer traces are ineligible (the released 28000 cutoff); null = none
-    require_finished: bool = True  # a trace q did not finish (hit max_completion_length) is ineligible
+    estimator: str = option("gml", "log pi(Y|x,z) estimator: gml (per-token mean) | accuracy (rollouts) | "
+                                   "likelihood (sum)")
+    ratio: str = option("geometric", "log ratio: geometric (per-token mean, the paper's) | exact (sum, true IWAE)")
+    max_trace_tokens: int | None = option(None, "longer traces are ineligible (the released 28000 cutoff); "
+                                                "null = none")
+    require_finished: bool = option(True, "a trace that hit max_completion_length is ineligible")
 
 
 @dataclass
 class BuildConfig:
     """The final training set from the weights."""
 
-    mode: str = "best"  # best: argmax rho per question (17K recipe); weighted: all K traces with weight rho~ (1K recipe)
-    mix: bool = True  # add the teacher data of every training question (the paper's 17K mix: 1:1 when q covers all)
-    min_weight: float = 0.0  # weighted mode: drop rows with rho~ below this (counted), to spare compute
+    mode: str = option("best", "best: argmax rho per question (17K recipe) | weighted: all K traces, weight rho~ "
+                               "(1K recipe)")
+    mix: bool = option(True, "add the teacher data of every training question (the paper's 17K mix)")
+    min_weight: float = option(0.0, "weighted mode: drop rows with rho~ below this (counted), to spare compute")
 
 
 @dataclass
 class FinalConfig(SFTConfig):
     """The final reasoning model: weighted SFT on the built set; plus its compute-matched SFT baseline."""
 
-    name: str = "final"  # the model folder models/<name> (name variants to keep several in one run)
-    init: str = "base"  # base (the paper) | initial (continue from pi0)
-    # max_steps -1 = the same number of optimiser steps as pi0 (the paper: same steps, batch doubled for the mix)
-    sft_matched: bool = True  # also train `sft-matched`: the teacher data, same init, steps and batch as final
+    name: str = option("final", "the model folder models/<name> (name variants to keep several in one run)")
+    init: str = option("base", "base (the paper) | initial (continue from pi0)")
+    sft_matched: bool = option(True, "also train sft-matched: the teacher data, same init, steps and batch as final")
 
 
 @dataclass
 class RFTConfig(SFTConfig):
     """Rejection-sampling fine-tuning: pi0's own traces (the `sample` stage with `sample.proposal: prior`), verified;
-    the correct ones are kept and trained on by SFT."""
+    the correct ones are kept and trained on by SFT. max_steps -1 = the final model's steps (compute-matched)."""
 
-    # max_steps -1 = the final model's optimiser steps (compute-matched with it)
-    name: str = "rft"
-    init: str = "initial"  # initial (continue from pi0, as the demo's final model) | base
-    mode: str = "keep"  # keep: every correct trace, weight 1 (per-question weight ~ P) | normalized: weight 1/c_i
-    mix: bool = True  # add the teacher data of every training question, as the variational build does
-    require_finished: bool = True  # a trace that hit max_completion_length is not kept even if its answer is right
+    name: str = option("rft", "the model folder models/<name>")
+    init: str = option("initial", "initial (continue from pi0, as the demo's final model) | base")
+    mode: str = option("keep", "keep: every correct trace, weight 1 (per-question weight ~ P) | normalized: 1/c")
+    mix: bool = option(True, "add the teacher data of every training question, as the variational build does")
+    require_finished: bool = option(True, "a trace that hit max_completion_length is not kept even if right")
 
 
 @dataclass
 class GRPOSection:
     """GRPO from pi0 with our verifier as the reward, on TRL's GRPOTrainer; TRL's field names and CPU-safe defaults."""
 
-    name: str = "grpo"  # the model folder models/<name>
-    reward: str = "binary"  # binary: 1 if verified correct | debiased: 1(correct) / batch accuracy of the question (§4)
-    learning_rate: float = 1e-5
-    max_steps: int = 100
-    per_device_train_batch_size: int = 64  # completions per optimiser step (prompts x num_generations)
-    gradient_accumulation_steps: int = 1
-    num_generations: int = 8
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_completion_length: int = 256
-    beta: float = 0.0  # KL to the reference model (TRL's default: none, no reference model loaded)
-    epsilon: float = 0.2
-    loss_type: str = "dapo"  # TRL: grpo | dr_grpo | dapo | bnpo | ...
-    scale_rewards: str = "group"  # group (GRPO: divide by the group std) | batch | none (Dr. GRPO)
-    num_iterations: int = 1
-    mask_truncated_completions: bool = False
-    warmup_ratio: float = 0.0
-    lr_scheduler_type: str = "constant"
-    max_grad_norm: float = 1.0
-    logging_steps: int = 10
-    save_steps: int = 50
-    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
-    bf16: bool = False  # fp32 on CPU: bf16 is emulated there and ~10x slower (TRL's default is True)
-    gradient_checkpointing: bool = False  # TRL's default is True: ~10x slower on this CPU for a tiny model
+    name: str = option("grpo", "the model folder models/<name>")
+    reward: str = option("binary", "binary: 1 if verified correct | debiased: 1(correct) / the question's batch "
+                                   "accuracy (paper §4)")
+    learning_rate: float = option(1e-5, "peak learning rate")
+    max_steps: int = option(100, "optimiser steps")
+    per_device_train_batch_size: int = option(64, "completions per optimiser step (prompts x num_generations)")
+    gradient_accumulation_steps: int = option(1, "micro-batches per optimiser step")
+    num_generations: int = option(8, "G: completions per prompt (one group)")
+    temperature: float = option(1.0, "sampling temperature of the completions")
+    top_p: float = option(1.0, "nucleus sampling threshold")
+    max_completion_length: int = option(256, "longest completion in tokens")
+    beta: float = option(0.0, "KL to the reference model (TRL's default: none, no reference model loaded)")
+    epsilon: float = option(0.2, "clipping range of the policy ratio")
+    loss_type: str = option("dapo", "TRL loss: grpo | dr_grpo | dapo | bnpo | ...")
+    scale_rewards: str = option("group", "group (GRPO: divide by the group std) | batch | none (Dr. GRPO)")
+    num_iterations: int = option(1, "optimisation passes per batch of completions")
+    mask_truncated_completions: bool = option(False, "leave completions that hit the length limit out of the loss")
+    warmup_ratio: float = option(0.0, "share of the steps spent warming the learning rate up")
+    lr_scheduler_type: str = option("constant", "transformers scheduler name")
+    max_grad_norm: float = option(1.0, "gradient clipping norm")
+    logging_steps: int = option(10, "log every this many steps")
+    save_steps: int = option(50, "checkpoint (to resume a killed run) every this many steps")
+    report_to: list[str] = option(["tensorboard"], "loggers: tensorboard, wandb, ... ([] = none)")
+    bf16: bool = option(False, "bf16 on GPU; fp32 on CPU, where bf16 is emulated and ~10x slower (TRL: True)")
+    gradient_checkpointing: bool = option(False, "TRL's default is True: ~10x slower on a CPU for a tiny model")
 
 
 @dataclass
 class CompareConfig:
     """`varreason compare`: which methods to train and evaluate side by side, and named variants of them."""
 
-    methods: list[str] = field(default_factory=lambda: ["sft", "sft-matched", "variational", "no-hint", "rft", "grpo",
-                                                        "grpo-debiased"])
-    # extra entries: name -> {method: <built-in method>, <section.field>: value, ...}
-    variants: dict[str, dict] = field(default_factory=dict)
+    methods: list[str] = option(["sft", "sft-matched", "variational", "no-hint", "rft", "grpo", "grpo-debiased"],
+                                "built-in methods to run, in order")
+    variants: dict[str, dict] = option({}, "extra methods: name -> {method: <built-in>, <section.field>: value, ...}")
 
 
 @dataclass
 class EvalConfig:
     """Held-out evaluation: sampling settings and batching."""
 
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    num_generations: int = 1
-    max_completion_length: int = 256
-    batch_size: int = 64
+    temperature: float = option(0.0, "sampling temperature; 0 = greedy")
+    top_p: float = option(1.0, "nucleus sampling threshold")
+    num_generations: int = option(1, "samples per problem")
+    max_completion_length: int = option(256, "longest completion in tokens")
+    batch_size: int = option(64, "sequences per generate call")
 
 
 @dataclass
 class RunConfig:
-    output_dir: str = "runs/demo"
-    seed: int = 0
-    num_threads: int = 0  # torch threads; 0 = all cores
-    task: TaskConfig = field(default_factory=TaskConfig)
-    format: FormatConfig = field(default_factory=FormatConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    initial: SFTConfig = field(default_factory=SFTConfig)
-    posterior: PosteriorConfig = field(default_factory=PosteriorConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
-    score: ScoreConfig = field(default_factory=ScoreConfig)
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    weights: WeightsConfig = field(default_factory=WeightsConfig)
-    build: BuildConfig = field(default_factory=BuildConfig)
-    final: FinalConfig = field(default_factory=FinalConfig)
-    rft: RFTConfig = field(default_factory=RFTConfig)
-    grpo: GRPOSection = field(default_factory=GRPOSection)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    compare: CompareConfig = field(default_factory=CompareConfig)
+    output_dir: str = option("runs/demo", "the run folder (every artifact of the run)")
+    seed: int = option(0, "seeds the data split, the tiny model, training and sampling")
+    num_threads: int = option(0, "torch threads; 0 = all cores")
+    task: TaskConfig = field(default_factory=TaskConfig, metadata={"help": "the problems (stage data)"})
+    format: FormatConfig = field(default_factory=FormatConfig, metadata={"help": "the reasoning format and its markers"})
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the base model (stage base)"})
+    initial: SFTConfig = field(default_factory=SFTConfig, metadata={"help": "pi0: SFT of the base model on the teacher traces (stage initial; the sft baseline)"})
+    posterior: PosteriorConfig = field(default_factory=PosteriorConfig, metadata={"help": "q: SFT with the answer hint in its prompt (stage posterior)"})
+    sample: SampleConfig = field(default_factory=SampleConfig, metadata={"help": "K traces per training question from q, or from pi0 (stage sample)"})
+    score: ScoreConfig = field(default_factory=ScoreConfig, metadata={"help": "log-probs of the traces under pi0 and q (stage score)"})
+    rollout: RolloutConfig = field(default_factory=RolloutConfig, metadata={"help": "M answers of pi0 after each trace, verified (stage rollout)"})
+    weights: WeightsConfig = field(default_factory=WeightsConfig, metadata={"help": "importance weights per (question, trace) (stage weights)"})
+    build: BuildConfig = field(default_factory=BuildConfig, metadata={"help": "the final training set from the weights (stage build)"})
+    final: FinalConfig = field(default_factory=FinalConfig, metadata={"help": "the final model by weighted SFT, and sft-matched (stages final, matched)"})
+    rft: RFTConfig = field(default_factory=RFTConfig, metadata={"help": "the RFT baseline (stage rft)"})
+    grpo: GRPOSection = field(default_factory=GRPOSection, metadata={"help": "the GRPO baselines on TRL's GRPOTrainer (stage grpo)"})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "held-out evaluation (stage eval, and eval --model)"})
+    compare: CompareConfig = field(default_factory=CompareConfig, metadata={"help": "varreason compare: the methods side by side"})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -454,16 +466,19 @@ def dump_config(cfg: RunConfig) -> str:
 
 
 def field_help() -> str:
-    """Every overridable key with its default, for `--help`."""
+    """Every overridable key with its default and what it means, section by section, for `--help`."""
     lines = []
 
     def walk(obj: Any, prefix: str) -> None:
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
             if dataclasses.is_dataclass(value):
+                about = f.metadata.get("help") or (type(value).__doc__ or "").split("\n")[0].strip()
+                lines.append(f"\n{prefix}{f.name}: {about}")
                 walk(value, f"{prefix}{f.name}.")
             else:
-                lines.append(f"  --{prefix}{f.name} {json.dumps(value)}")
+                option = f"  --{prefix}{f.name} {json.dumps(value)}"
+                lines.append(f"{option:<44} {f.metadata.get('help', '')}".rstrip())
 
     walk(RunConfig(), "")
     return "\n".join(lines)

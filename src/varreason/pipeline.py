@@ -1,4 +1,5 @@
-"""The stage graph: which stages exist, what each depends on, skip-when-done, and the printed results.
+"""The stage graph: every stage's function, config sections, inputs and outputs in one table; skip-when-done; the
+printed results.
 
     data -> base -> initial -> posterior -> sample -> score -> rollout -> weights -> build -> final -> matched -> eval
 
@@ -11,6 +12,7 @@ upstream) depends on and its outputs exist. `eval` always runs and skips, model 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,11 +20,10 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
-from varreason import stages, variational
-from varreason.baselines import grpo, rft
 from varreason.config import RunConfig, dump_config
 from varreason.runs import RunDir
-from varreason.variational import UPSTREAM
+from varreason.stages import baselines, pi0, variational
+from varreason.stages.eval import stage_eval
 
 console = Console(stderr=True)
 
@@ -32,71 +33,69 @@ class Stage:
     name: str
     fn: Callable[[RunConfig, RunDir], dict]
     sections: tuple[str, ...]  # config sections this stage (and everything upstream of it) depends on
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
+    inputs: tuple[str, ...]  # artifacts it reads (recorded in the manifest)
+    outputs: Callable[[RunConfig], list[str]]  # artifacts that must exist for it to count as done, for this config
     always: bool = False  # run every time (the stage caches its own work)
 
+    def config_hash(self, cfg: RunConfig) -> str:
+        return cfg.section_hash(*self.sections)
 
-STAGES: dict[str, Stage] = {
-    s.name: s
-    for s in [
-        Stage("data", stages.stage_data, ("seed", "task"), (), ("data/train.parquet", "data/test.parquet")),
-        Stage("base", stages.stage_base, ("seed", "task", "format", "model"), ("data/train.parquet",), ()),
-        Stage("initial", stages.stage_initial, ("seed", "task", "format", "model", "initial"),
-              ("data/train.parquet",), ("models/initial/config.json",)),
-        Stage("posterior", variational.stage_posterior, UPSTREAM["posterior"], ("data/train.parquet",),
-              ("models/posterior/config.json",)),
-        Stage("sample", variational.stage_sample, UPSTREAM["sample"], ("models/posterior",),
-              ("samples/posterior.parquet",)),
-        Stage("score", variational.stage_score, UPSTREAM["score"],
-              ("samples/posterior.parquet", "models/initial", "models/posterior"), ("scores/scores.parquet",)),
-        Stage("rollout", variational.stage_rollout, UPSTREAM["rollout"], ("samples/posterior.parquet", "models/initial"),
-              ()),
-        Stage("weights", variational.stage_weights, UPSTREAM["weights"],
-              ("scores/scores.parquet", "scores/rollouts.parquet", "samples/posterior.parquet"), ("weights.parquet",)),
-        Stage("build", variational.stage_build, UPSTREAM["build"], ("weights.parquet", "samples/posterior.parquet"),
-              ("train/final.parquet",)),
-        Stage("final", variational.stage_final, UPSTREAM["final"], ("train/final.parquet",), ()),
-        Stage("matched", variational.stage_matched, UPSTREAM["matched"], ("data/train.parquet",), ()),
-        Stage("rft", rft.stage_rft, UPSTREAM["rft"], ("samples/posterior.parquet", "models/initial"), ()),
-        Stage("grpo", grpo.stage_grpo, UPSTREAM["grpo"], ("data/train.parquet", "models/initial"), ()),
-        Stage("eval", stages.stage_eval, ("seed", "task", "format", "eval"), ("models/*", "data/test.parquet"),
-              ("eval/summary.json",), always=True),
-    ]
-}
+
+PI0 = ("seed", "task", "format", "model", "initial")  # every stage after pi0 depends on these
+SAMPLED = PI0 + ("posterior", "sample")
+
+
+def _rollout_outputs(cfg: RunConfig) -> list[str]:
+    return (["scores/rollouts.parquet"] if cfg.rollout.num_generations else []) + (
+        ["scores/prior_samples.parquet"] if cfg.rollout.prior_samples else [])
+
+
+STAGES: dict[str, Stage] = {s.name: s for s in [
+    Stage("data", pi0.stage_data, ("seed", "task"), (),
+          lambda c: ["data/train.parquet", "data/test.parquet"]),
+    Stage("base", pi0.stage_base, ("seed", "task", "format", "model"), ("data/train.parquet",),
+          lambda c: [] if c.model.name_or_path else ["models/base/config.json"]),
+    Stage("initial", pi0.stage_initial, PI0, ("data/train.parquet",),
+          lambda c: ["models/initial/config.json"]),
+    Stage("posterior", variational.stage_posterior, PI0 + ("posterior",), ("data/train.parquet",),
+          lambda c: [] if c.sample.proposal == "prior" else ["models/posterior/config.json"]),
+    Stage("sample", variational.stage_sample, SAMPLED, ("models/posterior",),
+          lambda c: ["samples/posterior.parquet"]),
+    Stage("score", variational.stage_score, SAMPLED + ("score",),
+          ("samples/posterior.parquet", "models/initial", "models/posterior"), lambda c: ["scores/scores.parquet"]),
+    Stage("rollout", variational.stage_rollout, SAMPLED + ("rollout",), ("samples/posterior.parquet", "models/initial"),
+          _rollout_outputs),
+    Stage("weights", variational.stage_weights, SAMPLED + ("score", "rollout", "weights"),
+          ("scores/scores.parquet", "scores/rollouts.parquet", "samples/posterior.parquet"),
+          lambda c: ["weights.parquet"]),
+    Stage("build", variational.stage_build, SAMPLED + ("score", "rollout", "weights", "build"),
+          ("weights.parquet", "samples/posterior.parquet"), lambda c: ["train/final.parquet"]),
+    Stage("final", variational.stage_final, SAMPLED + ("score", "rollout", "weights", "build", "final"),
+          ("train/final.parquet",), lambda c: [f"models/{c.final.name}/config.json"]),
+    Stage("matched", variational.stage_matched, PI0 + ("final",), ("data/train.parquet",),
+          lambda c: ["models/sft-matched/config.json"] if c.final.sft_matched else []),
+    Stage("rft", baselines.stage_rft, SAMPLED + ("final", "rft"), ("samples/posterior.parquet", "models/initial"),
+          lambda c: [f"train/{c.rft.name}.parquet", f"models/{c.rft.name}/config.json"]),
+    Stage("grpo", baselines.stage_grpo, PI0 + ("sample", "grpo"), ("data/train.parquet", "models/initial"),
+          lambda c: [f"models/{c.grpo.name}/config.json", f"grpo/{c.grpo.name}/rewards.parquet"]),
+    Stage("eval", stage_eval, ("seed", "task", "format", "eval"), ("models/*", "data/test.parquet"),
+          lambda c: ["eval/summary.json"], always=True),
+]}
 ORDER = [n for n in STAGES if n not in ("rft", "grpo")]  # `varreason run`; baselines run alone or via `compare`
-
-
-def _outputs(stage: Stage, cfg: RunConfig) -> list[str]:
-    if stage.name == "base" and not cfg.model.name_or_path:
-        return ["models/base/config.json"]
-    if stage.name == "rollout":
-        return (["scores/rollouts.parquet"] if cfg.rollout.num_generations else []) + (
-            ["scores/prior_samples.parquet"] if cfg.rollout.prior_samples else [])
-    if stage.name == "posterior" and cfg.sample.proposal == "prior":
-        return []
-    if stage.name == "final":
-        return [f"models/{cfg.final.name}/config.json"]
-    if stage.name == "rft":
-        return [f"train/{cfg.rft.name}.parquet", f"models/{cfg.rft.name}/config.json"]
-    if stage.name == "grpo":
-        return [f"models/{cfg.grpo.name}/config.json", f"grpo/{cfg.grpo.name}/rewards.parquet"]
-    if stage.name == "matched" and cfg.final.sft_matched:
-        return ["models/sft-matched/config.json"]
-    return list(stage.outputs)
 
 
 def run_stage(name: str, cfg: RunConfig, run: RunDir, force: bool = False) -> dict:
     """Run one stage unless its artifact is complete for the same config."""
     stage = STAGES[name]
-    config_hash = cfg.section_hash(*stage.sections)
-    outputs = _outputs(stage, cfg)
+    config_hash = stage.config_hash(cfg)
+    outputs = stage.outputs(cfg)
     if not force and not stage.always and run.is_done(name, config_hash, outputs):
         console.print(f"[dim]- {name}: done for this config, skipped[/dim]")
         return run.manifest()["stages"][name]["counts"]
     console.print(f"[bold]- {name}[/bold]")
     start = time.time()
-    counts = stage.fn(cfg, run)
+    with run.running(name, config_hash):
+        counts = stage.fn(cfg, run)
     run.record(name, config_hash, outputs, list(stage.inputs), counts, time.time() - start)
     return counts
 
@@ -108,7 +107,7 @@ def run_all(cfg: RunConfig, stages_to_run: list[str] | None = None, force: bool 
     for name in stages_to_run or ORDER:
         run_stage(name, cfg, run, force=force)
     wall = time.time() - start
-    from varreason.report import write_report
+    from varreason.report.run_report import write_report
 
     if write_report(run):
         console.print(f"report: {run.path / 'report.md'}")
@@ -118,8 +117,6 @@ def run_all(cfg: RunConfig, stages_to_run: list[str] | None = None, force: bool 
 
 def print_results(run: RunDir, wall: float | None = None) -> None:
     """Accuracy of every evaluated model, overall and by difficulty, as a table on stdout."""
-    import json
-
     path = run.path / "eval" / "summary.json"
     if not path.exists():
         return

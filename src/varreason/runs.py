@@ -7,6 +7,7 @@ that looks finished.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -32,6 +33,16 @@ class RunDir:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.manifest_path = self.path / "manifest.json"
+        self.active: tuple[str, str] | None = None  # (stage, config hash) while a stage runs: keys its shards
+
+    @contextlib.contextmanager
+    def running(self, stage: str, config_hash: str):
+        """Mark `stage` as the one writing, under the config hash that keys its resumable shards."""
+        self.active = (stage, config_hash)
+        try:
+            yield self
+        finally:
+            self.active = None
 
     # --- manifest ----------------------------------------------------------------------------------------------
     def manifest(self) -> dict:
@@ -89,17 +100,19 @@ class RunDir:
         return pq.read_table(self.path / rel).to_pylist()
 
     # --- resumable work in shards ------------------------------------------------------------------------------
-    def sharded(self, rel_dir: str, key: str, items: list, chunk_size: int, work, desc: str = "") -> list[dict]:
+    def sharded(self, rel_dir: str, items: list, chunk_size: int, work, desc: str = "") -> list[dict]:
         """Rows of `work(chunk, chunk_index)` over `items` in chunks, each chunk saved as one Parquet shard.
 
-        A killed stage resumes from its finished shards: a shard is reused when it exists under the same `key`
-        (the config hash of the stage), so shards of another config are never mixed in. `work` must be
+        A killed stage resumes from its finished shards: a shard is reused when it exists under the config hash
+        of the running stage (`running`), so shards of another config are never mixed in. `work` must be
         deterministic given (chunk, chunk_index), e.g. seeded from the index. The shard folder is removed by
         the caller once the merged artifact is written (`drop_shards`).
         """
         from tqdm.auto import tqdm
 
-        folder = f"{rel_dir}/.shards-{key}"
+        if self.active is None:
+            raise RuntimeError("RunDir.sharded runs inside `with run.running(stage, config_hash)` (pipeline.run_stage)")
+        folder = f"{rel_dir}/.shards-{self.active[1]}"
         chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
         rows: list[dict] = []
         done = sum((self.path / folder / f"part-{i:05d}.parquet").exists() for i in range(len(chunks)))

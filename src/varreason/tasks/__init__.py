@@ -12,10 +12,10 @@ from __future__ import annotations
 import random
 
 from varreason.errors import InputError
+from varreason.eval.verify import Verdict, check_integer
 from varreason.tasks.arithmetic import ProceduralTask, ProductTask, SumTask, unit_hash
 from varreason.tasks.base import Problem, Task
 from varreason.tasks.user import load_user_problems
-from varreason.verify import Verdict, check_integer
 
 TASKS: dict[str, type] = {"sum": SumTask, "product": ProductTask}
 
@@ -118,7 +118,7 @@ def score_problem(problem: Problem, predicted_answer: object) -> Verdict:
             if name not in _DEFAULT_TASKS:
                 _DEFAULT_TASKS[name] = get_task(name)
             return _DEFAULT_TASKS[name].check(problem, predicted_answer)
-        from varreason import verify
+        from varreason.eval import verify
 
         check_math = getattr(verify, "check_math", None)
         if (problem.meta or {}).get("answer_kind") == "integer" or check_math is None:

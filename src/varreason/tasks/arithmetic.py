@@ -52,8 +52,8 @@ from collections.abc import Iterator
 from typing import ClassVar
 
 from varreason.errors import InputError
+from varreason.eval.verify import Verdict, check_integer, guarded
 from varreason.tasks.base import Problem
-from varreason.verify import Verdict, check_integer, guarded
 
 # difficulty -> generator parameters. Sums: number of terms, and each term's digit count drawn from (lo, hi).
 SUM_LEVELS: dict[int, dict] = {

@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 
 from varreason.config import EvalConfig, FormatConfig
 from varreason.errors import InputError
+from varreason.eval.benchmarks import BenchItem, BenchmarkSpec, load_benchmark, render_question, score_sample
 from varreason.runs import RunDir, library_versions
-from varreason.suite import BenchItem, BenchmarkSpec, load_benchmark, render_question, score_sample
 
 
 def _settings(model: str, spec: BenchmarkSpec, items: list[BenchItem], n: int, e: EvalConfig, seed: int,
@@ -36,7 +36,7 @@ def evaluate_benchmark(model_dir: str, benchmark: str, out_dir: str | Path, n: i
                        data: str | None = None, limit: int | None = None, chunk_size: int = 64,
                        force: bool = False, generator=None) -> dict:
     """Evaluate one model on one benchmark; returns the results dict also written to `results.json`."""
-    from varreason.evaluation import benchmark_metrics
+    from varreason.eval.metrics import benchmark_metrics
     from varreason.templates import Templates
 
     e = e or EvalConfig()
@@ -127,7 +127,7 @@ def _plot_pass_at_k(metrics: dict, path: Path, title: str) -> None:
 
 def evaluate_many(model_dir: str, benchmarks: list[str], out_dir: str | Path, **kwargs) -> dict:
     """Several benchmarks, one folder each, plus `summary.json` and a table shaped like the paper's."""
-    from varreason.evaluation import macro_average
+    from varreason.eval.metrics import macro_average
 
     run = RunDir(out_dir)
     summary = {}

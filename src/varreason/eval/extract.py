@@ -60,7 +60,7 @@ from __future__ import annotations
 import re
 import string
 
-from varreason.verify import Verdict, _as_text, check_math, extract_boxed
+from varreason.eval.verify import Verdict, as_text, check_math, extract_boxed
 
 __all__ = [
     "check_choice",
@@ -266,7 +266,7 @@ def check_math_text(gold: object, text: str | None, answer_section: str | None =
         pred = extract_math_answer(text, answer_section)
         if pred is None:
             return Verdict(False, "no answer")
-        g = _as_text(gold, "gold")
+        g = as_text(gold, "gold")
         if g is not None:
             boxed = extract_boxed(g)
             g = normalize_math_answer(boxed if boxed is not None else g)
@@ -407,7 +407,7 @@ def check_choice(
     """Extract the chosen letter from `text` and compare it with `gold_letter` ("B", "(B)", "b" all mean B)."""
     try:
         allowed = choice_letters(n_choices, letters)
-        gold = _as_text(gold_letter, "gold")
+        gold = as_text(gold_letter, "gold")
         gold = (gold or "").strip().strip("()[].").strip().upper()
         if len(gold) != 1 or gold not in allowed:
             return Verdict(False, "unparseable_gold")

@@ -12,10 +12,7 @@ Where we depart from the released scripts (see docs/variational.md):
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import math
-import random
 from collections import defaultdict
 
 from varreason import objectives
@@ -23,58 +20,19 @@ from varreason.config import RunConfig
 from varreason.errors import InputError
 from varreason.models import load_model, load_tokenizer
 from varreason.runs import RunDir
-from varreason.stages import base_model_path, load_problems, sft_rows
+from varreason.stages.common import (
+    final_training_config,
+    group_rows,
+    init_path,
+    load_problems,
+    model_dir,
+    sampled_questions,
+    sft_rows,
+    stable_seed,
+)
 from varreason.tasks.base import Problem
 from varreason.templates import Templates
 from varreason.training import train_sft
-
-_BASE = ("seed", "task", "format", "model", "initial")
-UPSTREAM = {  # the config sections each stage (and everything before it) depends on; pipeline.py uses the same
-    "posterior": _BASE + ("posterior",),
-    "sample": _BASE + ("posterior", "sample"),
-    "score": _BASE + ("posterior", "sample", "score"),
-    "rollout": _BASE + ("posterior", "sample", "rollout"),
-    "weights": _BASE + ("posterior", "sample", "score", "rollout", "weights"),
-    "build": _BASE + ("posterior", "sample", "score", "rollout", "weights", "build"),
-    "final": _BASE + ("posterior", "sample", "score", "rollout", "weights", "build", "final"),
-    "matched": _BASE + ("final",),
-    "rft": _BASE + ("posterior", "sample", "final", "rft"),
-    "grpo": _BASE + ("sample", "grpo"),
-}
-
-
-def _seed(*parts) -> int:
-    """A 31-bit seed from any parts (stage name, config seed, shard index): stable across runs and processes."""
-    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
-
-
-def sampled_questions(cfg: RunConfig, run: RunDir) -> list[Problem]:
-    """The training questions the posterior samples for: all, or a seeded subset (the paper's 1K setting)."""
-    problems = load_problems(run, "train")
-    n = cfg.sample.num_questions
-    if n is None or n >= len(problems):
-        return problems
-    keep = set(random.Random(_seed("subset", cfg.seed)).sample(range(len(problems)), n))
-    return [p for i, p in enumerate(problems) if i in keep]
-
-
-def _model_dir(run: RunDir, name: str) -> str:
-    path = run.path / "models" / name
-    if not (path / "config.json").exists():
-        raise InputError(f"model '{name}' is missing; run its stage first", file=str(path))
-    return str(path)
-
-
-def _init_path(cfg: RunConfig, run: RunDir, init: str) -> str:
-    return base_model_path(cfg, run) if init == "base" else _model_dir(run, "initial")
-
-
-def _group(rows: list[dict], *keys: str) -> dict:
-    out: dict = defaultdict(list)
-    for r in rows:
-        out[tuple(r[k] for k in keys) if len(keys) > 1 else r[keys[0]]].append(r)
-    return out
-
 
 # --- 2. posterior ---------------------------------------------------------------------------------------------------
 
@@ -82,7 +40,7 @@ def stage_posterior(cfg: RunConfig, run: RunDir) -> dict:
     """q_phi: SFT with the reference answer as the hint in the prompt (format A or B), on the teacher traces."""
     if cfg.sample.proposal == "prior":
         return {"skipped": "sample.proposal is prior: pi0 proposes the traces, no posterior is trained"}
-    init = _init_path(cfg, run, cfg.posterior.init)
+    init = init_path(cfg, run, cfg.posterior.init)
     templates = Templates(cfg.format, load_tokenizer(init))
     rows = [{"prompt": templates.posterior_prompt(p.question, p.answer),
              "completion": templates.completion(p.trace, p.answer), "weight": 1.0, "source": "teacher"}
@@ -107,8 +65,7 @@ def stage_sample(cfg: RunConfig, run: RunDir) -> dict:
     from varreason.tasks import score_problem
 
     s = cfg.sample
-    key = cfg.section_hash(*UPSTREAM["sample"])
-    path = _model_dir(run, "initial" if s.proposal == "prior" else "posterior")
+    path = model_dir(run, "initial" if s.proposal == "prior" else "posterior")
     tokenizer = load_tokenizer(path)
     templates = Templates(cfg.format, tokenizer)
     generator = HFGenerator(load_model(path), tokenizer, batch_size=s.batch_size)
@@ -117,7 +74,7 @@ def stage_sample(cfg: RunConfig, run: RunDir) -> dict:
         outputs = generator.generate(
             [proposal_prompt(cfg, templates, p) for p in chunk], n=s.num_generations,
             max_new_tokens=s.max_completion_length, temperature=s.temperature, top_p=s.top_p,
-            stop=templates.stop_strings(), seed=_seed("sample", cfg.seed, index), progress=False)
+            stop=templates.stop_strings(), seed=stable_seed("sample", cfg.seed, index), progress=False)
         rows = []
         for p, samples in zip(chunk, outputs):
             for k, g in enumerate(samples):
@@ -132,7 +89,7 @@ def stage_sample(cfg: RunConfig, run: RunDir) -> dict:
         return rows
 
     problems = sampled_questions(cfg, run)
-    rows = run.sharded("samples", key, problems, s.chunk_size, work,
+    rows = run.sharded("samples", problems, s.chunk_size, work,
                        desc="sample pi0 (no hint)" if s.proposal == "prior" else "sample q")
     run.write_rows("samples/posterior.parquet", rows)
     run.drop_shards("samples")
@@ -153,14 +110,13 @@ def stage_score(cfg: RunConfig, run: RunDir) -> dict:
     from varreason.backends.hf import HFScorer
 
     c = cfg.score
-    key = cfg.section_hash(*UPSTREAM["score"])
     same = cfg.sample.proposal == "prior"  # the proposal is pi0 itself: q's log-probs are pi0's, the ratio is 1
-    prior_dir = _model_dir(run, "initial")
+    prior_dir = model_dir(run, "initial")
     tokenizer = load_tokenizer(prior_dir)
     templates = Templates(cfg.format, tokenizer)
     prior = HFScorer(load_model(prior_dir), tokenizer, batch_size=c.batch_size, chunk_size=c.chunk_size)
     if not same:
-        posterior_dir = _model_dir(run, "posterior")
+        posterior_dir = model_dir(run, "posterior")
         if load_tokenizer(posterior_dir).get_vocab() != tokenizer.get_vocab():
             raise InputError("pi0 and q have different tokenizers; the same trace ids cannot be scored under both",
                              file=posterior_dir)
@@ -202,7 +158,7 @@ def stage_score(cfg: RunConfig, run: RunDir) -> dict:
                          "answer_tokens": n})
         return rows
 
-    rows = run.sharded("scores", key, samples, max(1, cfg.sample.chunk_size * cfg.sample.num_generations), work,
+    rows = run.sharded("scores", samples, max(1, cfg.sample.chunk_size * cfg.sample.num_generations), work,
                        desc="score pi0 & q")
     run.write_rows("scores/scores.parquet", rows)
     run.drop_shards("scores")
@@ -217,8 +173,7 @@ def stage_rollout(cfg: RunConfig, run: RunDir) -> dict:
     from varreason.tasks import score_problem
 
     o = cfg.rollout
-    key = cfg.section_hash(*UPSTREAM["rollout"])
-    path = _model_dir(run, "initial")
+    path = model_dir(run, "initial")
     tokenizer = load_tokenizer(path)
     templates = Templates(cfg.format, tokenizer)
     model = load_model(path)
@@ -234,7 +189,7 @@ def stage_rollout(cfg: RunConfig, run: RunDir) -> dict:
             prompts = [templates.prompt(problems[r["question_id"]].question) + r["trace"] + close for r in chunk]
             outputs = generator.generate(prompts, n=o.num_generations, max_new_tokens=o.max_completion_length,
                                          temperature=o.temperature, top_p=o.top_p, stop=templates.stop_strings(),
-                                         seed=_seed("rollout", cfg.seed, index), progress=False)
+                                         seed=stable_seed("rollout", cfg.seed, index), progress=False)
             rows = []
             for r, answers in zip(chunk, outputs):
                 p = problems[r["question_id"]]
@@ -245,7 +200,7 @@ def stage_rollout(cfg: RunConfig, run: RunDir) -> dict:
                                  "predicted": cut.answer, "correct": bool(verdict and verdict.correct)})
             return rows
 
-        rows = run.sharded("scores/rollouts", key, samples, max(1, o.chunk_size * cfg.sample.num_generations), work,
+        rows = run.sharded("scores/rollouts", samples, max(1, o.chunk_size * cfg.sample.num_generations), work,
                            desc="rollout pi0")
         run.write_rows("scores/rollouts.parquet", rows)
         run.drop_shards("scores/rollouts")
@@ -260,7 +215,7 @@ def stage_rollout(cfg: RunConfig, run: RunDir) -> dict:
             outputs = generator.generate([templates.prompt(p.question) for p in chunk], n=o.prior_samples,
                                          max_new_tokens=s.max_completion_length, temperature=s.temperature,
                                          top_p=s.top_p, stop=templates.stop_strings(),
-                                         seed=_seed("prior", cfg.seed, index), progress=False)
+                                         seed=stable_seed("prior", cfg.seed, index), progress=False)
             rows = []
             for p, gens in zip(chunk, outputs):
                 for j, g in enumerate(gens):
@@ -272,7 +227,7 @@ def stage_rollout(cfg: RunConfig, run: RunDir) -> dict:
                                  "finished": g.finished})
             return rows
 
-        rows = run.sharded("scores/prior", key, questions, s.chunk_size, own, desc="pi0's own traces")
+        rows = run.sharded("scores/prior", questions, s.chunk_size, own, desc="pi0's own traces")
         run.write_rows("scores/prior_samples.parquet", rows)
         run.drop_shards("scores/prior")
         counts.update(prior_samples=len(rows), prior_correct=sum(r["correct"] for r in rows))
@@ -291,7 +246,7 @@ def compute_weights(cfg: RunConfig, scores: list[dict], samples: list[dict], rol
         correct[(r["question_id"], r["k"])] += int(r["correct"])
         totals[(r["question_id"], r["k"])] += 1
     rows = []
-    for qid, group in _group(scores, "question_id").items():
+    for qid, group in group_rows(scores, "question_id").items():
         group = sorted(group, key=lambda r: r["k"])
         keys = [(qid, r["k"]) for r in group]
         eligible = [(finished[key] or not w.require_finished)
@@ -350,11 +305,11 @@ def _answers(cfg: RunConfig, p: Problem, k: int, rollouts_by_trace: dict) -> lis
 def build_rows(cfg: RunConfig, run: RunDir, templates: Templates) -> tuple[list[dict], dict]:
     """The final training set (prompt, completion, weight, source) and its counts."""
     b = cfg.build
-    weights = _group(run.read_rows("weights.parquet"), "question_id")
+    weights = group_rows(run.read_rows("weights.parquet"), "question_id")
     traces = {(r["question_id"], r["k"]): r["trace"] for r in run.read_rows("samples/posterior.parquet")}
     rollouts_by_trace = {}
     if cfg.weights.estimator == "accuracy":
-        rollouts_by_trace = _group(run.read_rows("scores/rollouts.parquet"), "question_id", "k")
+        rollouts_by_trace = group_rows(run.read_rows("scores/rollouts.parquet"), "question_id", "k")
     problems = {p.id: p for p in load_problems(run, "train")}
     rows, fallbacks, dropped, dropped_mass = [], 0, 0, 0.0
     for qid, group in weights.items():
@@ -401,7 +356,7 @@ def build_rows(cfg: RunConfig, run: RunDir, templates: Templates) -> tuple[list[
 
 
 def stage_build(cfg: RunConfig, run: RunDir) -> dict:
-    rows, counts = build_rows(cfg, run, Templates(cfg.format, load_tokenizer(_model_dir(run, "initial"))))
+    rows, counts = build_rows(cfg, run, Templates(cfg.format, load_tokenizer(model_dir(run, "initial"))))
     run.write_rows("train/final.parquet", rows)
     if counts["fallbacks"]:
         print(f"build: {counts['fallbacks']} of {counts['questions']} questions had no eligible trace and fell back "
@@ -411,23 +366,11 @@ def stage_build(cfg: RunConfig, run: RunDir) -> dict:
 
 # --- 8. final and its compute-matched SFT baseline ------------------------------------------------------------------
 
-def final_training_config(cfg: RunConfig, run: RunDir):
-    """cfg.final with max_steps resolved: -1 means as many optimiser steps as pi0 took."""
-    sft = copy.deepcopy(cfg.final)
-    if sft.max_steps is None or sft.max_steps < 0:
-        stats = run.manifest()["stages"].get("initial", {}).get("counts", {})
-        if not stats.get("optimizer_steps"):
-            raise InputError("final.max_steps is -1 (match pi0) but pi0's step count is not in the manifest; "
-                             "run `initial` first or set final.max_steps")
-        sft.max_steps = int(stats["optimizer_steps"])
-    return sft
-
-
 def stage_final(cfg: RunConfig, run: RunDir) -> dict:
     """The final reasoning model: weighted SFT on train/final.parquet, saved as models/<final.name>."""
     sft = final_training_config(cfg, run)
     rows = [{k: r[k] for k in ("prompt", "completion", "weight")} for r in run.read_rows("train/final.parquet")]
-    stats = train_sft(_init_path(cfg, run, cfg.final.init), rows, sft, run.path / "models" / cfg.final.name,
+    stats = train_sft(init_path(cfg, run, cfg.final.init), rows, sft, run.path / "models" / cfg.final.name,
                       seed=cfg.seed, log_dir=run.path / "logs" / cfg.final.name)
     return {**stats, "init": cfg.final.init}
 
@@ -437,7 +380,7 @@ def stage_matched(cfg: RunConfig, run: RunDir) -> dict:
     if not cfg.final.sft_matched:
         return {"skipped": "final.sft_matched is false"}
     sft = final_training_config(cfg, run)
-    init = _init_path(cfg, run, cfg.final.init)
+    init = init_path(cfg, run, cfg.final.init)
     rows = sft_rows(load_problems(run, "train"), Templates(cfg.format, load_tokenizer(init)))
     stats = train_sft(init, rows, sft, run.path / "models" / "sft-matched", seed=cfg.seed,
                       log_dir=run.path / "logs" / "sft-matched")

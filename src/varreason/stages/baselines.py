@@ -1,16 +1,30 @@
-"""GRPO from pi0 on TRL's `GRPOTrainer`, with our verifier as the reward.
+"""The baselines the method is judged against: RFT (rejection-sampling fine-tuning) and GRPO (TRL's trainer with our
+verifier as the reward). `sft` and `sft-matched` are stages of the main pipeline; the "w/o y'" ablation (`no-hint`)
+is the variational pipeline with `sample.proposal: prior`.
 
-Why TRL: it is what our users run GRPO with; we add only the reward (our task verifiers, which never raise) and
-CPU-safe defaults (fp32, no gradient checkpointing: TRL's defaults are ~10x slower on CPU). `grpo.reward: debiased`
-is the paper's proposed reward (§4): 1(correct) divided by the question's accuracy in the batch, which turns the
-per-question weight sqrt(P/(1-P)) (binary reward, group std) into 1. The paper proposes it and never tests it.
+    varreason sample --config demo --output-dir runs/rft --sample.proposal prior   # pi0's own traces, verified
+    varreason rft    --config demo --output-dir runs/rft --sample.proposal prior
+    varreason grpo   --config demo --output-dir runs/demo
+    varreason compare --config demo --output-dir runs/compare                     # every method, side by side
 
-Every reward given is logged (`grpo/<name>/rewards.parquet`: batch, step, question, verdict, reward) so the
-per-question weight GRPO really applied can be measured afterwards (`compare`'s bias diagnostic).
+RFT: pi0's own traces (no hint), verified; the correct ones are kept and the model is fine-tuned on them. The traces
+are the `sample` stage's with `sample.proposal: prior` (K per question at the sampling temperature), so RFT and the
+no-hint ablation read the same samples. Paper §4: RFT is a forward-KL step towards pi0's posterior weighted by pi0's
+accuracy P on each question (`keep`: a question with c of K correct traces gets c rows); `normalized` divides by c so
+every solved question weighs 1, as the variational objective does.
+
+GRPO from pi0 on TRL's `GRPOTrainer`, with our verifier as the reward. Why TRL: it is what our users run GRPO with;
+we add only the reward (our task verifiers, which never raise) and CPU-safe defaults (fp32, no gradient
+checkpointing: TRL's defaults are ~10x slower on CPU). `grpo.reward: debiased` is the paper's proposed reward (§4):
+1(correct) divided by the question's accuracy in the batch, which turns the per-question weight sqrt(P/(1-P))
+(binary reward, group std) into 1. The paper proposes it and never tests it. Every reward given is logged
+(`grpo/<name>/rewards.parquet`: batch, step, question, verdict, reward) so the per-question weight GRPO really
+applied can be measured afterwards (`compare`'s bias diagnostic).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import time
@@ -21,11 +35,71 @@ from varreason.config import RunConfig
 from varreason.errors import InputError
 from varreason.models import load_model, load_tokenizer, save_pretrained
 from varreason.runs import RunDir
+from varreason.stages.common import (
+    final_training_config,
+    group_rows,
+    init_path,
+    load_problems,
+    model_dir,
+    sampled_questions,
+)
 from varreason.tasks import score_problem
 from varreason.tasks.base import Problem
 from varreason.templates import Templates
-from varreason.variational import _model_dir, sampled_questions
+from varreason.training import train_sft
 
+# --- RFT --------------------------------------------------------------------------------------------------------------
+
+def rft_rows(cfg: RunConfig, samples: list[dict], problems: dict, templates: Templates) -> tuple[list[dict], dict]:
+    """Training rows (prompt, completion, weight, source, question_id, k) from verified samples, and counts."""
+    r = cfg.rft
+    rows, solved = [], 0
+    for qid, group in group_rows(samples, "question_id").items():
+        kept = [s for s in sorted(group, key=lambda s: s["k"])
+                if s["correct"] and (s["finished"] or not r.require_finished) and s["trace"].strip()]
+        weights = objectives.rft_weights(len(kept), r.mode)
+        solved += bool(kept)
+        p = problems[qid]
+        for s, w in zip(kept, weights):
+            # the verified answer as the model wrote it (it is correct), so the trace and its answer stay its own
+            rows.append({"prompt": templates.prompt(p.question),
+                         "completion": templates.completion(s["trace"], s["posterior_answer"]),
+                         "weight": w, "source": "rft", "question_id": qid, "k": s["k"]})
+    kept_rows = len(rows)
+    if r.mix:
+        for p in problems.values():
+            rows.append({"prompt": templates.prompt(p.question), "completion": templates.completion(p.trace, p.answer),
+                         "weight": 1.0, "source": "teacher", "question_id": p.id, "k": -1})
+    questions = len({s["question_id"] for s in samples})
+    return rows, {"questions": questions, "solved_questions": solved, "kept_traces": kept_rows,
+                  "sampled_traces": len(samples), "rows": len(rows), "mode": r.mode, "mix": r.mix}
+
+
+def stage_rft(cfg: RunConfig, run: RunDir) -> dict:
+    """Build train/<rft.name>.parquet from pi0's verified traces and fine-tune models/<rft.name> on it."""
+    if cfg.sample.proposal != "prior":
+        raise InputError("rft trains on pi0's own traces: run it with '--sample.proposal prior' (the `sample` stage "
+                         "then samples pi0 without the hint)")
+    init = init_path(cfg, run, cfg.rft.init)
+    templates = Templates(cfg.format, load_tokenizer(model_dir(run, "initial")))
+    samples = run.read_rows("samples/posterior.parquet")
+    if samples and "correct" not in samples[0]:
+        raise InputError("samples have no 'correct' column (written by an older version); redo `sample` with --force",
+                         file=str(run.path / "samples/posterior.parquet"))
+    rows, counts = rft_rows(cfg, samples, {p.id: p for p in load_problems(run, "train")}, templates)
+    if not counts["kept_traces"] and not cfg.rft.mix:
+        raise InputError("no sampled trace of pi0 was correct: nothing to train RFT on (set rft.mix true, or sample "
+                         "more: sample.num_generations, sample.temperature)")
+    run.write_rows(f"train/{cfg.rft.name}.parquet", rows)
+    sft = copy.deepcopy(cfg.rft)
+    if sft.max_steps is None or sft.max_steps < 0:  # -1: the final model's optimiser steps (compute-matched)
+        sft.max_steps = final_training_config(cfg, run).max_steps
+    stats = train_sft(init, [{k: x[k] for k in ("prompt", "completion", "weight")} for x in rows], sft,
+                      run.path / "models" / cfg.rft.name, seed=cfg.seed, log_dir=run.path / "logs" / cfg.rft.name)
+    return {**counts, **stats, "init": cfg.rft.init}
+
+
+# --- GRPO -------------------------------------------------------------------------------------------------------------
 
 class VerifierReward:
     """A TRL reward function: 1.0 when the answer after the trace verifies against the question's gold, else 0.0.
@@ -105,7 +179,7 @@ def stage_grpo(cfg: RunConfig, run: RunDir) -> dict:
     from trl import GRPOTrainer
 
     g = cfg.grpo
-    init = _model_dir(run, "initial")
+    init = model_dir(run, "initial")
     tokenizer = load_tokenizer(init)
     templates = Templates(cfg.format, tokenizer)
     problems = sampled_questions(cfg, run)

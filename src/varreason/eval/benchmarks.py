@@ -252,7 +252,7 @@ def render_question(spec: BenchmarkSpec, item: BenchItem) -> str:
 def score_sample(spec: BenchmarkSpec, item: BenchItem, text: str, answer_section: str | None,
                  code_time_limit_s: float = 6.0, code_memory_mb: int = 1024):
     """(predicted answer, Verdict) for one generated text; never raises."""
-    from varreason.verify import Verdict
+    from varreason.eval.verify import Verdict
 
     try:
         if spec.answer_type in ("integer", "gym"):
@@ -267,17 +267,17 @@ def score_sample(spec: BenchmarkSpec, item: BenchItem, text: str, answer_section
                 return None, Verdict(False, "no answer")
             return predicted, score_problem(Problem(**row), predicted)
         if spec.answer_type == "math":
-            from varreason.extract import check_math_text, extract_math_answer
+            from varreason.eval.extract import check_math_text, extract_math_answer
 
             return extract_math_answer(text, answer_section), check_math_text(item.answer, text, answer_section)
         if spec.answer_type == "choice":
-            from varreason.extract import check_choice, extract_choice
+            from varreason.eval.extract import check_choice, extract_choice
 
             source = answer_section if answer_section is not None else text
             n = len(item.choices or [])
             return extract_choice(source, n), check_choice(item.answer, source, n)
         if spec.answer_type == "code":
-            from varreason.sandbox import extract_code, run_tests
+            from varreason.eval.sandbox import extract_code, run_tests
 
             result = run_tests(text, item.tests or [], time_limit_s=code_time_limit_s, memory_mb=code_memory_mb)
             return extract_code(text), Verdict(result.passed, result.reason)

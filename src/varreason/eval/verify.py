@@ -67,7 +67,7 @@ def _error(exc: BaseException) -> Verdict:
     return Verdict(False, f"error: {type(exc).__name__}: {msg}")
 
 
-def _as_text(value: object, what: str) -> str | None:
+def as_text(value: object, what: str) -> str | None:
     """Coerce a checker input to text (see the module docstring); None stays None; bad types raise TypeError."""
     if value is None:
         return None
@@ -120,7 +120,7 @@ def parse_integer(text: object) -> int | None:
         if isinstance(text, numbers.Real):
             x = float(text)
             return int(x) if math.isfinite(x) and x.is_integer() else None
-        s = _as_text(text, "text")
+        s = as_text(text, "text")
         if not s:
             return None
         last = None
@@ -163,7 +163,7 @@ def extract_boxed(text: object) -> str | None:
     the answer is None rather than an earlier box: a truncated final answer is no answer.
     """
     try:
-        s = _as_text(text, "text") if not isinstance(text, str) else text
+        s = as_text(text, "text") if not isinstance(text, str) else text
     except TypeError:
         return None
     if not s:
@@ -450,8 +450,8 @@ def check_math(gold: object, prediction: object, timeout_s: float = DEFAULT_TIME
     `timeout_s`). Past `timeout_s` the worker is killed and the verdict is "timeout".
     """
     try:
-        g = _as_text(gold, "gold")
-        p = _as_text(prediction, "prediction")
+        g = as_text(gold, "gold")
+        p = as_text(prediction, "prediction")
         if g is None or not g.strip():
             return Verdict(False, "unparseable_gold")
         p = p or ""

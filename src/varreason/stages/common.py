@@ -1,0 +1,82 @@
+"""What several stages share: reading the run's problems and models, the teacher rows, per-chunk seeds, the sampled
+question subset and the final model's step count. Stage modules import from here, never from each other."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import random
+from collections import defaultdict
+
+from varreason.config import RunConfig, SFTConfig
+from varreason.errors import InputError
+from varreason.runs import RunDir
+from varreason.tasks.base import Problem
+from varreason.templates import Templates
+
+
+def load_problems(run: RunDir, split: str) -> list[Problem]:
+    """The `data` stage's train or test problems."""
+    rows = run.read_rows(f"data/{split}.parquet")
+    return [Problem(**{**r, "meta": json.loads(r["meta"]) if isinstance(r["meta"], str) else (r["meta"] or {})})
+            for r in rows]
+
+
+def base_model_path(cfg: RunConfig, run: RunDir) -> str:
+    """The user's model, or the tiny model the `base` stage built."""
+    return cfg.model.name_or_path or str(run.path / "models" / "base")
+
+
+def model_dir(run: RunDir, name: str) -> str:
+    """A finished model folder of the run, or an InputError naming the stage to run first."""
+    path = run.path / "models" / name
+    if not (path / "config.json").exists():
+        raise InputError(f"model '{name}' is missing; run its stage first", file=str(path))
+    return str(path)
+
+
+def init_path(cfg: RunConfig, run: RunDir, init: str) -> str:
+    """Where a trained model starts: `base` (the paper's recipe) or `initial` (continue from pi0)."""
+    return base_model_path(cfg, run) if init == "base" else model_dir(run, "initial")
+
+
+def sft_rows(problems: list[Problem], templates: Templates) -> list[dict]:
+    """Teacher data in TRL's prompt / completion columns, weight 1."""
+    return [{"prompt": templates.prompt(p.question), "completion": templates.completion(p.trace, p.answer),
+             "weight": 1.0, "source": "teacher"} for p in problems]
+
+
+def group_rows(rows: list[dict], *keys: str) -> dict:
+    """Rows grouped by one column (key: its value) or several (key: the tuple of values), in row order."""
+    out: dict = defaultdict(list)
+    for r in rows:
+        out[tuple(r[k] for k in keys) if len(keys) > 1 else r[keys[0]]].append(r)
+    return out
+
+
+def stable_seed(*parts) -> int:
+    """A 31-bit seed from any parts (stage name, config seed, shard index): stable across runs and processes."""
+    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
+def sampled_questions(cfg: RunConfig, run: RunDir) -> list[Problem]:
+    """The training questions the posterior samples for: all, or a seeded subset (the paper's 1K setting)."""
+    problems = load_problems(run, "train")
+    n = cfg.sample.num_questions
+    if n is None or n >= len(problems):
+        return problems
+    keep = set(random.Random(stable_seed("subset", cfg.seed)).sample(range(len(problems)), n))
+    return [p for i, p in enumerate(problems) if i in keep]
+
+
+def final_training_config(cfg: RunConfig, run: RunDir) -> SFTConfig:
+    """cfg.final with max_steps resolved: -1 means as many optimiser steps as pi0 took."""
+    sft = copy.deepcopy(cfg.final)
+    if sft.max_steps is None or sft.max_steps < 0:
+        stats = run.manifest()["stages"].get("initial", {}).get("counts", {})
+        if not stats.get("optimizer_steps"):
+            raise InputError("final.max_steps is -1 (match pi0) but pi0's step count is not in the manifest; "
+                             "run `initial` first or set final.max_steps")
+        sft.max_steps = int(stats["optimizer_steps"])
+    return sft

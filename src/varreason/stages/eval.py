@@ -1,0 +1,98 @@
+"""eval: held-out accuracy of every reasoning model of the run (pi0, the final model(s), the baselines).
+
+    varreason eval --config demo --output-dir runs/demo
+
+A model is evaluated again only when its weights or the eval settings changed (`eval_fingerprint`).
+`varreason eval --model DIR --benchmark NAME` (benchmarks, any model) is `eval/evaluator.py`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from varreason.config import RunConfig
+from varreason.eval.metrics import summarize
+from varreason.models import load_model, load_tokenizer
+from varreason.runs import RunDir
+from varreason.stages.common import load_problems
+from varreason.templates import Templates
+
+REASONING_MODELS_FIRST = ("initial", "final", "sft-matched")
+NOT_REASONING_MODELS = ("base", "posterior")
+
+
+def reasoning_models(run: RunDir) -> list[str]:
+    """Every finished model of the run that answers without a hint: pi0, the final model(s), baselines."""
+    folder = run.path / "models"
+    names = [d.name for d in folder.iterdir() if d.is_dir() and not d.name.endswith(".work")
+             and d.name not in NOT_REASONING_MODELS and (d / "config.json").exists()] if folder.exists() else []
+    order = {n: i for i, n in enumerate(REASONING_MODELS_FIRST)}
+    return sorted(names, key=lambda n: (order.get(n, len(order)), n))
+
+
+def eval_fingerprint(cfg: RunConfig, model_dir: Path) -> str:
+    """Identifies (model weights, eval settings, test set): an evaluation is redone only when one of them changed."""
+    weights = sorted(p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin"))
+    stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights]
+    payload = json.dumps([stamp, cfg.section_hash("seed", "task", "format", "eval")])
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def stage_eval(cfg: RunConfig, run: RunDir) -> dict:
+    """Held-out accuracy of every reasoning model of the run (skipping those already evaluated as they are)."""
+    out = {}
+    for name in reasoning_models(run):
+        metrics_path = run.path / "eval" / name / "metrics.json"
+        fingerprint = eval_fingerprint(cfg, run.path / "models" / name)
+        previous = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+        if previous.get("fingerprint") == fingerprint:
+            out[name] = previous["accuracy"]
+            continue
+        out[name] = evaluate_model(cfg, run, name, fingerprint)["accuracy"]
+    return {"accuracy": out}
+
+
+def evaluate_model(cfg: RunConfig, run: RunDir, model_name: str, fingerprint: str = "") -> dict:
+    """Held-out accuracy of one model of the run: samples with verdicts, metrics JSON, summary entry."""
+    from varreason.backends.hf import HFGenerator
+    from varreason.tasks import score_problem
+
+    model_dir = run.path / "models" / model_name
+    tokenizer = load_tokenizer(model_dir)
+    model = load_model(model_dir)
+    templates = Templates(cfg.format, tokenizer)
+    problems = load_problems(run, "test")
+    e = cfg.eval
+    generator = HFGenerator(model, tokenizer, batch_size=e.batch_size)
+    start = time.time()
+    outputs = generator.generate(
+        [templates.prompt(p.question) for p in problems], n=e.num_generations, max_new_tokens=e.max_completion_length,
+        temperature=e.temperature, top_p=e.top_p, stop=templates.stop_strings(), seed=cfg.seed,
+        desc=f"eval {model_name}",
+    )
+    gen_seconds = time.time() - start
+    records = []
+    for p, samples in zip(problems, outputs):
+        for k, g in enumerate(samples):
+            cut = templates.cut(g.text)
+            verdict = score_problem(p, cut.answer) if cut.answer is not None else None
+            records.append({
+                "question_id": p.id, "k": k, "task": p.task, "difficulty": p.difficulty, "text": g.text,
+                "predicted": cut.answer, "correct": bool(verdict and verdict.correct),
+                "reason": verdict.reason if verdict else "no answer", "format_ok": cut.format_ok,
+                "format_error": cut.error, "finished": g.finished, "completion_tokens": len(g.token_ids),
+            })
+    run.write_rows(f"eval/{model_name}/samples.parquet", records)
+    metrics = summarize(records)
+    metrics.update({"model": model_name, "generation_seconds": gen_seconds, "fingerprint": fingerprint,
+                    "sampling": {"temperature": e.temperature, "top_p": e.top_p, "n": e.num_generations,
+                                 "max_completion_length": e.max_completion_length}})
+    run.write_json(f"eval/{model_name}/metrics.json", metrics)
+    summary_path = run.path / "eval" / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary[model_name] = {k: metrics[k] for k in ("accuracy", "ci_low", "ci_high", "n", "by_difficulty", "by_task")}
+    run.write_json("eval/summary.json", summary)
+    return metrics

@@ -1,0 +1,99 @@
+"""data -> base -> initial: the problems, the starting model, and pi0 (SFT on the teacher traces).
+
+    varreason data    --config demo --output-dir runs/demo
+    varreason base    --config demo --output-dir runs/demo
+    varreason initial --config demo --output-dir runs/demo
+
+Each stage function reads artifacts of the run directory and writes one; `pipeline.py` decides what runs.
+"""
+
+from __future__ import annotations
+
+from varreason.config import RunConfig
+from varreason.errors import InputError
+from varreason.models import build_tiny, count_parameters, load_model, load_tokenizer
+from varreason.runs import RunDir
+from varreason.stages.common import base_model_path, load_problems, sft_rows
+from varreason.tasks.base import Problem
+from varreason.templates import Templates
+from varreason.training import train_sft
+
+# --- data --------------------------------------------------------------------------------------------------------
+
+def stage_data(cfg: RunConfig, run: RunDir) -> dict:
+    """Train / test problems (question, answer, teacher trace, task, difficulty) as Parquet."""
+    from varreason import tasks
+
+    t = cfg.task
+    if t.source == "builtin":
+        train, test = tasks.build_splits(t.families, t.n_train, t.n_test, cfg.seed, t.difficulties, t.style_mix)
+    else:
+        columns = {"question_column": t.question_column, "trace_column": t.trace_column,
+                   "answer_column": t.answer_column, "difficulty_column": t.difficulty_column}
+        rows = tasks.load_user_problems(t.source, split=t.split, **columns)
+        for p in rows:
+            p.meta.setdefault("answer_kind", t.answer_kind)
+        if t.test_source:
+            train, test = rows, tasks.load_user_problems(t.test_source, split="test", **columns)
+            for p in test:
+                p.meta.setdefault("answer_kind", t.answer_kind)
+        else:
+            train, test = split_user_problems(rows, t.test_fraction, cfg.seed)
+        train, test = train[: t.n_train], test[: t.n_test]
+    run.write_rows("data/train.parquet", [p.to_row() for p in train])
+    run.write_rows("data/test.parquet", [p.to_row() for p in test])
+    return {"train": len(train), "test": len(test), "styles": _count(train, "style"),
+            "difficulties": _count(train, "difficulty")}
+
+
+def split_user_problems(problems: list[Problem], test_fraction: float, seed: int):
+    """Seeded hash split of a user's file: a question is in train or in test, never both."""
+    import hashlib
+
+    def bucket(p: Problem) -> float:
+        digest = hashlib.sha256(f"{seed}:{p.question}".encode()).hexdigest()
+        return int(digest[:8], 16) / 0xFFFFFFFF
+
+    train = [p for p in problems if bucket(p) >= test_fraction]
+    test = [p for p in problems if bucket(p) < test_fraction]
+    if not train or not test:
+        raise InputError(f"too few problems ({len(problems)}) to hold out a test split", file="task.source")
+    return train, test
+
+
+def _count(problems, attr) -> dict:
+    out: dict = {}
+    for p in problems:
+        out[str(getattr(p, attr))] = out.get(str(getattr(p, attr)), 0) + 1
+    return dict(sorted(out.items()))
+
+
+# --- models ------------------------------------------------------------------------------------------------------
+
+def stage_base(cfg: RunConfig, run: RunDir) -> dict:
+    """The starting model: the user's, or a tiny Qwen3 + tokenizer trained here on the training split."""
+    out = run.path / "models" / "base"
+    if cfg.model.name_or_path:
+        tok = load_tokenizer(cfg.model.name_or_path)  # fail early with a clear line when the path is wrong
+        return {"source": cfg.model.name_or_path, "vocab": len(tok)}
+    problems = load_problems(run, "train")[: cfg.model.tokenizer_corpus_size]
+    templates = Templates(cfg.format)
+    corpus = []
+    for p in problems:
+        corpus.append(templates.prompt(p.question) + templates.completion(p.trace, p.answer, eos=False))
+        for kind in ("A", "B"):
+            corpus.append(templates.posterior_prompt(p.question, p.answer, kind))
+    build_tiny(cfg.model, cfg.format, corpus, out, seed=cfg.seed)
+    model = load_model(out)
+    return {"source": "tiny-from-scratch", "parameters": count_parameters(model),
+            "vocab": model.config.vocab_size}
+
+
+def stage_initial(cfg: RunConfig, run: RunDir) -> dict:
+    """pi0: SFT of the base model on the teacher traces."""
+    base = base_model_path(cfg, run)
+    templates = Templates(cfg.format, load_tokenizer(base))
+    rows = sft_rows(load_problems(run, "train"), templates)
+    stats = train_sft(base, rows, cfg.initial, run.path / "models" / "initial", seed=cfg.seed,
+                      log_dir=run.path / "logs" / "initial")
+    return stats
