@@ -2,7 +2,7 @@
 
     python benchmarks/eval_throughput.py [--model runs/demo/models/initial] [--problems 96]
 
-Uses `varreason.evaluator.evaluate_benchmark` on the built-in `arith` benchmark (greedy, n=1), so the numbers
+Uses `varreason.eval.evaluator.evaluate_benchmark` on the built-in `arith` benchmark (greedy, n=1), so the numbers
 include prompt rendering, generation, the cut rule and verification: what `varreason eval --model` does.
 """
 

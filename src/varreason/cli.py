@@ -1,7 +1,14 @@
-"""`varreason` command line: `run` (every stage in order) and one command per stage.
+"""`varreason` command line: `run` (every stage in order), one command per stage, `compare`, `eval --model`, `config`.
+
+    varreason run --config demo --output-dir runs/demo                   # one process
+    torchrun --nproc_per_node 8 -m varreason run --config demo ...       # several (see "several processes" below)
 
 Every config field can be overridden: `--section.field VALUE` (or `section.field=VALUE`), e.g.
 `varreason run --initial.learning_rate 1e-3 --task.n_train 2000`. Bad input is one line on stderr, exit 2.
+
+Several processes: the training stages run on the HF Trainer, which is what makes `torchrun` / `accelerate launch`
+data-parallel; the stages do not coordinate the ranks' writes to the run folder yet (issue 12), so today every
+command runs as one process.
 """
 
 from __future__ import annotations
@@ -13,32 +20,54 @@ import sys
 
 from varreason.errors import InputError
 
+# name -> (what it does, the arguments of its invocation after `varreason NAME`)
 COMMANDS = {
-    "run": "run every stage in order and print the results table (stages: data base initial posterior sample score "
-           "rollout weights build final matched eval)",
-    "data": "build the train / test problems (data/*.parquet)",
-    "base": "build the starting model (a tiny Qwen3 from scratch, or check the given model)",
-    "initial": "train pi0 by SFT on the teacher traces (models/initial)",
-    "posterior": "train q_phi by SFT with the answer hint in its prompt (models/posterior)",
-    "sample": "sample K traces per training question from q, or from pi0 with --sample.proposal prior "
-              "(samples/posterior.parquet)",
-    "score": "per-token log-probs of each trace under pi0 and q, and of the answer under pi0 (scores/scores.parquet)",
-    "rollout": "M answers of pi0 after each trace, verified; pi0's own traces (scores/rollouts.parquet, ...)",
-    "weights": "importance weights per (question, trace): log ratio, estimator, log rho, rho~, ESS (weights.parquet)",
-    "build": "the final training set: best (+mix) or weighted (train/final.parquet)",
-    "final": "train the final model by weighted SFT on train/final.parquet (models/<final.name>)",
-    "matched": "train sft-matched: the teacher data with the final model's init, steps and batch (models/sft-matched)",
-    "eval": "evaluate the run's models on the held-out split (eval/), or with --model any model on benchmarks",
-    "rft": "RFT baseline: keep pi0's verified traces (`sample` with --sample.proposal prior) and fine-tune "
-           "(models/<rft.name>)",
-    "grpo": "GRPO baseline on TRL's GRPOTrainer from pi0, our verifier as the reward (models/<grpo.name>)",
-    "compare": "train every method (compare.methods) from the same pi0, evaluate all the same way; writes "
-               "DIR/summary.json, report.md, plots and the accuracy-bias diagnostic",
-    "config": "print the resolved config (YAML) and exit",
+    "run": ("run every stage in order and print the results table (stages: data base initial posterior sample score "
+            "rollout weights build final matched eval)", "--config demo --output-dir runs/demo"),
+    "data": ("build the train / test problems (data/*.parquet)", "--config demo --output-dir runs/demo"),
+    "base": ("build the starting model (a tiny Qwen3 from scratch, or check the given model)",
+             "--config demo --output-dir runs/demo"),
+    "initial": ("train pi0 by SFT on the teacher traces (models/initial)", "--config demo --output-dir runs/demo"),
+    "posterior": ("train q_phi by SFT with the answer hint in its prompt (models/posterior)",
+                  "--config demo --output-dir runs/demo"),
+    "sample": ("sample K traces per training question from q, or from pi0 with --sample.proposal prior "
+               "(samples/posterior.parquet)", "--config demo --output-dir runs/demo --sample.num_generations 8"),
+    "score": ("per-token log-probs of each trace under pi0 and q, and of the answer under pi0 (scores/scores.parquet)",
+              "--config demo --output-dir runs/demo"),
+    "rollout": ("M answers of pi0 after each trace, verified; pi0's own traces (scores/rollouts.parquet, ...)",
+                "--config demo --output-dir runs/demo --rollout.num_generations 8"),
+    "weights": ("importance weights per (question, trace): log ratio, estimator, log rho, rho~, ESS "
+                "(weights.parquet)", "--config demo --output-dir runs/demo --weights.estimator gml"),
+    "build": ("the final training set: best (+mix) or weighted (train/final.parquet)",
+              "--config demo --output-dir runs/demo --build.mode best"),
+    "final": ("train the final model by weighted SFT on train/final.parquet (models/<final.name>)",
+              "--config demo --output-dir runs/demo"),
+    "matched": ("train sft-matched: the teacher data with the final model's init, steps and batch "
+                "(models/sft-matched)", "--config demo --output-dir runs/demo"),
+    "eval": ("evaluate the run's models on the held-out split (eval/), or with --model any model on benchmarks",
+             "--config demo --output-dir runs/demo      (benchmarks: --model DIR --benchmark math500 --n 4)"),
+    "rft": ("RFT baseline: keep pi0's verified traces (`sample` with --sample.proposal prior) and fine-tune "
+            "(models/<rft.name>)", "--config demo --output-dir runs/rft --sample.proposal prior"),
+    "grpo": ("GRPO baseline on TRL's GRPOTrainer from pi0, our verifier as the reward (models/<grpo.name>)",
+             "--config demo --output-dir runs/demo"),
+    "compare": ("train every method (compare.methods) from the same pi0, evaluate all the same way; writes "
+                "DIR/summary.json, report.md, plots and the accuracy-bias diagnostic",
+                "--config demo --output-dir runs/compare"),
+    "config": ("print the resolved config (YAML) and exit", "--config demo"),
 }
 EPILOG = """config: --config FILE_OR_PRESET (default: the 'demo' preset; presets: demo, smoke).
-overrides: any field as --section.field VALUE; values are parsed as YAML. Fields and defaults:
+overrides: any field as --section.field VALUE; values are parsed as YAML. Fields, defaults and what they mean:
 """
+
+
+def invocation(name: str) -> str:
+    """How a command is run, in one process and in several (the lines its `--help` opens with)."""
+    args = COMMANDS[name][1]
+    lines = [f"  one process:  varreason {name} {args}"]
+    if name not in ("config", "eval"):
+        lines.append(f"  several:      torchrun --nproc_per_node 8 -m varreason {name} {args.split('  ')[0]}"
+                     "   (not yet: issue 12)")
+    return "\n".join(lines)
 
 
 def parse_overrides(tokens: list[str]) -> list[tuple[str, str]]:
@@ -68,9 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="varreason", description="Variational reasoning for language models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, help_text in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG + field_help(),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, (help_text, _) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=f"{help_text}\n\n{invocation(name)}",
+                           epilog=EPILOG + field_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--config", default=None, help="YAML config file or preset name (default: demo)")
         p.add_argument("--output-dir", default=None, help="run directory (default: the config's output_dir)")
         if name != "config":

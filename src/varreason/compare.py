@@ -288,7 +288,7 @@ def write_compare_report(top: RunDir, results: dict, curves: dict, methods: dict
     if curves:
         bias.plot_bias(curves, plots / "bias.png")
         lines += ["", "## Accuracy bias: the weight each method puts on a question vs its difficulty", "",
-                  "Measured from each method's training data or rollouts (see `bias.py`); the red curve is the paper's "
+                  "Measured from each method's training data or rollouts (see `report/bias.py`); the red curve is the paper's "
                   "formula for that method, scaled by least squares; relative RMSE 0 = the formula exactly.", "",
                   "| method | formula | x | points | fitted scale | rel. RMSE | mean weight at P = 0 / ½ / 1 |",
                   "|---|---|---|---|---|---|---|"]
