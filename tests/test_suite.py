@@ -97,7 +97,7 @@ def test_builtin_benchmark_is_resumable(tmp_path, tiny_model_dir):
 def test_builtin_benchmark_is_disjoint_from_the_demo_training_split():
     from varreason.tasks import build_splits
 
-    train, test = build_splits(["sum", "product"], 4000, 500, 0, [1, 2, 3, 4, 5])
+    train, _test = build_splits(["sum", "product"], 4000, 500, 0, [1, 2, 3, 4, 5])
     _, items = load_benchmark("arith", limit=100, seed=0)
     questions = {it.question for it in items}
     assert questions.isdisjoint({p.question for p in train}) and len(items) == 100

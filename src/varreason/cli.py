@@ -14,44 +14,47 @@ command runs as one process.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
 
 from varreason.errors import InputError
 
+WRITE_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}  # one line, not a traceback
+
 # name -> (what it does, the arguments of its invocation after `varreason NAME`)
 COMMANDS = {
-    "run": ("run every stage in order and print the results table (stages: data base initial posterior sample score "
-            "rollout weights build final matched eval)", "--config demo --output-dir runs/demo"),
+    "run": (("run every stage in order and print the results table (stages: data base initial posterior sample score "
+            "rollout weights build final matched eval)"), "--config demo --output-dir runs/demo"),
     "data": ("build the train / test problems (data/*.parquet)", "--config demo --output-dir runs/demo"),
     "base": ("build the starting model (a tiny Qwen3 from scratch, or check the given model)",
              "--config demo --output-dir runs/demo"),
     "initial": ("train pi0 by SFT on the teacher traces (models/initial)", "--config demo --output-dir runs/demo"),
     "posterior": ("train q_phi by SFT with the answer hint in its prompt (models/posterior)",
                   "--config demo --output-dir runs/demo"),
-    "sample": ("sample K traces per training question from q, or from pi0 with --sample.proposal prior "
-               "(samples/posterior.parquet)", "--config demo --output-dir runs/demo --sample.num_generations 8"),
+    "sample": (("sample K traces per training question from q, or from pi0 with --sample.proposal prior "
+               "(samples/posterior.parquet)"), "--config demo --output-dir runs/demo --sample.num_generations 8"),
     "score": ("per-token log-probs of each trace under pi0 and q, and of the answer under pi0 (scores/scores.parquet)",
               "--config demo --output-dir runs/demo"),
     "rollout": ("M answers of pi0 after each trace, verified; pi0's own traces (scores/rollouts.parquet, ...)",
                 "--config demo --output-dir runs/demo --rollout.num_generations 8"),
-    "weights": ("importance weights per (question, trace): log ratio, estimator, log rho, rho~, ESS "
-                "(weights.parquet)", "--config demo --output-dir runs/demo --weights.estimator gml"),
+    "weights": (("importance weights per (question, trace): log ratio, estimator, log rho, rho~, ESS "
+                "(weights.parquet)"), "--config demo --output-dir runs/demo --weights.estimator gml"),
     "build": ("the final training set: best (+mix) or weighted (train/final.parquet)",
               "--config demo --output-dir runs/demo --build.mode best"),
     "final": ("train the final model by weighted SFT on train/final.parquet (models/<final.name>)",
               "--config demo --output-dir runs/demo"),
-    "matched": ("train sft-matched: the teacher data with the final model's init, steps and batch "
-                "(models/sft-matched)", "--config demo --output-dir runs/demo"),
+    "matched": (("train sft-matched: the teacher data with the final model's init, steps and batch "
+                "(models/sft-matched)"), "--config demo --output-dir runs/demo"),
     "eval": ("evaluate the run's models on the held-out split (eval/), or with --model any model on benchmarks",
              "--config demo --output-dir runs/demo      (benchmarks: --model DIR --benchmark math500 --n 4)"),
-    "rft": ("RFT baseline: keep pi0's verified traces (`sample` with --sample.proposal prior) and fine-tune "
-            "(models/<rft.name>)", "--config demo --output-dir runs/rft --sample.proposal prior"),
+    "rft": (("RFT baseline: keep pi0's verified traces (`sample` with --sample.proposal prior) and fine-tune "
+            "(models/<rft.name>)"), "--config demo --output-dir runs/rft --sample.proposal prior"),
     "grpo": ("GRPO baseline on TRL's GRPOTrainer from pi0, our verifier as the reward (models/<grpo.name>)",
              "--config demo --output-dir runs/demo"),
-    "compare": ("train every method (compare.methods) from the same pi0, evaluate all the same way; writes "
-                "DIR/summary.json, report.md, plots and the accuracy-bias diagnostic",
+    "compare": (("train every method (compare.methods) from the same pi0, evaluate all the same way; writes "
+                "DIR/summary.json, report.md, plots and the accuracy-bias diagnostic"),
                 "--config demo --output-dir runs/compare"),
     "config": ("print the resolved config (YAML) and exit", "--config demo"),
 }
@@ -158,6 +161,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except InputError as exc:
         print(f"varreason: error: {exc.line()}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRORS:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"varreason: error: cannot write{where}: {exc.strerror} (nothing partial was kept; free space or "
+              "choose a writable --output-dir, then rerun to resume)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("varreason: interrupted; rerun the same command to resume", file=sys.stderr)

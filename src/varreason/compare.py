@@ -139,22 +139,23 @@ def adopt(run: RunDir, stage: str, config_hash: str, donors: list[RunDir], expec
 def run_method(name: str, method: Method, cfg: RunConfig, donors: list[RunDir], force: bool = False) -> dict:
     """Run (or adopt) every stage of one method in its own folder, then evaluate its model."""
     run = RunDir(cfg.output_dir)
-    run.write_text("config.yaml", dump_config(cfg))
-    console.rule(f"[bold]{name}[/bold]: {method.description}")
-    for stage in PI0_STAGES + method.stages:
-        config_hash, outputs = STAGES[stage].config_hash(cfg), STAGES[stage].outputs(cfg)
-        if (not (force and stage in method.stages) and not run.is_done(stage, config_hash, outputs)
-                and adopt(run, stage, config_hash, donors, outputs)):
-            donor = run.manifest()["stages"][stage]["adopted_from"]
-            console.print(f"[dim]- {stage}: adopted (same config) from {donor}[/dim]")
-            continue
-        run_stage(stage, cfg, run, force=force and stage in method.stages)
-    model = model_name(cfg, method)
-    metrics_path = run.path / "eval" / model / "metrics.json"
-    fingerprint = eval_fingerprint(cfg, run.path / "models" / model)
-    previous = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    metrics = previous if previous.get("fingerprint") == fingerprint and not force else evaluate_model(
-        cfg, run, model, fingerprint)
+    with run.lock():
+        run.write_text("config.yaml", dump_config(cfg))
+        console.rule(f"[bold]{name}[/bold]: {method.description}")
+        for stage in PI0_STAGES + method.stages:
+            config_hash, outputs = STAGES[stage].config_hash(cfg), STAGES[stage].outputs(cfg)
+            if (not (force and stage in method.stages) and not run.is_done(stage, config_hash, outputs)
+                    and adopt(run, stage, config_hash, donors, outputs)):
+                donor = run.manifest()["stages"][stage]["adopted_from"]
+                console.print(f"[dim]- {stage}: adopted (same config) from {donor}[/dim]")
+                continue
+            run_stage(stage, cfg, run, force=force and stage in method.stages)
+        model = model_name(cfg, method)
+        metrics_path = run.path / "eval" / model / "metrics.json"
+        fingerprint = eval_fingerprint(cfg, run.path / "models" / model)
+        previous = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+        metrics = previous if previous.get("fingerprint") == fingerprint and not force else evaluate_model(
+            cfg, run, model, fingerprint)
     stages = run.manifest()["stages"]
     wall = {s: stages[s]["wall_seconds"] for s in PI0_STAGES + method.stages if s in stages}
     return {"method": method.kind, "model": model, "run_dir": str(run.path), "accuracy": metrics["accuracy"],
@@ -191,26 +192,27 @@ def run_compare(cfg: RunConfig, out_dir: str | Path, reuse: list[str] | None = N
         if not (Path(path) / "manifest.json").exists():
             raise InputError("--reuse needs a run folder with a manifest.json", file=str(path))
     top = RunDir(root)
-    top.write_text("config.yaml", dump_config(cfg))
-    donors = [RunDir(p) for p in reuse or []]
-    start = time.time()
-    results: dict = {}
-    for name, m in methods.items():
-        results[name] = run_method(name, m, configs[name], donors + [RunDir(c.output_dir) for c in configs.values()
-                                                                    if Path(c.output_dir).exists()], force=force)
+    with top.lock():
+        top.write_text("config.yaml", dump_config(cfg))
+        donors = [RunDir(p) for p in reuse or []]
+        start = time.time()
+        results: dict = {}
+        for name, m in methods.items():
+            results[name] = run_method(name, m, configs[name], donors + [RunDir(c.output_dir) for c in configs.values()
+                                                                        if Path(c.output_dir).exists()], force=force)
+            top.write_json("summary.json", {n: _public(r) for n, r in results.items()})
+        p_of = difficulty_source(cfg, root, configs, donors + [RunDir(r["run_dir"]) for r in results.values()])
+        curves = {}
+        for name, m in methods.items():
+            curve = bias.measure(m.kind, configs[name], RunDir(configs[name].output_dir), p_of)
+            if curve:
+                curves[name] = curve
+        top.write_json("bias.json", curves)
         top.write_json("summary.json", {n: _public(r) for n, r in results.items()})
-    p_of = difficulty_source(cfg, root, configs, donors + [RunDir(r["run_dir"]) for r in results.values()])
-    curves = {}
-    for name, m in methods.items():
-        curve = bias.measure(m.kind, configs[name], RunDir(configs[name].output_dir), p_of)
-        if curve:
-            curves[name] = curve
-    top.write_json("bias.json", curves)
-    top.write_json("summary.json", {n: _public(r) for n, r in results.items()})
-    top.write_json("details.json", results)
-    write_compare_report(top, results, curves, methods)
-    print_compare(results, time.time() - start)
-    return results
+        top.write_json("details.json", results)
+        write_compare_report(top, results, curves, methods)
+        print_compare(results, time.time() - start)
+        return results
 
 
 def _public(r: dict) -> dict:
@@ -274,8 +276,8 @@ def write_compare_report(top: RunDir, results: dict, curves: dict, methods: dict
     plot_accuracy_by_difficulty(results, plots / "accuracy_by_difficulty.png")
     levels = _levels(results)
     lines = [f"# Method comparison: {top.path.name}", "",
-             "Every method starts from the same pi0 and is evaluated on the same held-out problems with the same "
-             "sampling. Wall time counts every stage a method needs, pi0 included (method: its own stages).", "",
+             ("Every method starts from the same pi0 and is evaluated on the same held-out problems with the same "
+             "sampling. Wall time counts every stage a method needs, pi0 included (method: its own stages)."), "",
              "| method | accuracy | 95% CI | " + " | ".join(f"d={d}" for d in levels) + " | wall s | method s |",
              "|---|---|---|" + "---|" * len(levels) + "---|---|"]
     for name, r in results.items():
@@ -288,8 +290,8 @@ def write_compare_report(top: RunDir, results: dict, curves: dict, methods: dict
     if curves:
         bias.plot_bias(curves, plots / "bias.png")
         lines += ["", "## Accuracy bias: the weight each method puts on a question vs its difficulty", "",
-                  "Measured from each method's training data or rollouts (see `report/bias.py`); the red curve is the paper's "
-                  "formula for that method, scaled by least squares; relative RMSE 0 = the formula exactly.", "",
+                  ("Measured from each method's training data or rollouts (see `report/bias.py`); the red curve is the paper's "
+                  "formula for that method, scaled by least squares; relative RMSE 0 = the formula exactly."), "",
                   "| method | formula | x | points | fitted scale | rel. RMSE | mean weight at P = 0 / ½ / 1 |",
                   "|---|---|---|---|---|---|---|"]
         for name, c in curves.items():
@@ -299,7 +301,7 @@ def write_compare_report(top: RunDir, results: dict, curves: dict, methods: dict
                          f"{c['scale']:.3g} | {c['relative_rmse']:.3f} | {picks} |")
         for name, c in curves.items():
             if "group_relative_rmse" in c:
-                lines += ["", f"`{name}` by the accuracy of each rollout group instead of pi0's: {c['groups']} groups, "
-                          f"fitted scale {c['group_scale']:.3g}, relative RMSE {c['group_relative_rmse']:.3f}."]
+                lines += ["", (f"`{name}` by the accuracy of each rollout group instead of pi0's: {c['groups']} groups, "
+                          f"fitted scale {c['group_scale']:.3g}, relative RMSE {c['group_relative_rmse']:.3f}.")]
         lines += ["", "![bias](plots/bias.png)", ""]
     top.write_text("report.md", "\n".join(lines) + "\n")

@@ -98,8 +98,14 @@ def save_pretrained(model, tokenizer, out_dir: str | Path) -> None:
         import shutil
 
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    except BaseException:  # a full disk or a kill: no half-written folder is left behind
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if out_dir.exists():
         import shutil
 

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from varreason.config import RunConfig, dump_config
+from varreason.report.run_report import write_report
 from varreason.runs import RunDir
 from varreason.stages import baselines, pi0, variational
 from varreason.stages.eval import stage_eval
@@ -102,15 +103,14 @@ def run_stage(name: str, cfg: RunConfig, run: RunDir, force: bool = False) -> di
 
 def run_all(cfg: RunConfig, stages_to_run: list[str] | None = None, force: bool = False) -> dict:
     run = RunDir(cfg.output_dir)
-    run.write_text("config.yaml", dump_config(cfg))
-    start = time.time()
-    for name in stages_to_run or ORDER:
-        run_stage(name, cfg, run, force=force)
-    wall = time.time() - start
-    from varreason.report.run_report import write_report
-
-    if write_report(run):
-        console.print(f"report: {run.path / 'report.md'}")
+    with run.lock():
+        run.write_text("config.yaml", dump_config(cfg))
+        start = time.time()
+        for name in stages_to_run or ORDER:
+            run_stage(name, cfg, run, force=force)
+        wall = time.time() - start
+        if write_report(run):
+            console.print(f"report: {run.path / 'report.md'}")
     print_results(run, wall)
     return {"wall_seconds": wall}
 

@@ -11,8 +11,12 @@ import contextlib
 import json
 import os
 import platform
+import socket
+import sys
 import time
 from pathlib import Path
+
+from varreason.errors import InputError
 
 
 def library_versions() -> dict:
@@ -44,6 +48,31 @@ class RunDir:
         finally:
             self.active = None
 
+    # --- one writer at a time ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the folder's write lock while a command writes to it; a second writer is refused with one line.
+
+        `fcntl.flock` on `.lock`: the kernel drops the lock when its holder exits or is killed, so a lock left by a
+        killed run never blocks. The file keeps the holder's pid, host, command and start time for the message.
+        """
+        import fcntl
+
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+                raise InputError(f"in use by {holder}; wait for it to finish or stop it", file=str(self.path)) from None
+            info = (f"pid {os.getpid()} on {socket.gethostname()} ({' '.join(['varreason', *sys.argv[1:]])[:300]}, "
+                    f"since {time.strftime('%Y-%m-%d %H:%M:%S')})")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, info.encode(), 0)
+            yield self
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
     # --- manifest ----------------------------------------------------------------------------------------------
     def manifest(self) -> dict:
         if not self.manifest_path.exists():
@@ -71,28 +100,40 @@ class RunDir:
         final.parent.mkdir(parents=True, exist_ok=True)
         return final, final.with_name(f".{final.name}.tmp{os.getpid()}")
 
-    def write_json(self, rel: str, obj) -> Path:
+    @contextlib.contextmanager
+    def _atomic(self, rel: str):
+        """Yield a temporary path next to `rel`; rename it into place on success, remove it on any failure (a full
+        disk, a kill signal turned into an exception), so no partial artifact is ever left behind."""
         final, tmp = self._tmp(rel)
-        tmp.write_text(json.dumps(obj, indent=2, default=str))
-        os.replace(tmp, final)
-        return final
+        try:
+            yield tmp
+            os.replace(tmp, final)
+        except OSError as exc:  # name the artifact, not its temporary file
+            tmp.unlink(missing_ok=True)
+            raise OSError(exc.errno, exc.strerror, str(final)) from exc
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def write_json(self, rel: str, obj) -> Path:
+        with self._atomic(rel) as tmp:
+            tmp.write_text(json.dumps(obj, indent=2, default=str))
+        return self.path / rel
 
     def write_text(self, rel: str, text: str) -> Path:
-        final, tmp = self._tmp(rel)
-        tmp.write_text(text)
-        os.replace(tmp, final)
-        return final
+        with self._atomic(rel) as tmp:
+            tmp.write_text(text)
+        return self.path / rel
 
     def write_rows(self, rel: str, rows: list[dict]) -> Path:
         """A list of records as Parquet (opens with `datasets.load_dataset('parquet', ...)` or pandas)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        final, tmp = self._tmp(rel)
         rows = [{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in r.items()} for r in rows]
-        pq.write_table(pa.Table.from_pylist(rows), tmp)
-        os.replace(tmp, final)
-        return final
+        with self._atomic(rel) as tmp:
+            pq.write_table(pa.Table.from_pylist(rows), tmp)
+        return self.path / rel
 
     def read_rows(self, rel: str) -> list[dict]:
         import pyarrow.parquet as pq

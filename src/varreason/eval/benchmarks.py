@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from varreason.errors import InputError
+from varreason.tasks.user import read_records
 
 LETTERS = "ABCDEFGHIJ"
 MATH_PROMPT = "Return your final response within \\boxed{{}}. {question}"
@@ -96,22 +97,6 @@ class BenchItem:
     meta: dict = field(default_factory=dict)  # e.g. the reasoning-gym entry to score with
 
 
-def _rows_from_file(path: Path) -> list[dict]:
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    rows = []
-    with path.open() as fh:
-        for line_no, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"not valid JSON ({exc.msg})", file=str(path), row=line_no - 1) from None
-    return rows
-
-
 def _letter_answer(answer, choices: list[str], path: str, row: int) -> str:
     answer = str(answer).strip()
     if len(answer) == 1 and answer.upper() in LETTERS[: len(choices)]:
@@ -184,7 +169,7 @@ def load_benchmark(name_or_file: str, data: str | None = None, limit: int | None
     if name_or_file not in SPECS and path.suffix in (".jsonl", ".json", ".parquet"):
         if not path.exists():
             raise InputError("benchmark file not found", file=str(path))
-        rows = _rows_from_file(path)
+        rows = read_records(str(path))
         if not rows:
             raise InputError("no rows", file=str(path))
         kind = infer_answer_type(rows[0])
@@ -198,7 +183,7 @@ def load_benchmark(name_or_file: str, data: str | None = None, limit: int | None
     if spec.builtin:
         return spec, _builtin_items(spec, n_builtin if limit is None else limit, seed)
     if data:
-        rows, source, local = _rows_from_file(Path(data)), data, True
+        rows, source, local = read_records(data), data, True
     else:
         rows, source, local = _rows_from_hub(spec), spec.hf_name, False
     if spec.filter_contains and not local:

@@ -150,19 +150,19 @@ def _variational_section(run: RunDir, plots) -> list[str]:
     plot_weights(weights, plots)
     plot_length_vs_ratio(weights, plots / "length_vs_log_ratio.png")
     lines = ["## Importance weights", "",
-             f"Estimator `{w.get('estimator')}`, ratio `{w.get('ratio')}`: {w.get('questions')} questions, "
+             (f"Estimator `{w.get('estimator')}`, ratio `{w.get('ratio')}`: {w.get('questions')} questions, "
              f"{w.get('traces')} traces, {w.get('eligible')} eligible; mean ESS {w.get('mean_ess', 0):.2f}; "
-             f"**{w.get('fallbacks')} questions fell back to their teacher trace** (no eligible trace).", ""]
+             f"**{w.get('fallbacks')} questions fell back to their teacher trace** (no eligible trace)."), ""]
     if b:
-        lines += [f"Training set (`build.mode: {b.get('mode')}`, mix {b.get('mix')}): {b.get('rows')} rows, "
+        lines += [(f"Training set (`build.mode: {b.get('mode')}`, mix {b.get('mix')}): {b.get('rows')} rows, "
                   f"{b.get('posterior_rows')} from q, {b.get('teacher_rows')} teacher, {b.get('fallbacks')} fallbacks, "
-                  f"{b.get('dropped_below_min_weight')} dropped below `min_weight`.", ""]
+                  f"{b.get('dropped_below_min_weight')} dropped below `min_weight`."), ""]
     lines += ["![weights](plots/weights.png)", "", "![length vs log ratio](plots/length_vs_log_ratio.png)", ""]
     quality = trace_quality(run)
     if quality:
         plot_trace_quality(quality, plots / "trace_quality.png")
-        lines += ["Share of pi0's answers that are correct after q's (hinted) traces vs after pi0's own traces "
-                  f"(all: {quality['all']['q']:.1%} vs {quality['all']['pi0']:.1%}).", "",
+        lines += [("Share of pi0's answers that are correct after q's (hinted) traces vs after pi0's own traces "
+                  f"(all: {quality['all']['q']:.1%} vs {quality['all']['pi0']:.1%})."), "",
                   "![trace quality](plots/trace_quality.png)", ""]
     return lines
 

@@ -1,4 +1,14 @@
-"""The stages of the variational pipeline (paper §5.2): posterior, sample, score, rollout, weights, build, final.
+"""The stages of the variational pipeline (paper §5.2): posterior, sample, score, rollout, weights, build, final,
+and `matched` (sft-matched, the compute-matched SFT baseline).
+
+    varreason posterior --config demo --output-dir runs/demo      # q: pi0 fine-tuned with the answer hint
+    varreason sample    --config demo --output-dir runs/demo      # K traces per question from q
+    varreason score     --config demo --output-dir runs/demo      # log-probs of each trace under pi0 and q
+    varreason rollout   --config demo --output-dir runs/demo      # M answers of pi0 after each trace
+    varreason weights   --config demo --output-dir runs/demo      # log rho, rho~, ESS
+    varreason build     --config demo --output-dir runs/demo      # the final training set
+    varreason final     --config demo --output-dir runs/demo      # weighted SFT
+    varreason matched   --config demo --output-dir runs/demo      # sft-matched
 
 Each stage reads artifacts of the run directory and writes one artifact; the math lives in `objectives.py`.
 Sampling, scoring and rollouts run in shards (`RunDir.sharded`), so an interrupted stage resumes where it stopped.

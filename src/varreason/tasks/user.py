@@ -22,35 +22,57 @@ from varreason.tasks.base import Problem
 USER_TASK = "user"
 
 
-def _read_jsonl(path: Path, source: str) -> list[dict]:
+def _decode(raw: bytes, source: str, row: int | None, line_no: int | None = None) -> str:
+    """Bytes as UTF-8 text, or an InputError naming the file, row and the first bad byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        where = f"line {line_no}, " if line_no is not None else ""
+        raise InputError(f"not valid UTF-8 ({where}byte {exc.start}: {raw[exc.start:exc.start + 1]!r})", file=source,
+                         row=row) from None
+
+
+def _parse_lines(data: bytes, source: str) -> list[dict]:
     rows = []
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise InputError(f"invalid JSON on line {line_no}: {exc.msg}", file=source, row=len(rows)) from None
+    for line_no, raw in enumerate(data.split(b"\n"), start=1):
+        line = _decode(raw, source, len(rows), line_no)
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+            raise InputError(f"invalid JSON on line {line_no}: {msg}", file=source, row=len(rows)) from None
+        if not isinstance(record, dict):
+            raise InputError(f"line {line_no} must be a JSON object, got {type(record).__name__}", file=source,
+                             row=len(rows))
+        rows.append(record)
     return rows
 
 
+def _read_jsonl(path: Path, source: str) -> list[dict]:
+    return _parse_lines(path.read_bytes(), source)
+
+
 def _read_json(path: Path, source: str) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
+    data = path.read_bytes()
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        return _read_jsonl(path, source)  # JSON lines saved as .json
-    if isinstance(data, dict) and isinstance(data.get("data"), list):
-        data = data["data"]
-    if isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()):
-        lengths = {len(v) for v in data.values()}
+        parsed = json.loads(_decode(data, source, None))
+    except (json.JSONDecodeError, RecursionError):
+        return _parse_lines(data, source)  # JSON lines saved as .json
+    if isinstance(parsed, dict) and isinstance(parsed.get("data"), list):
+        parsed = parsed["data"]
+    if isinstance(parsed, dict) and parsed and all(isinstance(v, list) for v in parsed.values()):
+        lengths = {len(v) for v in parsed.values()}
         if len(lengths) != 1:
             raise InputError("columns have different lengths", file=source)
-        data = [dict(zip(data, values)) for values in zip(*data.values())]
-    if not isinstance(data, list):
+        parsed = [dict(zip(parsed, values)) for values in zip(*parsed.values())]
+    if not isinstance(parsed, list):
         raise InputError("expected a list of records (or JSON lines)", file=source)
-    return data
+    for i, record in enumerate(parsed):
+        if not isinstance(record, dict):
+            raise InputError(f"must be a JSON object, got {type(record).__name__}", file=source, row=i)
+    return parsed
 
 
 def _read_parquet(path: Path, source: str) -> list[dict]:

@@ -1,0 +1,175 @@
+"""Bad input is one line and exit 2 before any work; one writer per run folder; no partial artifact on a failed write;
+the same seed gives the same pi0, bit for bit."""
+
+import errno
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from varreason.cli import main
+from varreason.errors import InputError
+from varreason.runs import RunDir
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("varreason: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+# --- config values: checked before the first stage runs --------------------------------------------------------------
+
+@pytest.mark.parametrize("override, expected", [
+    (["--sample.temperature", "-1"], "'sample.temperature' must be >= 0.0"),
+    (["--initial.learning_rate", ".nan"], "'initial.learning_rate' must be a finite number"),
+    (["--initial.learning_rate", "inf"], "'initial.learning_rate' must be a finite number"),
+    (["--sample.top_p", "0"], "'sample.top_p' must be > 0.0"),
+    (["--sample.top_p", "1.5"], "'sample.top_p' must be <= 1.0"),
+    (["--eval.batch_size", "0"], "'eval.batch_size' must be >= 1"),
+    (["--rollout.num_generations", "-2"], "'rollout.num_generations' must be >= 0"),
+    (["--initial.max_steps", "0"], "'initial.max_steps' must be -1"),
+    (["--initial.warmup_ratio", "2"], "'initial.warmup_ratio' must be <= 1.0"),
+    (["--weights.estimator", "gmll"], "'weights.estimator' must be one of"),
+    (["--grpo.temperature", "0"], "'grpo.temperature' must be > 0.0"),
+    (["--task.style_mix", "{careful: -1}"], "'task.style_mix.careful' must be a finite number >= 0"),
+    (["--seed", "-3"], "'seed' must be >= 0"),
+])
+def test_bad_config_values_stop_before_any_work(tmp_path, capsys, override, expected):
+    out = tmp_path / "run"
+    assert main(["run", "--config", "smoke", "--output-dir", str(out), *override]) == 2
+    assert expected in _error_line(capsys)
+    assert not out.exists()  # nothing written, nothing trained
+
+
+def test_yaml_nan_in_a_config_file(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("initial:\n  learning_rate: .nan\n")
+    assert main(["config", "--config", str(path)]) == 2
+    assert str(path) in _error_line(capsys)
+
+
+# --- files the tool reads -------------------------------------------------------------------------------------------
+
+def _bad_utf8_jsonl(path):
+    good = json.dumps({"question": "1+1=?", "trace": "1+1=2", "answer": "2"}).encode()
+    path.write_bytes(good + b"\n" + good.replace(b"1+1", b"1\xff1") + b"\n")
+    return path
+
+
+def test_invalid_utf8_task_source_is_one_line(tmp_path, capsys):
+    data = _bad_utf8_jsonl(tmp_path / "data.jsonl")
+    assert main(["data", "--config", "smoke", "--output-dir", str(tmp_path / "run"), "--task.source", str(data)]) == 2
+    line = _error_line(capsys)
+    assert "not valid UTF-8 (line 2" in line and "row 1" in line and str(data) in line
+
+
+def test_invalid_utf8_benchmark_file_is_one_line(tmp_path, capsys, tiny_model_dir):
+    data = _bad_utf8_jsonl(tmp_path / "bench.jsonl")
+    assert main(["eval", "--model", str(tiny_model_dir), "--benchmark", str(data),
+                 "--output-dir", str(tmp_path / "ev")]) == 2
+    assert "not valid UTF-8" in _error_line(capsys)
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"[1, 2]\n", "must be a JSON object, got list"),
+    (b'{"question": "a"\n', "invalid JSON on line 1"),
+    (b"[" * 100_000 + b"\n", "invalid JSON on line 1"),
+])
+def test_malformed_jsonl_rows(tmp_path, content, expected):
+    from varreason.tasks.user import read_records
+
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=expected):
+        read_records(str(path))
+
+
+# --- one writer per run folder ---------------------------------------------------------------------------------------
+
+HOLD = """
+import sys, time
+from varreason.runs import RunDir
+with RunDir(sys.argv[1]).lock():
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def _holder(folder):
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_second_writer_is_refused_naming_the_holder(tmp_path, capsys):
+    out = tmp_path / "run"
+    proc = _holder(out)
+    try:
+        assert main(["run", "--config", "smoke", "--output-dir", str(out)]) == 2
+        line = _error_line(capsys)
+        assert f"in use by pid {proc.pid}" in line and str(out) in line
+        assert not (out / "data").exists()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_killed_holder_never_blocks(tmp_path):
+    out = tmp_path / "run"
+    proc = _holder(out)
+    with pytest.raises(InputError, match="in use"), RunDir(out).lock():
+        pass
+    proc.kill()  # SIGKILL: no cleanup runs; the kernel drops the lock with the process
+    proc.wait()
+    with RunDir(out).lock():
+        assert (out / ".lock").read_text().startswith(f"pid {os.getpid()}")
+
+
+# --- failed writes leave nothing partial -----------------------------------------------------------------------------
+
+def test_full_disk_during_a_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    run = RunDir(tmp_path / "run")
+    run.write_rows("data/x.parquet", [{"a": 1}])
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", no_space)
+    with pytest.raises(OSError):
+        run.write_rows("data/x.parquet", [{"a": 2}])
+    with pytest.raises(OSError):
+        run.write_json("manifest.json", {"stages": {}})
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "run").rglob("*") if p.is_file()) == ["x.parquet"]
+    assert run.read_rows("data/x.parquet") == [{"a": 1}]  # the finished artifact is untouched
+
+
+def test_full_disk_is_one_line_from_the_cli(tmp_path, capsys, monkeypatch):
+    import pyarrow.parquet as pq
+
+    def no_space(table, where, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(where))
+
+    monkeypatch.setattr(pq, "write_table", no_space)
+    out = tmp_path / "run"
+    assert main(["data", "--config", "smoke", "--output-dir", str(out)]) == 2
+    line = _error_line(capsys)
+    assert f"cannot write: {out / 'data'}/" in line and "No space left on device" in line
+    assert not list((out / "data").glob("*")) if (out / "data").exists() else True
+
+
+# --- determinism ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_same_seed_same_pi0_bit_for_bit(tmp_path):
+    digests = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        for stage in ("data", "base", "initial"):
+            assert main([stage, "--config", "smoke", "--output-dir", str(out)]) == 0
+        digests.append((out / "models/initial/model.safetensors").read_bytes())
+    assert digests[0] == digests[1]
