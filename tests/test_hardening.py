@@ -173,3 +173,17 @@ def test_same_seed_same_pi0_bit_for_bit(tmp_path):
             assert main([stage, "--config", "smoke", "--output-dir", str(out)]) == 0
         digests.append((out / "models/initial/model.safetensors").read_bytes())
     assert digests[0] == digests[1]
+
+
+def test_resume_skips_a_checkpoint_whose_save_was_killed(tmp_path):
+    from varreason.training import last_complete_checkpoint
+
+    work = tmp_path / "final.work"
+    assert last_complete_checkpoint(work) is None
+    for step, complete in ((3, True), (6, False), (9, None)):
+        (work / f"checkpoint-{step}").mkdir(parents=True)
+        (work / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"x")
+        if complete is not None:
+            (work / f"checkpoint-{step}" / "trainer_state.json").write_text('{"global_step": 3}' if complete else '{"glo')
+    assert last_complete_checkpoint(work) == str(work / "checkpoint-3")
+    assert sorted(p.name for p in work.iterdir()) == ["checkpoint-3"]  # the half-written ones are gone

@@ -8,6 +8,7 @@ completion tokens only.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -18,7 +19,6 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from varreason.config import SFTConfig
 from varreason.errors import InputError
@@ -157,6 +157,27 @@ def _training_arguments(cfg: SFTConfig, work_dir: Path, seed: int) -> TrainingAr
     )
 
 
+def last_complete_checkpoint(work_dir: str | Path) -> str | None:
+    """The newest checkpoint the Trainer finished writing, or None; half-written ones (a kill mid-save) are removed.
+
+    Why not `transformers.trainer_utils.get_last_checkpoint`: it returns the highest-numbered folder even when a kill
+    interrupted its save, and resuming from that one crashes. The Trainer writes `trainer_state.json` last, so a
+    checkpoint is complete when that file parses.
+    """
+    work_dir = Path(work_dir)
+    if not work_dir.is_dir():
+        return None
+    found = sorted((int(p.name.split("-")[1]), p) for p in work_dir.glob("checkpoint-*")
+                   if p.is_dir() and p.name.split("-")[1].isdigit())
+    for _, path in reversed(found):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            return str(path)
+        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+            shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
 def train_sft(
     base_model: str | Path,
     rows: list[dict],
@@ -198,7 +219,7 @@ def train_sft(
         group_by_length=cfg.group_by_length,
         callbacks=callbacks,
     )
-    resume = get_last_checkpoint(str(work_dir)) if work_dir.exists() else None
+    resume = last_complete_checkpoint(work_dir)
     start = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - start

@@ -46,7 +46,7 @@ from varreason.stages.common import (
 from varreason.tasks import score_problem
 from varreason.tasks.base import Problem
 from varreason.templates import Templates
-from varreason.training import train_sft
+from varreason.training import last_complete_checkpoint, train_sft
 
 # --- RFT --------------------------------------------------------------------------------------------------------------
 
@@ -175,7 +175,6 @@ def grpo_config(cfg: RunConfig, work_dir, log_dir):
 def stage_grpo(cfg: RunConfig, run: RunDir) -> dict:
     """GRPO of pi0 on the sampled training questions; saves models/<grpo.name> and its reward log."""
     from datasets import Dataset
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import GRPOTrainer
 
     g = cfg.grpo
@@ -192,7 +191,7 @@ def stage_grpo(cfg: RunConfig, run: RunDir) -> dict:
     model = load_model(init)
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=grpo_config(cfg, work_dir, run.path / "logs" / g.name),
                           train_dataset=dataset, processing_class=tokenizer)
-    resume = get_last_checkpoint(str(work_dir)) if work_dir.exists() else None
+    resume = last_complete_checkpoint(work_dir)
     start = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - start
