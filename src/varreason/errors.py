@@ -13,4 +13,5 @@ class InputError(Exception):
     def line(self) -> str:
         where = [part for part in (self.file, None if self.row is None else f"row {self.row}",
                                    None if self.field is None else f"field '{self.field}'") if part]
-        return f"{': '.join([', '.join(where), self.message]) if where else self.message}"
+        text = ": ".join([", ".join(where), self.message]) if where else self.message
+        return text.replace("\r", "\\r").replace("\n", "\\n")  # one line, whatever the user's input held
