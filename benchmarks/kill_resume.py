@@ -1,0 +1,100 @@
+"""kill -9 at random moments of a run, then the same command again, many times: do the artifacts equal an
+uninterrupted run's?
+
+    python benchmarks/kill_resume.py --config smoke --kills 20          # minutes
+    python benchmarks/kill_resume.py --config demo --kills 10           # hours: each resumed run finishes the demo
+
+One uninterrupted reference run first (its wall time sets the window), then for each kill: a fresh folder, the run
+started in a new process and SIGKILLed at a uniform random moment of the window (several kills per folder with
+`--kills-per-run`), then rerun to the end and compared table by table (every Parquet artifact, row for row) and by
+the held-out results (`eval/summary.json`). Writes `benchmarks/results/kill_resume_<config>.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(config: str, out: Path, kill_after: float | None = None) -> tuple[bool, float]:
+    """One `varreason run` in a new process; SIGKILL after `kill_after` s. (killed, wall seconds)."""
+    start = time.time()
+    proc = subprocess.Popen([sys.executable, "-m", "varreason", "run", "--config", config, "--output-dir", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        proc.wait(timeout=kill_after)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return True, time.time() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"run failed with exit {proc.returncode}: {out}")
+    return False, time.time() - start
+
+
+def differences(out: Path, reference: Path) -> list[str]:
+    diffs = []
+    for ref in sorted(reference.rglob("*.parquet")):
+        rel = ref.relative_to(reference)
+        if any(part.startswith(".") or part.endswith(".work") for part in rel.parts):
+            continue
+        mine = out / rel
+        if not mine.exists() or not pq.read_table(mine).equals(pq.read_table(ref)):
+            diffs.append(str(rel))
+    summary = "eval/summary.json"
+    if json.loads((out / summary).read_text()) != json.loads((reference / summary).read_text()):
+        diffs.append(summary)
+    diffs += [str(p.relative_to(out)) for p in out.rglob("*") if ".tmp" in p.name or p.name.startswith(".shards-")]
+    return diffs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="smoke")
+    ap.add_argument("--kills", type=int, default=20, help="kills in all")
+    ap.add_argument("--kills-per-run", type=int, default=2, help="kills of the same folder before it may finish")
+    ap.add_argument("--root", default="runs/kill_resume")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    root = Path(args.root) / args.config
+    reference = root / "reference"
+    if not (reference / "eval/summary.json").exists():
+        run(args.config, reference)
+    _, window = run(args.config, root / "timing")  # a full run in a new process, imports included
+    results, kills = [], 0
+    while kills < args.kills:
+        out = root / f"killed-{len(results):03d}"
+        moments = []
+        for _ in range(min(args.kills_per_run, args.kills - kills)):
+            after = rng.uniform(0.5, window)
+            killed, _ = run(args.config, out, kill_after=after)
+            if not killed:
+                break
+            kills += 1
+            stages = list(json.loads((out / "manifest.json").read_text())["stages"]) if (
+                out / "manifest.json").exists() else []
+            moments.append({"after_s": round(after, 2), "stages_done": stages})
+        run(args.config, out)
+        diffs = differences(out, reference)
+        results.append({"folder": out.name, "kills": moments, "differences": diffs})
+        print(f"{out.name}: killed at {[m['after_s'] for m in moments]} s -> {len(diffs)} differing artifacts")
+    report = {"config": args.config, "window_seconds": round(window, 1), "kills": kills, "folders": len(results),
+              "differing_folders": sum(bool(r["differences"]) for r in results), "runs": results}
+    path = ROOT / "benchmarks" / "results" / f"kill_resume_{args.config}.json"
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"{kills} kills over {len(results)} folders; {report['differing_folders']} folders differ; {path}")
+
+
+if __name__ == "__main__":
+    main()
