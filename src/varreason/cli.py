@@ -68,7 +68,7 @@ def invocation(name: str) -> str:
     args = COMMANDS[name][1]
     lines = [f"  one process:  varreason {name} {args}"]
     if name not in ("config", "eval"):
-        lines.append(f"  several:      torchrun --nproc_per_node 8 -m varreason {name} {args.split('  ')[0]}"
+        lines.append(f"  several:      torchrun --nproc_per_node 8 -m varreason {name} {args}"
                      "   (not yet: issue 12)")
     return "\n".join(lines)
 

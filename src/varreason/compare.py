@@ -26,7 +26,7 @@ from varreason.errors import InputError
 from varreason.pipeline import STAGES, run_stage
 from varreason.report import bias
 from varreason.runs import RunDir
-from varreason.stages.eval import eval_fingerprint, evaluate_model
+from varreason.stages.eval import evaluate_if_changed
 
 console = Console(stderr=True)
 PI0_STAGES = ("data", "base", "initial")
@@ -151,11 +151,7 @@ def run_method(name: str, method: Method, cfg: RunConfig, donors: list[RunDir], 
                 continue
             run_stage(stage, cfg, run, force=force and stage in method.stages)
         model = model_name(cfg, method)
-        metrics_path = run.path / "eval" / model / "metrics.json"
-        fingerprint = eval_fingerprint(cfg, run.path / "models" / model)
-        previous = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-        metrics = previous if previous.get("fingerprint") == fingerprint and not force else evaluate_model(
-            cfg, run, model, fingerprint)
+        metrics = evaluate_if_changed(cfg, run, model, force=force)
     stages = run.manifest()["stages"]
     wall = {s: stages[s]["wall_seconds"] for s in PI0_STAGES + method.stages if s in stages}
     return {"method": method.kind, "model": model, "run_dir": str(run.path), "accuracy": metrics["accuracy"],

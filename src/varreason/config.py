@@ -13,6 +13,7 @@ import difflib
 import hashlib
 import json
 import math
+import operator
 import types
 import typing
 from dataclasses import dataclass, field
@@ -35,17 +36,18 @@ def option(default: Any, help: str, *, choices: tuple | None = None, ge: float |
     return field(default=default, metadata=meta)
 
 
+BOUNDS = (("ge", ">=", operator.ge), ("gt", ">", operator.gt), ("le", "<=", operator.le), ("lt", "<", operator.lt))
+
+
 def _check_range(key: str, value: Any, meta: Any) -> None:
     """One field against its declared choices and bounds: an InputError naming the key and the allowed values."""
     if value is None:
         return
     if meta.get("choices") is not None and value not in meta["choices"]:
         raise InputError(f"'{key}' must be one of {list(meta['choices'])}, got {value!r}")
-    bounds = [(meta.get("ge"), ">=", lambda v, b: v >= b), (meta.get("gt"), ">", lambda v, b: v > b),
-              (meta.get("le"), "<=", lambda v, b: v <= b), (meta.get("lt"), "<", lambda v, b: v < b)]
-    for bound, op, ok in bounds:
-        if bound is not None and not ok(value, bound):
-            raise InputError(f"'{key}' must be {op} {bound}, got {value!r}")
+    for name, symbol, holds in BOUNDS:
+        if meta.get(name) is not None and not holds(value, meta[name]):
+            raise InputError(f"'{key}' must be {symbol} {meta[name]}, got {value!r}")
 
 
 def _check_ranges(obj: Any, prefix: str = "") -> None:
@@ -415,7 +417,7 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise InputError(f"'{section}.max_steps' must be -1 (from the epochs, or pi0's / the final model's "
                              "steps where documented) or a positive number, got 0")
     for name, share in cfg.task.style_mix.items():
-        if not math.isfinite(share) or share < 0:
+        if share < 0:  # finite already: every float is checked when it is read
             raise InputError(f"'task.style_mix.{name}' must be a finite number >= 0, got {share!r}")
     if cfg.final.name in ("base", "initial", "posterior", "sft-matched") or not cfg.final.name.replace("-", "").replace(
             "_", "").isalnum():

@@ -95,7 +95,7 @@ def run_stage(name: str, cfg: RunConfig, run: RunDir, force: bool = False) -> di
         return run.manifest()["stages"][name]["counts"]
     console.print(f"[bold]- {name}[/bold]")
     start = time.time()
-    with run.running(name, config_hash):
+    with run.running(config_hash):
         counts = stage.fn(cfg, run)
     run.record(name, config_hash, outputs, list(stage.inputs), counts, time.time() - start)
     return counts

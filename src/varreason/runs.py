@@ -37,16 +37,16 @@ class RunDir:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.manifest_path = self.path / "manifest.json"
-        self.active: tuple[str, str] | None = None  # (stage, config hash) while a stage runs: keys its shards
+        self.shard_key: str | None = None  # the running stage's config hash: keys its resumable shards
 
     @contextlib.contextmanager
-    def running(self, stage: str, config_hash: str):
-        """Mark `stage` as the one writing, under the config hash that keys its resumable shards."""
-        self.active = (stage, config_hash)
+    def running(self, config_hash: str):
+        """Mark a stage as running under `config_hash`, which keys its resumable shards."""
+        self.shard_key = config_hash
         try:
             yield self
         finally:
-            self.active = None
+            self.shard_key = None
 
     # --- one writer at a time ---------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -151,9 +151,9 @@ class RunDir:
         """
         from tqdm.auto import tqdm
 
-        if self.active is None:
-            raise RuntimeError("RunDir.sharded runs inside `with run.running(stage, config_hash)` (pipeline.run_stage)")
-        folder = f"{rel_dir}/.shards-{self.active[1]}"
+        if self.shard_key is None:
+            raise RuntimeError("RunDir.sharded runs inside `with run.running(config_hash)` (pipeline.run_stage)")
+        folder = f"{rel_dir}/.shards-{self.shard_key}"
         chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
         rows: list[dict] = []
         done = sum((self.path / folder / f"part-{i:05d}.parquet").exists() for i in range(len(chunks)))

@@ -43,16 +43,17 @@ def eval_fingerprint(cfg: RunConfig, model_dir: Path) -> str:
 
 def stage_eval(cfg: RunConfig, run: RunDir) -> dict:
     """Held-out accuracy of every reasoning model of the run (skipping those already evaluated as they are)."""
-    out = {}
-    for name in reasoning_models(run):
-        metrics_path = run.path / "eval" / name / "metrics.json"
-        fingerprint = eval_fingerprint(cfg, run.path / "models" / name)
-        previous = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-        if previous.get("fingerprint") == fingerprint:
-            out[name] = previous["accuracy"]
-            continue
-        out[name] = evaluate_model(cfg, run, name, fingerprint)["accuracy"]
-    return {"accuracy": out}
+    return {"accuracy": {name: evaluate_if_changed(cfg, run, name)["accuracy"] for name in reasoning_models(run)}}
+
+
+def evaluate_if_changed(cfg: RunConfig, run: RunDir, model_name: str, force: bool = False) -> dict:
+    """The model's metrics: the stored ones when its weights and the eval settings are unchanged, else a new eval."""
+    metrics_path = run.path / "eval" / model_name / "metrics.json"
+    fingerprint = eval_fingerprint(cfg, run.path / "models" / model_name)
+    previous = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    if previous.get("fingerprint") == fingerprint and not force:
+        return previous
+    return evaluate_model(cfg, run, model_name, fingerprint)
 
 
 def evaluate_model(cfg: RunConfig, run: RunDir, model_name: str, fingerprint: str = "") -> dict:
