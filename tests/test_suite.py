@@ -10,6 +10,7 @@ from varreason.config import EvalConfig
 from varreason.errors import InputError
 from varreason.eval.benchmarks import SPECS, load_benchmark
 from varreason.eval.evaluator import evaluate_benchmark, evaluate_many
+from varreason.runs import ShardFinished
 
 
 class CannedGenerator:
@@ -75,21 +76,30 @@ def test_bad_rows_name_file_row_field(tmp_path):
 
 
 @pytest.mark.slow
-def test_builtin_benchmark_is_resumable(tmp_path, tiny_model_dir):
+def test_builtin_benchmark_is_resumable_and_shardable(tmp_path, tiny_model_dir):
+    from varreason.runs import Ranks
+
     e = EvalConfig(temperature=0.7, max_completion_length=12, batch_size=8)
     out = tmp_path / "ev"
     first = evaluate_many(str(tiny_model_dir), ["arith"], out, n=2, e=e, limit=12, chunk_size=5)
     bench = out / "arith"
     res = json.loads((bench / "results.json").read_text())
-    assert res["metrics"]["n_problems"] == 12 and res["sampling"]["n"] == 2
-    assert sorted(p.name for p in (bench / "shards").iterdir()) == ["00000.parquet", "00001.parquet", "00002.parquet"]
+    assert res["metrics"]["n_problems"] == 12 and res["sampling"]["n"] == 2 and res["problems_evaluated_now"] == 12
     assert "macro_average" in first and (bench / "pass_at_k.png").exists()
+    assert not list(bench.glob(".shards-*"))  # merged, shards removed
     before = pq.read_table(bench / "samples.parquet").to_pylist()
-    (bench / "shards" / "00001.parquet").unlink()  # as if killed while chunk 1 was running
-    again = evaluate_benchmark(str(tiny_model_dir), "arith", bench, n=2, e=e, limit=12, chunk_size=5)
+    assert evaluate_benchmark(str(tiny_model_dir), "arith", bench, n=2, e=e, limit=12, chunk_size=5) == res  # done
+
+    # a shard job (chunks 0 and 2 of 3) stops without merging; the run without --shard does chunk 1 and merges
+    other = tmp_path / "sharded"
+    with pytest.raises(ShardFinished, match="1 chunk"):
+        evaluate_benchmark(str(tiny_model_dir), "arith", other, n=2, e=e, limit=12, chunk_size=5,
+                           ranks=Ranks(0, 2))
+    assert not (other / "samples.parquet").exists() and len(list(other.glob(".shards-*/part-*"))) == 2
+    again = evaluate_benchmark(str(tiny_model_dir), "arith", other, n=2, e=e, limit=12, chunk_size=5)
     assert again["resumed_chunks"] == 2 and again["problems_evaluated_now"] == 5
-    after = pq.read_table(bench / "samples.parquet").to_pylist()
-    assert [r["text"] for r in after] == [r["text"] for r in before]  # same seeds per chunk: same samples
+    after = pq.read_table(other / "samples.parquet").to_pylist()
+    assert after == before  # same seeds per chunk: the same samples, whoever did which chunk
     with pytest.raises(InputError, match="other settings"):
         evaluate_benchmark(str(tiny_model_dir), "arith", bench, n=3, e=e, limit=12, chunk_size=5)
 

@@ -1,14 +1,16 @@
 """`varreason` command line: `run` (every stage in order), one command per stage, `compare`, `eval --model`, `config`.
 
     varreason run --config demo --output-dir runs/demo                   # one process
-    torchrun --nproc_per_node 8 -m varreason run --config demo ...       # several (see "several processes" below)
+    torchrun --nproc_per_node 8 -m varreason run --config demo ...       # a process group (also accelerate launch)
+    varreason sample --config demo --shard 0/4 ...                       # separate jobs, then again without --shard
 
 Every config field can be overridden: `--section.field VALUE` (or `section.field=VALUE`), e.g.
 `varreason run --initial.learning_rate 1e-3 --task.n_train 2000`. Bad input is one line on stderr, exit 2.
 
-Several processes: the training stages run on the HF Trainer, which is what makes `torchrun` / `accelerate launch`
-data-parallel; the stages do not coordinate the ranks' writes to the run folder yet (issue 12), so today every
-command runs as one process.
+Several processes (docs/scale.md): under torchrun / accelerate launch the training stages are data-parallel (HF
+Trainer) and sample, score, rollout and eval split their chunks across the ranks; rank 0 writes the artifacts.
+`--shard i/n` is for jobs that are not one process group (one per GPU or node, a scheduler's array): each does
+every n-th chunk of one sharded stage; the same command without `--shard` merges them and does what is missing.
 """
 
 from __future__ import annotations
@@ -63,13 +65,17 @@ overrides: any field as --section.field VALUE; values are parsed as YAML. Fields
 """
 
 
+SHARDABLE = ("sample", "score", "rollout", "eval")  # commands that take --shard i/n (pipeline.SHARDED)
+
+
 def invocation(name: str) -> str:
     """How a command is run, in one process and in several (the lines its `--help` opens with)."""
     args = COMMANDS[name][1]
     lines = [f"  one process:  varreason {name} {args}"]
-    if name not in ("config", "eval"):
-        lines.append(f"  several:      torchrun --nproc_per_node 8 -m varreason {name} {args}"
-                     "   (not yet: issue 12)")
+    if name != "config":
+        lines.append(f"  one group:    torchrun --nproc_per_node 8 -m varreason {name} {args}")
+    if name in SHARDABLE:
+        lines.append(f"  separate jobs: varreason {name} {args} --shard I/N   (I = 0..N-1; then once without --shard)")
     return "\n".join(lines)
 
 
@@ -107,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--output-dir", default=None, help="run directory (default: the config's output_dir)")
         if name != "config":
             p.add_argument("--force", action="store_true", help="redo the stage(s) even if their artifacts exist")
+        if name in SHARDABLE:
+            p.add_argument("--shard", default=None, metavar="I/N",
+                           help="do only every N-th chunk starting at I and stop (separate jobs); the same command "
+                                "without --shard merges the shards and does any that are missing")
         if name == "compare":
             p.add_argument("--reuse", action="append", default=[], metavar="RUN_DIR",
                            help="a finished run folder whose stages are adopted where the config matches; repeatable")
@@ -124,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if int(os.environ.get("RANK", "0")) > 0:
+        os.environ.setdefault("TQDM_DISABLE", "1")  # read when tqdm is imported: rank 0 alone shows progress
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     if not argv:
@@ -143,21 +155,24 @@ def main(argv: list[str] | None = None) -> int:
             print(dump_config(cfg), end="")
             return 0
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        ranks = _ranks(args)
         from varreason.models import set_threads
         from varreason.pipeline import ORDER, run_all
 
         set_threads(cfg.num_threads)
         if args.command == "eval" and getattr(args, "model", None):
-            return _benchmark_eval(args, cfg)
+            return _benchmark_eval(args, cfg, ranks)
         if args.command == "eval" and args.benchmark:
             raise InputError("--benchmark needs --model (the model to evaluate)")
         if args.command == "compare":
             from varreason.compare import run_compare
 
+            if ranks.count > 1:
+                raise InputError("compare runs in one process; launch `varreason run` (or rft, grpo) with torchrun")
             run_compare(cfg, cfg.output_dir, reuse=args.reuse, force=args.force)
             return 0
         stages = ORDER if args.command == "run" else [args.command]
-        run_all(cfg, stages, force=args.force)
+        run_all(cfg, stages, force=args.force, ranks=ranks)
         return 0
     except InputError as exc:
         print(f"varreason: error: {exc.line()}", file=sys.stderr)
@@ -174,7 +189,22 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _benchmark_eval(args, cfg) -> int:
+def _ranks(args):
+    """This process's share: a torchrun / accelerate launch group, a `--shard i/n` job, or one process."""
+    from varreason.runs import parse_shard, process_group
+
+    shard = getattr(args, "shard", None)
+    if shard and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise InputError("--shard is for separate jobs; under torchrun the ranks already split the work", field="shard")
+    if shard:
+        return parse_shard(shard)
+    ranks = process_group()
+    if not ranks.main:  # warnings once per group: rank 0's
+        logging.getLogger().setLevel(logging.ERROR)
+    return ranks
+
+
+def _benchmark_eval(args, cfg, ranks) -> int:
     from pathlib import Path
 
     from varreason.eval.evaluator import evaluate_many
@@ -183,7 +213,7 @@ def _benchmark_eval(args, cfg) -> int:
         raise InputError("--model needs at least one --benchmark (a spec name or a .jsonl/.parquet file)")
     out = args.output_dir or str(Path("runs") / "eval" / Path(args.model.rstrip("/")).name)
     evaluate_many(args.model, args.benchmark, out, n=args.n, e=cfg.eval, fmt=cfg.format, seed=cfg.seed,
-                  data=args.data, limit=args.limit, chunk_size=args.chunk_size, force=args.force)
+                  data=args.data, limit=args.limit, chunk_size=args.chunk_size, force=args.force, ranks=ranks)
     return 0
 
 

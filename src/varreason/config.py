@@ -444,21 +444,49 @@ def validate(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
+NOT_PRESETS = ("accelerate",)  # folders of configs/ that hold other tools' files (`accelerate launch --config_file`)
+
+
+def _presets_dir() -> Path:
+    return Path(str(resources.files("varreason") / "configs"))
+
+
 def preset_path(name: str) -> Path:
-    """A preset shipped with the package (`demo`, `smoke`, ...)."""
-    return Path(str(resources.files("varreason") / "configs" / f"{name}.yaml"))
+    """A preset shipped with the package (`demo`, `smoke`, `paper/qwen3-4b`, ...)."""
+    return _presets_dir() / f"{name}.yaml"
+
+
+def preset_names() -> list[str]:
+    """Every preset shipped with the package, `paper/...` included; the accelerate/ launcher files are not presets."""
+    root = _presets_dir()
+    names = [p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml")]
+    return sorted((n for n in names if n.split("/")[0] not in NOT_PRESETS), key=lambda n: (n.count("/"), n))
+
+
+def resolve_config_path(path: str | Path | None) -> Path:
+    """A YAML file, or a preset by name (`--config paper/qwen3-4b`); an InputError listing the presets otherwise."""
+    if path is None:
+        return preset_path("demo")
+    text = str(path)
+    name = text.removesuffix(".yaml")
+    in_launchers = Path(text).is_file() and Path(text).resolve().parent == (_presets_dir() / NOT_PRESETS[0]).resolve()
+    if Path(text).is_file() and not in_launchers:
+        return Path(text)
+    if in_launchers or name.split("/")[0] in NOT_PRESETS:
+        raise InputError(f"'{text}' is not a varreason config: the accelerate/ files go to `accelerate launch "
+                         f"--config_file configs/accelerate/{Path(name).name}.yaml -m varreason ...`; presets: "
+                         f"{', '.join(preset_names())}")
+    if name in preset_names():
+        return preset_path(name)
+    if text.endswith((".yaml", ".yml")):
+        raise InputError("config file not found", file=text)
+    raise InputError(f"unknown preset '{text}'; presets: {', '.join(preset_names())} (or a YAML file path)")
 
 
 def load_config(path: str | Path | None = None, overrides: list[tuple[str, str]] | None = None) -> RunConfig:
-    """Defaults <- YAML file (or the `demo` preset) <- command-line overrides; then validate."""
+    """Defaults <- YAML file (or a preset by name; `demo` by default) <- command-line overrides; then validate."""
     cfg = RunConfig()
-    if path is None:
-        path = preset_path("demo")
-    elif not Path(path).exists() and preset_path(str(path)).exists():
-        path = preset_path(str(path))
-    path = Path(path)
-    if not path.exists():
-        raise InputError("config file not found", file=str(path))
+    path = resolve_config_path(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:

@@ -31,8 +31,10 @@ def default_device() -> torch.device:
 
 
 def set_threads(num_threads: int = 0) -> None:
-    """Use every core on CPU (torch's default can be lower inside containers)."""
-    torch.set_num_threads(num_threads or os.cpu_count() or 1)
+    """Use every core on CPU (torch's default can be lower inside containers), shared among the processes that
+    torchrun started on this machine (LOCAL_WORLD_SIZE)."""
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    torch.set_num_threads(num_threads or max(1, (os.cpu_count() or 1) // local))
 
 
 def train_tokenizer(texts: list[str], fmt: FormatConfig, vocab_size: int = 1024):

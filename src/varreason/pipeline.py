@@ -8,6 +8,11 @@ and the baselines, run alone (`varreason rft`, `varreason grpo`) or by `varreaso
 
 A stage is skipped when the manifest holds it with the same hash of the config sections it (and everything
 upstream) depends on and its outputs exist. `eval` always runs and skips, model by model, what it already did.
+
+Several processes (`runs.Ranks`): a stage's `parallel` says how a process group shares it. "train": every rank
+runs it and the HF Trainer makes it data-parallel; "split": every rank runs it and its sharded work (sampling,
+scoring, rollouts, eval) is split across the ranks by chunk; "": rank 0 runs it while the others wait. Only rank 0
+writes artifacts and the manifest; every stage ends with a barrier.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from rich.table import Table
 
 from varreason.config import RunConfig, dump_config
 from varreason.report.run_report import write_report
-from varreason.runs import RunDir
+from varreason.runs import Ranks, RunDir, ShardFinished
 from varreason.stages import baselines, pi0, variational
 from varreason.stages.eval import stage_eval
 
@@ -36,6 +41,7 @@ class Stage:
     sections: tuple[str, ...]  # config sections this stage (and everything upstream of it) depends on
     inputs: tuple[str, ...]  # artifacts it reads (recorded in the manifest)
     outputs: Callable[[RunConfig], list[str]]  # artifacts that must exist for it to count as done, for this config
+    parallel: str = ""  # how a process group shares it: "train" | "split" | "" (rank 0 alone); see the docstring
     always: bool = False  # run every time (the stage caches its own work)
 
     def config_hash(self, cfg: RunConfig) -> str:
@@ -57,62 +63,104 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("base", pi0.stage_base, ("seed", "task", "format", "model"), ("data/train.parquet",),
           lambda c: [] if c.model.name_or_path else ["models/base/config.json"]),
     Stage("initial", pi0.stage_initial, PI0, ("data/train.parquet",),
-          lambda c: ["models/initial/config.json"]),
+          lambda c: ["models/initial/config.json"], "train"),
     Stage("posterior", variational.stage_posterior, PI0 + ("posterior",), ("data/train.parquet",),
-          lambda c: [] if c.sample.proposal == "prior" else ["models/posterior/config.json"]),
+          lambda c: [] if c.sample.proposal == "prior" else ["models/posterior/config.json"], "train"),
     Stage("sample", variational.stage_sample, SAMPLED, ("models/posterior",),
-          lambda c: ["samples/posterior.parquet"]),
+          lambda c: ["samples/posterior.parquet"], "split"),
     Stage("score", variational.stage_score, SAMPLED + ("score",),
-          ("samples/posterior.parquet", "models/initial", "models/posterior"), lambda c: ["scores/scores.parquet"]),
+          ("samples/posterior.parquet", "models/initial", "models/posterior"), lambda c: ["scores/scores.parquet"],
+          "split"),
     Stage("rollout", variational.stage_rollout, SAMPLED + ("rollout",), ("samples/posterior.parquet", "models/initial"),
-          _rollout_outputs),
+          _rollout_outputs, "split"),
     Stage("weights", variational.stage_weights, SAMPLED + ("score", "rollout", "weights"),
           ("scores/scores.parquet", "scores/rollouts.parquet", "samples/posterior.parquet"),
           lambda c: ["weights.parquet"]),
     Stage("build", variational.stage_build, SAMPLED + ("score", "rollout", "weights", "build"),
           ("weights.parquet", "samples/posterior.parquet"), lambda c: ["train/final.parquet"]),
     Stage("final", variational.stage_final, SAMPLED + ("score", "rollout", "weights", "build", "final"),
-          ("train/final.parquet",), lambda c: [f"models/{c.final.name}/config.json"]),
+          ("train/final.parquet",), lambda c: [f"models/{c.final.name}/config.json"], "train"),
     Stage("matched", variational.stage_matched, PI0 + ("final",), ("data/train.parquet",),
-          lambda c: ["models/sft-matched/config.json"] if c.final.sft_matched else []),
+          lambda c: ["models/sft-matched/config.json"] if c.final.sft_matched else [], "train"),
     Stage("rft", baselines.stage_rft, SAMPLED + ("final", "rft"), ("samples/posterior.parquet", "models/initial"),
-          lambda c: [f"train/{c.rft.name}.parquet", f"models/{c.rft.name}/config.json"]),
+          lambda c: [f"train/{c.rft.name}.parquet", f"models/{c.rft.name}/config.json"], "train"),
     Stage("grpo", baselines.stage_grpo, PI0 + ("sample", "grpo"), ("data/train.parquet", "models/initial"),
-          lambda c: [f"models/{c.grpo.name}/config.json", f"grpo/{c.grpo.name}/rewards.parquet"]),
+          lambda c: [f"models/{c.grpo.name}/config.json", f"grpo/{c.grpo.name}/rewards.parquet"], "train"),
     Stage("eval", stage_eval, ("seed", "task", "format", "eval"), ("models/*", "data/test.parquet"),
-          lambda c: ["eval/summary.json"], always=True),
+          lambda c: ["eval/summary.json"], "split", always=True),
 ]}
 ORDER = [n for n in STAGES if n not in ("rft", "grpo")]  # `varreason run`; baselines run alone or via `compare`
 
 
+SHARDED = ("sample", "score", "rollout", "eval")  # the stages a `--shard i/n` job can do its part of
+
+
 def run_stage(name: str, cfg: RunConfig, run: RunDir, force: bool = False) -> dict:
-    """Run one stage unless its artifact is complete for the same config."""
+    """Run one stage unless its artifact is complete for the same config (every rank of a group calls this)."""
     stage = STAGES[name]
     config_hash = stage.config_hash(cfg)
     outputs = stage.outputs(cfg)
+    say = console.print if run.ranks.main else (lambda *a, **k: None)
     if not force and not stage.always and run.is_done(name, config_hash, outputs):
-        console.print(f"[dim]- {name}: done for this config, skipped[/dim]")
+        say(f"[dim]- {name}: done for this config, skipped[/dim]")
         return run.manifest()["stages"][name]["counts"]
-    console.print(f"[bold]- {name}[/bold]")
+    say(f"[bold]- {name}[/bold]" + ("" if run.ranks.count == 1 else f" ({run.ranks})"))
     start = time.time()
+    counts: dict = {}
     with run.running(config_hash):
-        counts = stage.fn(cfg, run)
-    run.record(name, config_hash, outputs, list(stage.inputs), counts, time.time() - start)
-    return counts
+        if stage.parallel or run.ranks.main:
+            counts = stage.fn(cfg, run)
+    run.ranks.wait()
+    if run.ranks.main:
+        run.record(name, config_hash, outputs, list(stage.inputs), counts, time.time() - start)
+    run.ranks.wait()
+    return counts if run.ranks.main else run.manifest()["stages"][name]["counts"]
 
 
-def run_all(cfg: RunConfig, stages_to_run: list[str] | None = None, force: bool = False) -> dict:
-    run = RunDir(cfg.output_dir)
+def run_all(cfg: RunConfig, stages_to_run: list[str] | None = None, force: bool = False,
+            ranks: Ranks | None = None) -> dict:
+    """The stages in order (default: ORDER) in this process's share (`ranks`: one process, a torchrun group, or
+    a `--shard i/n` job, which does its part of one sharded stage and stops)."""
+    run = RunDir(cfg.output_dir, ranks)
+    stages_to_run = stages_to_run or ORDER
+    if run.ranks.shard_job:
+        return _run_shard(cfg, run, stages_to_run, force)
     with run.lock():
+        run.ranks.wait()  # no rank starts before rank 0 holds the folder
         run.write_text("config.yaml", dump_config(cfg))
         start = time.time()
-        for name in stages_to_run or ORDER:
+        for name in stages_to_run:
             run_stage(name, cfg, run, force=force)
         wall = time.time() - start
-        if write_report(run):
+        if run.ranks.main and write_report(run):
             console.print(f"report: {run.path / 'report.md'}")
-    print_results(run, wall)
+    if run.ranks.main:
+        print_results(run, wall)
     return {"wall_seconds": wall}
+
+
+def _run_shard(cfg: RunConfig, run: RunDir, stages_to_run: list[str], force: bool) -> dict:
+    """A `--shard i/n` job: its chunks of one sharded stage, written as shards; nothing merged, nothing recorded."""
+    from varreason.errors import InputError
+
+    if len(stages_to_run) != 1 or stages_to_run[0] not in SHARDED:
+        raise InputError(f"--shard works with one of the commands {', '.join(SHARDED)}; run the other stages "
+                         "without it", field="shard")
+    name = stages_to_run[0]
+    stage = STAGES[name]
+    with run.lock():
+        if not force and not stage.always and run.is_done(name, stage.config_hash(cfg), stage.outputs(cfg)):
+            console.print(f"[dim]- {name}: done for this config, nothing to shard[/dim]")
+            return {"missing": 0}
+        console.print(f"[bold]- {name}[/bold] ({run.ranks})")
+        try:
+            with run.running(stage.config_hash(cfg)):
+                stage.fn(cfg, run)
+        except ShardFinished as done:
+            console.print(f"  {done}; `varreason {name}` without --shard merges the shards"
+                          + (" (and does the missing chunks)" if done.missing else ""))
+            return {"missing": done.missing}
+    return {"missing": 0}  # nothing was sharded (e.g. every model already evaluated)
 
 
 def print_results(run: RunDir, wall: float | None = None) -> None:

@@ -1,8 +1,15 @@
-"""The run directory: artifacts written atomically, and a manifest of finished stages.
+"""The run directory: artifacts written atomically, a manifest of finished stages, and who writes what when several
+processes share it.
 
 A stage is skipped when its manifest entry has the same config hash and its outputs exist; anything written
 goes to a temporary name first and is renamed into place, so a killed run never leaves a half-written artifact
 that looks finished.
+
+Several processes (`Ranks`): under `torchrun` / `accelerate launch` the processes are one torch.distributed group;
+`sharded` work is split across them by chunk, every rank writes its own chunks, and only rank 0 writes anything
+else (as the HF Trainer saves only on the main process). Separate jobs (`--shard i/n`) each do every n-th chunk and
+stop (`ShardFinished`); the same command without `--shard` merges the finished chunks and does any that are missing.
+Chunks are seeded from their index, so the merged artifact is the same whatever the number of processes.
 """
 
 from __future__ import annotations
@@ -14,9 +21,75 @@ import platform
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from varreason.errors import InputError
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's share of the work: chunk `i` of sharded work is done by the process with `index == i % count`.
+
+    group: the processes are one torch.distributed group (torchrun / accelerate launch): they wait for each other
+    and every rank gets the merged rows. Otherwise `count > 1` means separate shard jobs (`--shard index/count`).
+    """
+
+    index: int = 0
+    count: int = 1
+    group: bool = False
+
+    @property
+    def main(self) -> bool:
+        """Writes the run's artifacts (in a group, rank 0; a shard job writes only its own chunks)."""
+        return self.index == 0 or not self.group
+
+    @property
+    def shard_job(self) -> bool:
+        return self.count > 1 and not self.group
+
+    def wait(self) -> None:
+        """Barrier across the group (nothing for one process or a shard job)."""
+        if self.group:
+            from accelerate import PartialState
+
+            PartialState().wait_for_everyone()
+
+    def __str__(self) -> str:
+        if self.count == 1:
+            return "one process"
+        return f"rank {self.index} of {self.count}" if self.group else f"shard {self.index}/{self.count}"
+
+
+def process_group() -> Ranks:
+    """The torch.distributed group this process was launched in (torchrun / accelerate launch set WORLD_SIZE), set
+    up the way the HF Trainer does it (accelerate's PartialState: gloo on CPU, nccl on GPU); one process otherwise."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Ranks()
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return Ranks(state.process_index, state.num_processes, group=True)
+
+
+def parse_shard(text: str) -> Ranks:
+    """`--shard i/n` (0 <= i < n): this job's part of the sharded stages."""
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise InputError(f"--shard must look like i/n (e.g. 0/4), got '{text}'", field="shard") from None
+    if not 0 <= index < count:
+        raise InputError(f"--shard i/n needs 0 <= i < n, got {index}/{count}", field="shard")
+    return Ranks(index, count, group=False)
+
+
+class ShardFinished(Exception):
+    """A shard job did its part of a stage; the merge is for a run without --shard."""
+
+    def __init__(self, what: str, done: int, missing: int):
+        super().__init__(f"{what}: {done} chunk(s) of this shard done; {missing} chunk(s) of the stage still missing")
+        self.done, self.missing = done, missing
 
 
 def library_versions() -> dict:
@@ -33,20 +106,23 @@ def library_versions() -> dict:
 
 
 class RunDir:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, ranks: Ranks | None = None):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.ranks = ranks or Ranks()
+        if self.ranks.main:
+            self.path.mkdir(parents=True, exist_ok=True)
         self.manifest_path = self.path / "manifest.json"
         self.shard_key: str | None = None  # the running stage's config hash: keys its resumable shards
 
     @contextlib.contextmanager
-    def running(self, config_hash: str):
-        """Mark a stage as running under `config_hash`, which keys its resumable shards."""
-        self.shard_key = config_hash
+    def running(self, key: str):
+        """Mark work as running under `key` (a stage's config hash, an evaluation's fingerprint), which keys its
+        resumable shards; nested use restores the outer key."""
+        outer, self.shard_key = self.shard_key, key
         try:
             yield self
         finally:
-            self.shard_key = None
+            self.shard_key = outer
 
     # --- one writer at a time ---------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -55,13 +131,19 @@ class RunDir:
 
         `fcntl.flock` on `.lock`: the kernel drops the lock when its holder exits or is killed, so a lock left by a
         killed run never blocks. The file keeps the holder's pid, host, command and start time for the message.
+        In a process group rank 0 holds it for all ranks; shard jobs share it with each other (each writes only its
+        own chunks) but not with a writer of the whole folder.
         """
         import fcntl
 
+        if not self.ranks.main:
+            yield self
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_SH if self.ranks.shard_job else fcntl.LOCK_EX) | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
                 raise InputError(f"in use by {holder}; wait for it to finish or stop it", file=str(self.path)) from None
@@ -90,7 +172,7 @@ class RunDir:
         manifest["stages"][stage] = {
             "config_hash": config_hash, "inputs": inputs, "outputs": outputs, "counts": counts,
             "wall_seconds": round(wall_seconds, 3), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "versions": library_versions(),
+            "processes": self.ranks.count if self.ranks.group else 1, "versions": library_versions(),
         }
         self.write_json("manifest.json", manifest)
 
@@ -115,21 +197,26 @@ class RunDir:
             tmp.unlink(missing_ok=True)
             raise
 
+    # In a process group only rank 0 writes (the others computed the same rows); see the module docstring.
     def write_json(self, rel: str, obj) -> Path:
-        with self._atomic(rel) as tmp:
-            tmp.write_text(json.dumps(obj, indent=2, default=str))
+        if self.ranks.main:
+            with self._atomic(rel) as tmp:
+                tmp.write_text(json.dumps(obj, indent=2, default=str))
         return self.path / rel
 
     def write_text(self, rel: str, text: str) -> Path:
-        with self._atomic(rel) as tmp:
-            tmp.write_text(text)
+        if self.ranks.main:
+            with self._atomic(rel) as tmp:
+                tmp.write_text(text)
         return self.path / rel
 
-    def write_rows(self, rel: str, rows: list[dict]) -> Path:
+    def write_rows(self, rel: str, rows: list[dict], every_rank: bool = False) -> Path:
         """A list of records as Parquet (opens with `datasets.load_dataset('parquet', ...)` or pandas)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        if not (self.ranks.main or every_rank):
+            return self.path / rel
         rows = [{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in r.items()} for r in rows]
         with self._atomic(rel) as tmp:
             pq.write_table(pa.Table.from_pylist(rows), tmp)
@@ -144,34 +231,38 @@ class RunDir:
     def sharded(self, rel_dir: str, items: list, chunk_size: int, work, desc: str = "") -> list[dict]:
         """Rows of `work(chunk, chunk_index)` over `items` in chunks, each chunk saved as one Parquet shard.
 
-        A killed stage resumes from its finished shards: a shard is reused when it exists under the config hash
-        of the running stage (`running`), so shards of another config are never mixed in. `work` must be
-        deterministic given (chunk, chunk_index), e.g. seeded from the index. The shard folder is removed by
-        the caller once the merged artifact is written (`drop_shards`).
+        A killed stage resumes from its finished shards: a shard is reused when it exists under the key of the
+        running work (`running`), so shards of another config are never mixed in. `work` must be deterministic
+        given (chunk, chunk_index), e.g. seeded from the index: then the rows do not depend on which process did
+        which chunk. This process does the chunks `self.ranks` gives it; in a group every rank then reads all of
+        them; a shard job stops with `ShardFinished`. The caller removes the shard folder once the merged artifact
+        is written (`drop_shards`).
         """
         from tqdm.auto import tqdm
 
         if self.shard_key is None:
-            raise RuntimeError("RunDir.sharded runs inside `with run.running(config_hash)` (pipeline.run_stage)")
-        folder = f"{rel_dir}/.shards-{self.shard_key}"
+            raise RuntimeError("RunDir.sharded runs inside `with run.running(key)` (pipeline.run_stage)")
+        folder = f"{rel_dir}/.shards-{self.shard_key}" if rel_dir else f".shards-{self.shard_key}"
         chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
-        rows: list[dict] = []
-        done = sum((self.path / folder / f"part-{i:05d}.parquet").exists() for i in range(len(chunks)))
-        bar = tqdm(total=len(chunks), initial=done, desc=desc or rel_dir, unit="shard")
-        for i, chunk in enumerate(chunks):
-            rel = f"{folder}/part-{i:05d}.parquet"
-            if (self.path / rel).exists():
-                rows += self.read_rows(rel)
-                continue
-            part = work(chunk, i)
-            self.write_rows(rel, part)
-            rows += part
-            bar.update(1)
-        bar.close()
+        shard = [f"{folder}/part-{i:05d}.parquet" for i in range(len(chunks))]
+        mine = [i for i in range(len(chunks)) if i % self.ranks.count == self.ranks.index]
+        todo = [i for i in mine if not (self.path / shard[i]).exists()]
+        label = (desc or rel_dir) + ("" if self.ranks.count == 1 else f" ({self.ranks})")
+        with tqdm(total=len(mine), initial=len(mine) - len(todo), desc=label, unit="shard") as bar:
+            for i in todo:
+                self.write_rows(shard[i], work(chunks[i], i), every_rank=True)
+                bar.update(1)
+        if self.ranks.shard_job:
+            raise ShardFinished(desc or rel_dir, len(mine), sum(not (self.path / s).exists() for s in shard))
+        self.ranks.wait()
+        rows = [r for rel in shard for r in self.read_rows(rel)]
+        self.ranks.wait()  # every rank has read the shards before rank 0 may drop them
         return rows
 
     def drop_shards(self, rel_dir: str) -> None:
         import shutil
 
+        if not self.ranks.main:
+            return
         for folder in (self.path / rel_dir).glob(".shards-*"):
             shutil.rmtree(folder, ignore_errors=True)

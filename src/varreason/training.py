@@ -224,8 +224,7 @@ def train_sft(
     result = trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - start
     model.config.use_cache = True
-    save_pretrained(trainer.model, tokenizer, out_dir)
-    shutil.rmtree(work_dir, ignore_errors=True)
+    save_on_main(trainer, tokenizer, out_dir, work_dir)
     tokens = sum(len(f["input_ids"]) for f in data.features) * (result.global_step * examples_per_step / len(rows))
     history = [h for h in trainer.state.log_history if "loss" in h]
     return {
@@ -243,6 +242,16 @@ def train_sft(
         "wall_seconds": wall,
         "tokens_per_second": tokens / wall if wall > 0 else None,
     }
+
+
+def save_on_main(trainer, tokenizer, out_dir: str | Path, work_dir: str | Path | None = None) -> None:
+    """The trained model as an HF folder, written by the main process only (several ranks writing the same folder
+    collide), then the checkpoints removed; every rank waits until the folder is there."""
+    if trainer.is_world_process_zero():
+        save_pretrained(trainer.model, tokenizer, out_dir)
+        if work_dir is not None:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
 
 
 class ShuffledLengthGroupedSampler(torch.utils.data.Sampler):

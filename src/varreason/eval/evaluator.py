@@ -1,26 +1,25 @@
 """`varreason eval --model DIR --benchmark NAME_OR_FILE --n N --output-dir DIR`: batched and resumable.
 
-Problems are evaluated in chunks; each finished chunk is one Parquet shard written atomically, so a killed
-evaluation continues where it stopped. The settings of an evaluation are pinned in `eval_config.json`: a rerun
-with other settings in the same folder is refused rather than mixed with the old samples.
+Problems are evaluated in chunks (`RunDir.sharded`); each finished chunk is one Parquet shard written atomically,
+so a killed evaluation continues where it stopped, and the chunks can be split across a torchrun group or separate
+`--shard i/n` jobs. The settings of an evaluation are pinned in `eval_config.json`: a rerun with other settings in
+the same folder is refused rather than mixed with the old samples.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
-from tqdm.auto import tqdm
 
 from varreason.config import EvalConfig, FormatConfig
 from varreason.errors import InputError
 from varreason.eval.benchmarks import BenchItem, BenchmarkSpec, load_benchmark, render_question, score_sample
-from varreason.runs import RunDir, library_versions
+from varreason.runs import Ranks, RunDir, ShardFinished, library_versions
 
 
 def _settings(model: str, spec: BenchmarkSpec, items: list[BenchItem], n: int, e: EvalConfig, seed: int,
@@ -34,7 +33,7 @@ def _settings(model: str, spec: BenchmarkSpec, items: list[BenchItem], n: int, e
 def evaluate_benchmark(model_dir: str, benchmark: str, out_dir: str | Path, n: int | None = None,
                        e: EvalConfig | None = None, fmt: FormatConfig | None = None, seed: int = 0,
                        data: str | None = None, limit: int | None = None, chunk_size: int = 64,
-                       force: bool = False, generator=None) -> dict:
+                       force: bool = False, generator=None, ranks: Ranks | None = None) -> dict:
     """Evaluate one model on one benchmark; returns the results dict also written to `results.json`."""
     from varreason.eval.metrics import benchmark_metrics
     from varreason.templates import Templates
@@ -46,16 +45,20 @@ def evaluate_benchmark(model_dir: str, benchmark: str, out_dir: str | Path, n: i
         raise InputError("no problems to evaluate", field="benchmark")
     n = n or spec.default_n
     max_tokens = min(e.max_completion_length, spec.max_completion_length)
-    run = RunDir(out_dir)
+    run = RunDir(out_dir, ranks)
     with run.lock():
         settings = _settings(model_dir, spec, items, n, e, seed, max_tokens)
+        key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         pinned = run.path / "eval_config.json"
         if pinned.exists() and json.loads(pinned.read_text()) != settings:
             if not force:
                 raise InputError("holds an evaluation with other settings; use another --output-dir or --force",
                                  file=str(run.path))
-            shutil.rmtree(run.path / "shards", ignore_errors=True)
-        run.write_json("eval_config.json", settings)
+            run.drop_shards("")
+        elif pinned.exists() and (run.path / "results.json").exists() and not force:
+            return json.loads((run.path / "results.json").read_text())  # done with these settings
+        if not run.ranks.shard_job:  # shard jobs of one evaluation may start together; the merge pins it
+            run.write_json("eval_config.json", settings)
 
         if generator is None:
             from varreason.backends.hf import HFGenerator
@@ -64,13 +67,9 @@ def evaluate_benchmark(model_dir: str, benchmark: str, out_dir: str | Path, n: i
             tokenizer = load_tokenizer(model_dir)
             generator = HFGenerator(load_model(model_dir), tokenizer, batch_size=e.batch_size)
         templates = Templates(fmt, generator.tokenizer)
-        chunks = [items[i:i + chunk_size] for i in range(0, len(items), chunk_size)]
-        start, generated, resumed, evaluated = time.time(), 0, 0, 0
-        for c, chunk in enumerate(tqdm(chunks, desc=f"eval {spec.name}", unit="chunk")):
-            shard = f"shards/{c:05d}.parquet"
-            if (run.path / shard).exists():
-                resumed += 1
-                continue
+        start, done_now = time.time(), {"problems": 0, "chunks": 0, "tokens": 0}
+
+        def work(chunk: list[BenchItem], c: int) -> list[dict]:
             prompts = [templates.prompt(render_question(spec, it)) for it in chunk]
             outputs = generator.generate(prompts, n=n, max_new_tokens=max_tokens, temperature=e.temperature,
                                          top_p=e.top_p, stop=templates.stop_strings(), seed=seed * 100_003 + c,
@@ -86,11 +85,16 @@ def evaluate_benchmark(model_dir: str, benchmark: str, out_dir: str | Path, n: i
                                     "correct": bool(verdict.correct), "reason": verdict.reason,
                                     "format_ok": cut.format_ok, "finished": g.finished,
                                     "completion_tokens": len(g.token_ids)})
-                    generated += len(g.token_ids)
-            run.write_rows(shard, records)
-            evaluated += len(chunk)
+                    done_now["tokens"] += len(g.token_ids)
+            done_now["problems"] += len(chunk)
+            done_now["chunks"] += 1
+            return records
+
+        with run.running(key):
+            records = run.sharded("", items, chunk_size, work, desc=f"eval {spec.name}")
+        chunks = -(-len(items) // chunk_size)
+        resumed, evaluated, generated = chunks - done_now["chunks"], done_now["problems"], done_now["tokens"]
         wall = time.time() - start
-        records = [r for c in range(len(chunks)) for r in run.read_rows(f"shards/{c:05d}.parquet")]
         run.write_rows("samples.parquet", records)
         metrics = benchmark_metrics(records)
         results = {"model": str(model_dir), "benchmark": spec.name, "answer_type": spec.answer_type,
@@ -100,7 +104,9 @@ def evaluate_benchmark(model_dir: str, benchmark: str, out_dir: str | Path, n: i
                    "problems_evaluated_now": evaluated, "problems_per_second": evaluated / wall if evaluated else None,
                    "generated_tokens": generated, "versions": library_versions()}
         run.write_json("results.json", results)
-        _plot_pass_at_k(metrics, run.path / "pass_at_k.png", spec.name)
+        run.drop_shards("")
+        if run.ranks.main:
+            _plot_pass_at_k(metrics, run.path / "pass_at_k.png", spec.name)
         return results
 
 
@@ -130,20 +136,30 @@ def evaluate_many(model_dir: str, benchmarks: list[str], out_dir: str | Path, **
     """Several benchmarks, one folder each, plus `summary.json` and a table shaped like the paper's."""
     from varreason.eval.metrics import macro_average
 
-    run = RunDir(out_dir)
+    ranks = kwargs.get("ranks")
+    run = RunDir(out_dir, ranks)
     with run.lock():
-        summary = {}
+        summary, unfinished = {}, []
         for name in benchmarks:
             sub = Path(name).stem if name.endswith((".jsonl", ".json", ".parquet")) else name
-            res = evaluate_benchmark(model_dir, name, run.path / sub, **kwargs)
+            try:
+                res = evaluate_benchmark(model_dir, name, run.path / sub, **kwargs)
+            except ShardFinished as done:  # a --shard job: on to its part of the next benchmark
+                print(f"{name}: {done}", flush=True)
+                unfinished.append(name)
+                continue
             m = res["metrics"]
             summary[res["benchmark"]] = {"avg@n": m["avg@n"], "ci": m["avg@n_ci"], "n": res["sampling"]["n"],
                                          "problems": m["n_problems"], "pass@k": m["pass@k"],
                                          "problems_per_second": res["problems_per_second"]}
+        if unfinished:
+            print("this shard is done; the same command without --shard merges the shards", flush=True)
+            return {"model": str(model_dir), "unfinished": unfinished}
         out = {"model": str(model_dir), "benchmarks": summary,
                "macro_average": macro_average({k: v["avg@n"] for k, v in summary.items()})}
         run.write_json("summary.json", out)
-        print_table(out)
+        if run.ranks.main:
+            print_table(out)
         return out
 
 

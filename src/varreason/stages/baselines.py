@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
 import time
 from collections.abc import Callable
 
 from varreason import objectives
 from varreason.config import RunConfig
 from varreason.errors import InputError
-from varreason.models import load_model, load_tokenizer, save_pretrained
+from varreason.models import load_model, load_tokenizer
 from varreason.runs import RunDir
 from varreason.stages.common import (
     final_training_config,
@@ -46,7 +45,7 @@ from varreason.stages.common import (
 from varreason.tasks import score_problem
 from varreason.tasks.base import Problem
 from varreason.templates import Templates
-from varreason.training import last_complete_checkpoint, train_sft
+from varreason.training import last_complete_checkpoint, save_on_main, train_sft
 
 # --- RFT --------------------------------------------------------------------------------------------------------------
 
@@ -195,9 +194,8 @@ def stage_grpo(cfg: RunConfig, run: RunDir) -> dict:
     start = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - start
-    save_pretrained(trainer.model, tokenizer, out_dir)
-    run.write_rows(f"grpo/{g.name}/rewards.parquet", reward.log)
-    shutil.rmtree(work_dir, ignore_errors=True)
+    save_on_main(trainer, tokenizer, out_dir, work_dir)
+    run.write_rows(f"grpo/{g.name}/rewards.parquet", reward.log)  # rank 0's completions (see the module docstring)
     history = [h for h in trainer.state.log_history if "reward" in h]
     by_step: dict = {}
     for r in reward.log:

@@ -16,8 +16,8 @@ from pathlib import Path
 from varreason.config import RunConfig
 from varreason.eval.metrics import summarize
 from varreason.models import load_model, load_tokenizer
-from varreason.runs import RunDir
-from varreason.stages.common import load_problems
+from varreason.runs import RunDir, ShardFinished
+from varreason.stages.common import load_problems, stable_seed
 from varreason.templates import Templates
 
 REASONING_MODELS_FIRST = ("initial", "final", "sft-matched")
@@ -42,8 +42,19 @@ def eval_fingerprint(cfg: RunConfig, model_dir: Path) -> str:
 
 
 def stage_eval(cfg: RunConfig, run: RunDir) -> dict:
-    """Held-out accuracy of every reasoning model of the run (skipping those already evaluated as they are)."""
-    return {"accuracy": {name: evaluate_if_changed(cfg, run, name)["accuracy"] for name in reasoning_models(run)}}
+    """Held-out accuracy of every reasoning model of the run (skipping those already evaluated as they are).
+
+    A `--shard i/n` job does its chunks of every model that needs an evaluation, then stops."""
+    accuracy, unfinished = {}, []
+    for name in reasoning_models(run):
+        try:
+            accuracy[name] = evaluate_if_changed(cfg, run, name)["accuracy"]
+        except ShardFinished as done:
+            unfinished.append((name, done))
+    if unfinished:
+        raise ShardFinished("eval " + ", ".join(n for n, _ in unfinished), sum(d.done for _, d in unfinished),
+                            sum(d.missing for _, d in unfinished))
+    return {"accuracy": accuracy}
 
 
 def evaluate_if_changed(cfg: RunConfig, run: RunDir, model_name: str, force: bool = False) -> dict:
@@ -69,23 +80,28 @@ def evaluate_model(cfg: RunConfig, run: RunDir, model_name: str, fingerprint: st
     e = cfg.eval
     generator = HFGenerator(model, tokenizer, batch_size=e.batch_size)
     start = time.time()
-    outputs = generator.generate(
-        [templates.prompt(p.question) for p in problems], n=e.num_generations, max_new_tokens=e.max_completion_length,
-        temperature=e.temperature, top_p=e.top_p, stop=templates.stop_strings(), seed=cfg.seed,
-        desc=f"eval {model_name}",
-    )
+
+    def work(chunk: list, index: int) -> list[dict]:
+        outputs = generator.generate(
+            [templates.prompt(p.question) for p in chunk], n=e.num_generations,
+            max_new_tokens=e.max_completion_length, temperature=e.temperature, top_p=e.top_p,
+            stop=templates.stop_strings(), seed=stable_seed("eval", cfg.seed, index), progress=False)
+        records = []
+        for p, samples in zip(chunk, outputs):
+            for k, g in enumerate(samples):
+                cut = templates.cut(g.text)
+                verdict = score_problem(p, cut.answer) if cut.answer is not None else None
+                records.append({
+                    "question_id": p.id, "k": k, "task": p.task, "difficulty": p.difficulty, "text": g.text,
+                    "predicted": cut.answer, "correct": bool(verdict and verdict.correct),
+                    "reason": verdict.reason if verdict else "no answer", "format_ok": cut.format_ok,
+                    "format_error": cut.error, "finished": g.finished, "completion_tokens": len(g.token_ids),
+                })
+        return records
+
+    with run.running(fingerprint or eval_fingerprint(cfg, model_dir)):  # shards of other weights are never reused
+        records = run.sharded(f"eval/{model_name}", problems, e.batch_size, work, desc=f"eval {model_name}")
     gen_seconds = time.time() - start
-    records = []
-    for p, samples in zip(problems, outputs):
-        for k, g in enumerate(samples):
-            cut = templates.cut(g.text)
-            verdict = score_problem(p, cut.answer) if cut.answer is not None else None
-            records.append({
-                "question_id": p.id, "k": k, "task": p.task, "difficulty": p.difficulty, "text": g.text,
-                "predicted": cut.answer, "correct": bool(verdict and verdict.correct),
-                "reason": verdict.reason if verdict else "no answer", "format_ok": cut.format_ok,
-                "format_error": cut.error, "finished": g.finished, "completion_tokens": len(g.token_ids),
-            })
     run.write_rows(f"eval/{model_name}/samples.parquet", records)
     metrics = summarize(records)
     metrics.update({"model": model_name, "generation_seconds": gen_seconds, "fingerprint": fingerprint,
@@ -96,4 +112,5 @@ def evaluate_model(cfg: RunConfig, run: RunDir, model_name: str, fingerprint: st
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     summary[model_name] = {k: metrics[k] for k in ("accuracy", "ci_low", "ci_high", "n", "by_difficulty", "by_task")}
     run.write_json("eval/summary.json", summary)
+    run.drop_shards(f"eval/{model_name}")
     return metrics

@@ -15,6 +15,7 @@ from varreason.errors import InputError
 from varreason.eval.verify import Verdict, check_integer
 from varreason.tasks.arithmetic import ProceduralTask, ProductTask, SumTask, unit_hash
 from varreason.tasks.base import Problem, Task
+from varreason.tasks.stratos import NO_VERIFIER
 from varreason.tasks.user import load_user_problems
 
 TASKS: dict[str, type] = {"sum": SumTask, "product": ProductTask}
@@ -110,7 +111,9 @@ def score_problem(problem: Problem, predicted_answer: object) -> Verdict:
     """Check a predicted answer against the problem's reference; never raises (an error is a wrong answer).
 
     Built-in and reasoning-gym problems use their task's verifier. Other problems (users' data) use
-    `verify.check_math`, or `check_integer` when `problem.meta["answer_kind"] == "integer"` or `check_math` is absent.
+    `verify.check_math`, or `check_integer` when `problem.meta["answer_kind"] == "integer"` or `check_math` is absent;
+    `answer_kind` "none" (a Bespoke-Stratos row whose reference solution has no final answer, e.g. code) is never
+    correct: "unparseable_gold".
     """
     try:
         name = problem.task
@@ -120,8 +123,11 @@ def score_problem(problem: Problem, predicted_answer: object) -> Verdict:
             return _DEFAULT_TASKS[name].check(problem, predicted_answer)
         from varreason.eval import verify
 
+        kind = (problem.meta or {}).get("answer_kind")
+        if kind == NO_VERIFIER:  # a reference with no final answer to check (code rows of Bespoke-Stratos)
+            return Verdict(False, "unparseable_gold")
         check_math = getattr(verify, "check_math", None)
-        if (problem.meta or {}).get("answer_kind") == "integer" or check_math is None:
+        if kind == "integer" or check_math is None:
             return check_integer(problem.answer, predicted_answer)
         return check_math(problem.answer, predicted_answer)
     except Exception as exc:  # noqa: BLE001 - a verifier never raises

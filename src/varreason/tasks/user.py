@@ -8,6 +8,11 @@ as in `datasets` and pandas) and the field; no row is ever dropped silently. Rul
   (built-in levels start at 1);
 - an `id` column, when present, gives the problem id; otherwise it is `user-<row>`.
 Problems get task "user" and style "given".
+
+Rows in Bespoke-Stratos-17k's schema (a `conversations` column and no question column, e.g.
+`task.source: bespokelabs/Bespoke-Stratos-17k`) are read by `tasks.stratos`: question = the user turn, trace = the
+thought section, answer = the solution's last `\\boxed{}`, and the solution section itself in `meta["solution"]`
+(the paper's answer hint); the question / trace / answer column names are not used for them.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 
 from varreason.errors import InputError
 from varreason.tasks.base import Problem
+from varreason.tasks.stratos import is_stratos, stratos_problem
 
 USER_TASK = "user"
 
@@ -158,7 +164,9 @@ def load_user_problems(source: str, question_column: str = "question", trace_col
     records = read_records(source, split)
     if not records:
         raise InputError("no rows", file=source)
-    wanted = [question_column, trace_column, answer_column] + ([difficulty_column] if difficulty_column else [])
+    stratos = is_stratos(records[0], question_column)  # the schema is read off the first row's columns
+    wanted = ([] if stratos else [question_column, trace_column, answer_column]) + (
+        [difficulty_column] if difficulty_column else [])
     problems, ids = [], set()
     for i, record in enumerate(records):
         if not isinstance(record, dict):
@@ -167,9 +175,14 @@ def load_user_problems(source: str, question_column: str = "question", trace_col
             if column not in record:
                 raise InputError(f"missing column (columns: {', '.join(map(str, record)) or 'none'})",
                                  file=source, row=i, field=column)
-        question = _text(record[question_column], source=source, row=i, column=question_column)
-        trace = _text(record[trace_column], source=source, row=i, column=trace_column)
-        answer = _text(record[answer_column], source=source, row=i, column=answer_column, allow_number=True)
+        if stratos:
+            p = stratos_problem(record, source, i)
+            question, trace, answer, meta = p.question, p.trace, p.answer, p.meta
+        else:
+            question = _text(record[question_column], source=source, row=i, column=question_column)
+            trace = _text(record[trace_column], source=source, row=i, column=trace_column)
+            answer = _text(record[answer_column], source=source, row=i, column=answer_column, allow_number=True)
+            meta = {"source": source, "row": i}
         difficulty = (_difficulty(record[difficulty_column], source=source, row=i, column=difficulty_column)
                       if difficulty_column else 0)
         rid = record.get("id")
@@ -178,5 +191,5 @@ def load_user_problems(source: str, question_column: str = "question", trace_col
             raise InputError(f"duplicate id '{pid}'", file=source, row=i, field="id")
         ids.add(pid)
         problems.append(Problem(id=pid, question=question, answer=answer.strip(), trace=trace, task=USER_TASK,
-                                difficulty=difficulty, style="given", meta={"source": source, "row": i}))
+                                difficulty=difficulty, style="given", meta=meta))
     return problems
