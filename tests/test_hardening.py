@@ -131,6 +131,19 @@ def test_a_killed_holder_never_blocks(tmp_path):
 
 # --- failed writes leave nothing partial -----------------------------------------------------------------------------
 
+def test_a_temporary_file_left_by_a_killed_writer_is_removed_on_the_next_write(tmp_path):
+    run = RunDir(tmp_path / "run")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    stale = tmp_path / "run" / "data" / f".x.parquet.tmp{dead.stdout.strip()}"  # its writer was killed mid-write
+    live = tmp_path / "run" / "data" / f".x.parquet.tmp{os.getppid()}"  # a writer that still runs: left alone
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half")
+    live.write_bytes(b"busy")
+    run.write_rows("data/x.parquet", [{"a": 1}])
+    assert not stale.exists() and live.exists() and run.read_rows("data/x.parquet") == [{"a": 1}]
+
+
 def test_full_disk_during_a_write_leaves_no_partial_file(tmp_path, monkeypatch):
     run = RunDir(tmp_path / "run")
     run.write_rows("data/x.parquet", [{"a": 1}])

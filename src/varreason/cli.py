@@ -22,6 +22,7 @@ import os
 import sys
 
 from varreason.errors import InputError
+from varreason.runs import SHARDED
 
 WRITE_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}  # one line, not a traceback
 
@@ -50,7 +51,7 @@ COMMANDS = {
     "matched": (("train sft-matched: the teacher data with the final model's init, steps and batch "
                 "(models/sft-matched)"), "--config demo --output-dir runs/demo"),
     "eval": ("evaluate the run's models on the held-out split (eval/), or with --model any model on benchmarks",
-             "--config demo --output-dir runs/demo      (benchmarks: --model DIR --benchmark math500 --n 4)"),
+             "--config demo --output-dir runs/demo"),
     "rft": (("RFT baseline: keep pi0's verified traces (`sample` with --sample.proposal prior) and fine-tune "
             "(models/<rft.name>)"), "--config demo --output-dir runs/rft --sample.proposal prior"),
     "grpo": ("GRPO baseline on TRL's GRPOTrainer from pi0, our verifier as the reward (models/<grpo.name>)",
@@ -60,12 +61,9 @@ COMMANDS = {
                 "--config demo --output-dir runs/compare"),
     "config": ("print the resolved config (YAML) and exit", "--config demo"),
 }
-EPILOG = """config: --config FILE_OR_PRESET (default: the 'demo' preset; presets: demo, smoke).
+EPILOG = """config: --config FILE_OR_PRESET (default: the 'demo' preset; presets: {presets}).
 overrides: any field as --section.field VALUE; values are parsed as YAML. Fields, defaults and what they mean:
 """
-
-
-SHARDABLE = ("sample", "score", "rollout", "eval")  # commands that take --shard i/n (pipeline.SHARDED)
 
 
 def invocation(name: str) -> str:
@@ -74,8 +72,10 @@ def invocation(name: str) -> str:
     lines = [f"  one process:  varreason {name} {args}"]
     if name != "config":
         lines.append(f"  one group:    torchrun --nproc_per_node 8 -m varreason {name} {args}")
-    if name in SHARDABLE:
+    if name in SHARDED:
         lines.append(f"  separate jobs: varreason {name} {args} --shard I/N   (I = 0..N-1; then once without --shard)")
+    if name == "eval":
+        lines.append("  benchmarks:   varreason eval --model DIR --benchmark math500 --n 4   (also with torchrun / --shard)")
     return "\n".join(lines)
 
 
@@ -102,18 +102,18 @@ def parse_overrides(tokens: list[str]) -> list[tuple[str, str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from varreason.config import field_help
+    from varreason.config import field_help, preset_names
 
     parser = argparse.ArgumentParser(prog="varreason", description="Variational reasoning for language models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, _) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=f"{help_text}\n\n{invocation(name)}",
-                           epilog=EPILOG + field_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+                           epilog=EPILOG.format(presets=', '.join(preset_names())) + field_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--config", default=None, help="YAML config file or preset name (default: demo)")
         p.add_argument("--output-dir", default=None, help="run directory (default: the config's output_dir)")
         if name != "config":
             p.add_argument("--force", action="store_true", help="redo the stage(s) even if their artifacts exist")
-        if name in SHARDABLE:
+        if name in SHARDED:
             p.add_argument("--shard", default=None, metavar="I/N",
                            help="do only every N-th chunk starting at I and stop (separate jobs); the same command "
                                 "without --shard merges the shards and does any that are missing")
@@ -125,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument("--model", help="HF model folder or hub id to evaluate on benchmarks")
             g.add_argument("--benchmark", action="append", default=[],
                            help="spec name (math500, aime24, ..., arith) or a .jsonl/.parquet file; repeatable")
-            g.add_argument("--n", type=int, default=None, help="samples per problem (default: the spec's)")
+            g.add_argument("--num-samples", "--n", dest="n", type=int, default=None,
+                           help="samples per problem (default: the spec's); under torchrun write --num-samples, since "
+                                "torchrun reads --n as one of its own options")
             g.add_argument("--data", default=None, help="local file with the benchmark's rows (data not shipped)")
             g.add_argument("--limit", type=int, default=None, help="evaluate the first N problems only")
             g.add_argument("--chunk-size", type=int, default=64, help="problems per resumable shard")

@@ -27,7 +27,11 @@ BASE_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's GPU (torchrun's LOCAL_RANK picks it; a `--shard` job sees its own via CUDA_VISIBLE_DEVICES), or
+    the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
 
 
 def set_threads(num_threads: int = 0) -> None:

@@ -27,7 +27,7 @@ from rich.table import Table
 
 from varreason.config import RunConfig, dump_config
 from varreason.report.run_report import write_report
-from varreason.runs import Ranks, RunDir, ShardFinished
+from varreason.runs import SHARDED, Ranks, RunDir, ShardFinished
 from varreason.stages import baselines, pi0, variational
 from varreason.stages.eval import stage_eval
 
@@ -90,9 +90,6 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           lambda c: ["eval/summary.json"], "split", always=True),
 ]}
 ORDER = [n for n in STAGES if n not in ("rft", "grpo")]  # `varreason run`; baselines run alone or via `compare`
-
-
-SHARDED = ("sample", "score", "rollout", "eval")  # the stages a `--shard i/n` job can do its part of
 
 
 def run_stage(name: str, cfg: RunConfig, run: RunDir, force: bool = False) -> dict:

@@ -26,6 +26,8 @@ from pathlib import Path
 
 from varreason.errors import InputError
 
+SHARDED = ("sample", "score", "rollout", "eval")  # the stages (commands) a `--shard i/n` job can do its part of
+
 
 @dataclass(frozen=True)
 class Ranks:
@@ -105,6 +107,17 @@ def library_versions() -> dict:
     return out
 
 
+def _alive(pid: str) -> bool:
+    """Whether the process that owns a temporary file still runs (unknown counts as alive: never delete its file)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (ValueError, OSError):
+        return True
+    return True
+
+
 class RunDir:
     def __init__(self, path: str | Path, ranks: Ranks | None = None):
         self.path = Path(path)
@@ -178,8 +191,12 @@ class RunDir:
 
     # --- atomic artifact I/O -------------------------------------------------------------------------------------
     def _tmp(self, rel: str) -> tuple[Path, Path]:
+        """The artifact's path and a temporary one beside it; temporary files that a killed writer left are removed."""
         final = self.path / rel
         final.parent.mkdir(parents=True, exist_ok=True)
+        for stale in final.parent.glob(f".{final.name}.tmp*"):
+            if not _alive(stale.name.rsplit(".tmp", 1)[1]):
+                stale.unlink(missing_ok=True)
         return final, final.with_name(f".{final.name}.tmp{os.getpid()}")
 
     @contextlib.contextmanager
