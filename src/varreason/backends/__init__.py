@@ -1,6 +1,7 @@
 """Sampling and scoring backends: `hf` (CPU/GPU, any transformers causal LM) and, later, `vllm` (GPU, optional).
 
 `from varreason.backends import HFGenerator, HFScorer` imports torch and transformers on first use only.
+`backends.sampling.sample_verified` is the one generate -> cut -> verify path that every stage samples through.
 """
 
 from varreason.backends.base import Generation, Generator, Scorer, StopReason

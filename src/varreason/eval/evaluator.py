@@ -35,6 +35,7 @@ def evaluate_benchmark(model_dir: str, benchmark: str, out_dir: str | Path, n: i
                        data: str | None = None, limit: int | None = None, chunk_size: int = 64,
                        force: bool = False, generator=None, ranks: Ranks | None = None) -> dict:
     """Evaluate one model on one benchmark; returns the results dict also written to `results.json`."""
+    from varreason.backends.sampling import sample_verified
     from varreason.eval.metrics import benchmark_metrics
     from varreason.templates import Templates
 
@@ -69,23 +70,20 @@ def evaluate_benchmark(model_dir: str, benchmark: str, out_dir: str | Path, n: i
         templates = Templates(fmt, generator.tokenizer)
         start, done_now = time.time(), {"problems": 0, "chunks": 0, "tokens": 0}
 
+        def check(item: BenchItem, cut, text: str) -> tuple[object, bool, str]:
+            predicted, verdict = score_sample(spec, item, text, cut.answer)
+            return predicted, bool(verdict.correct), verdict.reason
+
         def work(chunk: list[BenchItem], c: int) -> list[dict]:
-            prompts = [templates.prompt(render_question(spec, it)) for it in chunk]
-            outputs = generator.generate(prompts, n=n, max_new_tokens=max_tokens, temperature=e.temperature,
-                                         top_p=e.top_p, stop=templates.stop_strings(), seed=seed * 100_003 + c,
-                                         progress=False)
-            records = []
-            for item, samples in zip(chunk, outputs):
-                for k, g in enumerate(samples):
-                    cut = templates.cut(g.text)
-                    section = cut.answer if cut.format_ok or cut.answer is not None else None
-                    predicted, verdict = score_sample(spec, item, g.text, section)
-                    records.append({"problem_id": item.id, "k": k, "difficulty": item.difficulty, "text": g.text,
-                                    "predicted": None if predicted is None else str(predicted),
-                                    "correct": bool(verdict.correct), "reason": verdict.reason,
-                                    "format_ok": cut.format_ok, "finished": g.finished,
-                                    "completion_tokens": len(g.token_ids)})
-                    done_now["tokens"] += len(g.token_ids)
+            outputs = sample_verified(generator, templates, [templates.prompt(render_question(spec, it)) for it in chunk],
+                                      chunk, check=check, n=n, max_new_tokens=max_tokens, temperature=e.temperature,
+                                      top_p=e.top_p, seed=seed * 100_003 + c)
+            records = [{"problem_id": item.id, "k": k, "difficulty": item.difficulty, "text": v.generation.text,
+                        "predicted": None if v.predicted is None else str(v.predicted), "correct": v.correct,
+                        "reason": v.reason, "format_ok": v.cut.format_ok, "finished": v.generation.finished,
+                        "completion_tokens": len(v.generation.token_ids)}
+                       for item, samples in zip(chunk, outputs) for k, v in enumerate(samples)]
+            done_now["tokens"] += sum(r["completion_tokens"] for r in records)
             done_now["problems"] += len(chunk)
             done_now["chunks"] += 1
             return records

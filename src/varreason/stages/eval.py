@@ -70,7 +70,7 @@ def evaluate_if_changed(cfg: RunConfig, run: RunDir, model_name: str, force: boo
 def evaluate_model(cfg: RunConfig, run: RunDir, model_name: str, fingerprint: str = "") -> dict:
     """Held-out accuracy of one model of the run: samples with verdicts, metrics JSON, summary entry."""
     from varreason.backends.hf import HFGenerator
-    from varreason.tasks import score_problem
+    from varreason.backends.sampling import sample_verified
 
     model_dir = run.path / "models" / model_name
     tokenizer = load_tokenizer(model_dir)
@@ -82,22 +82,14 @@ def evaluate_model(cfg: RunConfig, run: RunDir, model_name: str, fingerprint: st
     start = time.time()
 
     def work(chunk: list, index: int) -> list[dict]:
-        outputs = generator.generate(
-            [templates.prompt(p.question) for p in chunk], n=e.num_generations,
-            max_new_tokens=e.max_completion_length, temperature=e.temperature, top_p=e.top_p,
-            stop=templates.stop_strings(), seed=stable_seed("eval", cfg.seed, index), progress=False)
-        records = []
-        for p, samples in zip(chunk, outputs):
-            for k, g in enumerate(samples):
-                cut = templates.cut(g.text)
-                verdict = score_problem(p, cut.answer) if cut.answer is not None else None
-                records.append({
-                    "question_id": p.id, "k": k, "task": p.task, "difficulty": p.difficulty, "text": g.text,
-                    "predicted": cut.answer, "correct": bool(verdict and verdict.correct),
-                    "reason": verdict.reason if verdict else "no answer", "format_ok": cut.format_ok,
-                    "format_error": cut.error, "finished": g.finished, "completion_tokens": len(g.token_ids),
-                })
-        return records
+        outputs = sample_verified(generator, templates, [templates.prompt(p.question) for p in chunk], chunk,
+                                  n=e.num_generations, max_new_tokens=e.max_completion_length,
+                                  temperature=e.temperature, top_p=e.top_p, seed=stable_seed("eval", cfg.seed, index))
+        return [{"question_id": p.id, "k": k, "task": p.task, "difficulty": p.difficulty, "text": v.generation.text,
+                 "predicted": v.cut.answer, "correct": v.correct, "reason": v.reason, "format_ok": v.cut.format_ok,
+                 "format_error": v.cut.error, "finished": v.generation.finished,
+                 "completion_tokens": len(v.generation.token_ids)}
+                for p, samples in zip(chunk, outputs) for k, v in enumerate(samples)]
 
     with run.running(fingerprint or eval_fingerprint(cfg, model_dir)):  # shards of other weights are never reused
         records = run.sharded(f"eval/{model_name}", problems, e.batch_size, work, desc=f"eval {model_name}")

@@ -26,6 +26,7 @@ import math
 from collections import defaultdict
 
 from varreason import objectives
+from varreason.backends.sampling import sample_verified
 from varreason.config import RunConfig
 from varreason.errors import InputError
 from varreason.models import load_model, load_tokenizer
@@ -72,7 +73,6 @@ def stage_sample(cfg: RunConfig, run: RunDir) -> dict:
     """K traces per question from the proposal (q, or pi0 without the hint), cut by the cut rule; the sampled token
     ids of each trace are kept, and the answer the proposal wrote after its trace is verified (`correct`)."""
     from varreason.backends.hf import HFGenerator
-    from varreason.tasks import score_problem
 
     s = cfg.sample
     path = model_dir(run, "initial" if s.proposal == "prior" else "posterior")
@@ -81,19 +81,17 @@ def stage_sample(cfg: RunConfig, run: RunDir) -> dict:
     generator = HFGenerator(load_model(path), tokenizer, batch_size=s.batch_size)
 
     def work(chunk: list[Problem], index: int) -> list[dict]:
-        outputs = generator.generate(
-            [proposal_prompt(cfg, templates, p) for p in chunk], n=s.num_generations,
-            max_new_tokens=s.max_completion_length, temperature=s.temperature, top_p=s.top_p,
-            stop=templates.stop_strings(), seed=stable_seed("sample", cfg.seed, index), progress=False)
+        outputs = sample_verified(generator, templates, [proposal_prompt(cfg, templates, p) for p in chunk], chunk,
+                                  n=s.num_generations, max_new_tokens=s.max_completion_length,
+                                  temperature=s.temperature, top_p=s.top_p, seed=stable_seed("sample", cfg.seed, index))
         rows = []
         for p, samples in zip(chunk, outputs):
-            for k, g in enumerate(samples):
-                cut = templates.cut(g.text)
+            for k, v in enumerate(samples):
+                g, cut = v.generation, v.cut
                 trace_ids = templates.trace_token_ids(g.token_ids, cut.trace)
-                verdict = score_problem(p, cut.answer) if cut.answer is not None else None
                 rows.append({"question_id": p.id, "k": k, "text": g.text, "trace": cut.trace,
                              "trace_token_ids": trace_ids, "trace_tokens": len(trace_ids),
-                             "posterior_answer": cut.answer, "correct": bool(verdict and verdict.correct),
+                             "posterior_answer": cut.answer, "correct": v.correct,
                              "finished": g.finished, "stop_reason": g.stop_reason,
                              "format_ok": cut.format_ok, "format_error": cut.error})
         return rows
@@ -180,7 +178,6 @@ def stage_score(cfg: RunConfig, run: RunDir) -> dict:
 def stage_rollout(cfg: RunConfig, run: RunDir) -> dict:
     """M answers of pi0 after each (question, trace), verified; and pi0's own traces (no hint) for comparison."""
     from varreason.backends.hf import HFGenerator
-    from varreason.tasks import score_problem
 
     o = cfg.rollout
     path = model_dir(run, "initial")
@@ -196,19 +193,16 @@ def stage_rollout(cfg: RunConfig, run: RunDir) -> dict:
         samples = run.read_rows("samples/posterior.parquet")
 
         def work(chunk: list[dict], index: int) -> list[dict]:
-            prompts = [templates.prompt(problems[r["question_id"]].question) + r["trace"] + close for r in chunk]
-            outputs = generator.generate(prompts, n=o.num_generations, max_new_tokens=o.max_completion_length,
-                                         temperature=o.temperature, top_p=o.top_p, stop=templates.stop_strings(),
-                                         seed=stable_seed("rollout", cfg.seed, index), progress=False)
-            rows = []
-            for r, answers in zip(chunk, outputs):
-                p = problems[r["question_id"]]
-                for m, g in enumerate(answers):
-                    cut = templates.cut(r["trace"] + close + g.text)
-                    verdict = score_problem(p, cut.answer) if cut.answer is not None else None
-                    rows.append({"question_id": r["question_id"], "k": r["k"], "m": m, "text": g.text,
-                                 "predicted": cut.answer, "correct": bool(verdict and verdict.correct)})
-            return rows
+            given = [r["trace"] + close for r in chunk]  # pi0 answers after the sampled trace
+            outputs = sample_verified(
+                generator, templates, [templates.prompt(problems[r["question_id"]].question) + z
+                                       for r, z in zip(chunk, given)],
+                [problems[r["question_id"]] for r in chunk], prefixes=given, n=o.num_generations,
+                max_new_tokens=o.max_completion_length, temperature=o.temperature, top_p=o.top_p,
+                seed=stable_seed("rollout", cfg.seed, index))
+            return [{"question_id": r["question_id"], "k": r["k"], "m": m, "text": v.generation.text,
+                     "predicted": v.cut.answer, "correct": v.correct}
+                    for r, answers in zip(chunk, outputs) for m, v in enumerate(answers)]
 
         rows = run.sharded("scores/rollouts", samples, max(1, o.chunk_size * cfg.sample.num_generations), work,
                            desc="rollout pi0")
@@ -222,20 +216,14 @@ def stage_rollout(cfg: RunConfig, run: RunDir) -> dict:
         questions = sampled_questions(cfg, run)
 
         def own(chunk: list[Problem], index: int) -> list[dict]:
-            outputs = generator.generate([templates.prompt(p.question) for p in chunk], n=o.prior_samples,
-                                         max_new_tokens=s.max_completion_length, temperature=s.temperature,
-                                         top_p=s.top_p, stop=templates.stop_strings(),
-                                         seed=stable_seed("prior", cfg.seed, index), progress=False)
-            rows = []
-            for p, gens in zip(chunk, outputs):
-                for j, g in enumerate(gens):
-                    cut = templates.cut(g.text)
-                    verdict = score_problem(p, cut.answer) if cut.answer is not None else None
-                    rows.append({"question_id": p.id, "j": j, "text": g.text, "trace": cut.trace,
-                                 "trace_tokens": len(templates.trace_token_ids(g.token_ids, cut.trace)),
-                                 "predicted": cut.answer, "correct": bool(verdict and verdict.correct),
-                                 "finished": g.finished})
-            return rows
+            outputs = sample_verified(generator, templates, [templates.prompt(p.question) for p in chunk], chunk,
+                                      n=o.prior_samples, max_new_tokens=s.max_completion_length,
+                                      temperature=s.temperature, top_p=s.top_p,
+                                      seed=stable_seed("prior", cfg.seed, index))
+            return [{"question_id": p.id, "j": j, "text": v.generation.text, "trace": v.cut.trace,
+                     "trace_tokens": len(templates.trace_token_ids(v.generation.token_ids, v.cut.trace)),
+                     "predicted": v.cut.answer, "correct": v.correct, "finished": v.generation.finished}
+                    for p, gens in zip(chunk, outputs) for j, v in enumerate(gens)]
 
         rows = run.sharded("scores/prior", questions, s.chunk_size, own, desc="pi0's own traces")
         run.write_rows("scores/prior_samples.parquet", rows)
