@@ -252,3 +252,17 @@ def test_every_accelerate_file_is_a_valid_accelerate_config(path):
 
 def test_the_three_accelerate_files_exist():
     assert [p.stem for p in ACCELERATE] == ["ddp", "deepspeed_zero3", "fsdp"]
+
+
+def test_adam_beta2_of_the_paper_reaches_the_trainer_and_leaves_default_hashes_alone(tmp_path):
+    from varreason.config import RunConfig, SFTConfig
+    from varreason.training import _training_arguments
+
+    cfg = load_config("paper/qwen3-4b")
+    assert (cfg.initial.adam_beta2, cfg.posterior.adam_beta2, cfg.final.adam_beta2) == (0.999, 0.95, 0.999)
+    assert _training_arguments(cfg.posterior, tmp_path, 0).adam_beta2 == 0.95
+    assert _training_arguments(SFTConfig(), tmp_path, 0).adam_beta2 == 0.999
+    default, changed = RunConfig(), RunConfig()
+    changed.posterior.adam_beta2 = 0.95
+    assert default.section_hash("posterior") != changed.section_hash("posterior")
+    assert default.section_hash("initial") == changed.section_hash("initial")

@@ -122,6 +122,7 @@ class SFTConfig:
     warmup_ratio: float = option(0.05, "share of the steps spent warming the learning rate up", ge=0.0, le=1.0)
     lr_scheduler_type: str = option("cosine", "transformers scheduler name (cosine, linear, constant, ...)")
     weight_decay: float = option(0.0, "AdamW weight decay", ge=0.0)
+    adam_beta2: float = option(0.999, "AdamW beta2 (the paper's q and 1K runs: 0.95)", gt=0.0, lt=1.0)
     max_grad_norm: float = option(1.0, "gradient clipping norm", gt=0.0)
     max_length: int = option(512, "longest prompt + completion in tokens; longer rows are an error", ge=1)
     normalizer: str = option("constant", "loss normalizer: constant (Dr. SFT: a data-set constant) | tokens (the "
@@ -310,7 +311,8 @@ class RunConfig:
 
 # Fields added after runs existed whose default reproduces the old behaviour: left out of the stage hashes at their
 # default, so finished stages of older run folders are still reused (and `compare --reuse` finds them).
-HASH_OMIT_AT_DEFAULT = {("sample", "proposal")}
+HASH_OMIT_AT_DEFAULT = {("sample", "proposal")} | {(section, "adam_beta2")
+                                                  for section in ("initial", "posterior", "final", "rft")}
 _DEFAULTS = RunConfig().to_dict()
 
 

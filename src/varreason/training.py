@@ -139,6 +139,7 @@ def _training_arguments(cfg: SFTConfig, work_dir: Path, seed: int) -> TrainingAr
         warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps in transformers 5
         lr_scheduler_type=cfg.lr_scheduler_type,
         weight_decay=cfg.weight_decay,
+        adam_beta2=cfg.adam_beta2,
         max_grad_norm=cfg.max_grad_norm,
         logging_steps=cfg.logging_steps,
         save_strategy="steps",
