@@ -43,7 +43,8 @@ class Ranks:
 
     @property
     def main(self) -> bool:
-        """Writes the run's artifacts (in a group, rank 0; a shard job writes only its own chunks)."""
+        """May write the run's artifacts: one process, rank 0 of a group, or a shard job (which stops with
+        `ShardFinished` before it would write anything but its own chunks)."""
         return self.index == 0 or not self.group
 
     @property

@@ -55,7 +55,8 @@ def evaluate_benchmark(model_dir: str, benchmark: str, out_dir: str | Path, n: i
             if not force:
                 raise InputError("holds an evaluation with other settings; use another --output-dir or --force",
                                  file=str(run.path))
-            run.drop_shards("")
+            if not run.ranks.shard_job:  # other shard jobs may be writing shards of the new settings
+                run.drop_shards("")
         elif pinned.exists() and (run.path / "results.json").exists() and not force:
             return json.loads((run.path / "results.json").read_text())  # done with these settings
         if not run.ranks.shard_job:  # shard jobs of one evaluation may start together; the merge pins it
