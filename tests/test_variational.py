@@ -166,3 +166,16 @@ def test_accuracy_estimator_without_rollouts_is_one_line(tmp_path, capsys):
     code = main(["config", "--config", "smoke", "--weights.estimator", "accuracy", "--rollout.num_generations", "0"])
     assert code == 2
     assert "needs rollouts" in capsys.readouterr().err
+
+
+def test_a_summary_entry_lost_to_a_kill_is_restored_without_a_new_evaluation(smoke_run):
+    """A kill between eval/<model>/metrics.json and eval/summary.json: the rerun finds the stored metrics (same
+    weights, same settings) and must still put the model back in the summary, in the usual order."""
+    path = smoke_run / "eval/summary.json"
+    full = json.loads(path.read_text())
+    samples = (smoke_run / "eval/initial/samples.parquet").stat().st_mtime_ns
+    path.write_text(json.dumps({k: v for k, v in full.items() if k != "initial"}))
+    assert main(["eval", "--config", "smoke", "--output-dir", str(smoke_run)]) == 0
+    restored = json.loads(path.read_text())
+    assert restored == full and list(restored) == ["initial", "final", "sft-matched"]
+    assert (smoke_run / "eval/initial/samples.parquet").stat().st_mtime_ns == samples, "not evaluated again"

@@ -62,13 +62,29 @@ def evaluate_if_changed(cfg: RunConfig, run: RunDir, model_name: str, force: boo
     metrics_path = run.path / "eval" / model_name / "metrics.json"
     fingerprint = eval_fingerprint(cfg, run.path / "models" / model_name)
     previous = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    if previous.get("fingerprint") == fingerprint and not force:
-        return previous
-    return evaluate_model(cfg, run, model_name, fingerprint)
+    stored = previous.get("fingerprint") == fingerprint and not force
+    metrics = previous if stored else evaluate_model(cfg, run, model_name, fingerprint)
+    record_summary(run, model_name, metrics)  # also when a kill fell between metrics.json and summary.json
+    return metrics
+
+
+def record_summary(run: RunDir, model_name: str, metrics: dict) -> None:
+    """The model's entry in eval/summary.json (models in `reasoning_models` order), written only when it changed."""
+    path = run.path / "eval" / "summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    entry = json.loads(json.dumps({k: metrics[k] for k in ("accuracy", "ci_low", "ci_high", "n", "by_difficulty",
+                                                             "by_task")}))  # as it reads back from the file
+    if summary.get(model_name) == entry:
+        return
+    summary[model_name] = entry
+    order = {n: i for i, n in enumerate(REASONING_MODELS_FIRST)}
+    run.write_json("eval/summary.json", dict(sorted(summary.items(), key=lambda kv: (order.get(kv[0], len(order)),
+                                                                                     kv[0]))))
 
 
 def evaluate_model(cfg: RunConfig, run: RunDir, model_name: str, fingerprint: str = "") -> dict:
-    """Held-out accuracy of one model of the run: samples with verdicts, metrics JSON, summary entry."""
+    """Held-out accuracy of one model of the run: samples with verdicts and metrics JSON (`evaluate_if_changed` adds
+    the summary entry)."""
     from varreason.backends.hf import HFGenerator
     from varreason.backends.sampling import sample_verified
 
@@ -100,9 +116,5 @@ def evaluate_model(cfg: RunConfig, run: RunDir, model_name: str, fingerprint: st
                     "sampling": {"temperature": e.temperature, "top_p": e.top_p, "n": e.num_generations,
                                  "max_completion_length": e.max_completion_length}})
     run.write_json(f"eval/{model_name}/metrics.json", metrics)
-    summary_path = run.path / "eval" / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    summary[model_name] = {k: metrics[k] for k in ("accuracy", "ci_low", "ci_high", "n", "by_difficulty", "by_task")}
-    run.write_json("eval/summary.json", summary)
     run.drop_shards(f"eval/{model_name}")
     return metrics
