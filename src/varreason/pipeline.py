@@ -104,9 +104,14 @@ def run_stage(name: str, cfg: RunConfig, run: RunDir, force: bool = False) -> di
     say(f"[bold]- {name}[/bold]" + ("" if run.ranks.count == 1 else f" ({run.ranks})"))
     start = time.time()
     counts: dict = {}
-    with run.running(config_hash):
-        if stage.parallel or run.ranks.main:
-            counts = stage.fn(cfg, run)
+    try:
+        with run.running(config_hash):
+            if stage.parallel or run.ranks.main:
+                counts = stage.fn(cfg, run)
+    except ShardFinished as done:  # a --shard job did its part: nothing merged, nothing recorded
+        say(f"  {done}; `varreason {name}` without --shard merges the shards"
+            + (" (and does the missing chunks)" if done.missing else ""))
+        return {"missing": done.missing}
     run.ranks.wait()
     if run.ranks.main:
         run.record(name, config_hash, outputs, list(stage.inputs), counts, time.time() - start)
@@ -118,46 +123,27 @@ def run_all(cfg: RunConfig, stages_to_run: list[str] | None = None, force: bool 
             ranks: Ranks | None = None) -> dict:
     """The stages in order (default: ORDER) in this process's share (`ranks`: one process, a torchrun group, or
     a `--shard i/n` job, which does its part of one sharded stage and stops)."""
+    from varreason.errors import InputError
+
     run = RunDir(cfg.output_dir, ranks)
     stages_to_run = stages_to_run or ORDER
-    if run.ranks.shard_job:
-        return _run_shard(cfg, run, stages_to_run, force)
+    whole = not run.ranks.shard_job  # a shard job writes its chunks only: no config, report or results table
+    if not whole and (len(stages_to_run) != 1 or stages_to_run[0] not in SHARDED):
+        raise InputError(f"--shard works with one of the commands {', '.join(SHARDED)}; run the other stages "
+                         "without it", field="shard")
     with run.lock():
         run.ranks.wait()  # no rank starts before rank 0 holds the folder
-        run.write_text("config.yaml", dump_config(cfg))
+        if whole:
+            run.write_text("config.yaml", dump_config(cfg))
         start = time.time()
         for name in stages_to_run:
             run_stage(name, cfg, run, force=force)
         wall = time.time() - start
-        if run.ranks.main and write_report(run):
+        if whole and run.ranks.main and write_report(run):
             console.print(f"report: {run.path / 'report.md'}")
-    if run.ranks.main:
+    if whole and run.ranks.main:
         print_results(run, wall)
     return {"wall_seconds": wall}
-
-
-def _run_shard(cfg: RunConfig, run: RunDir, stages_to_run: list[str], force: bool) -> dict:
-    """A `--shard i/n` job: its chunks of one sharded stage, written as shards; nothing merged, nothing recorded."""
-    from varreason.errors import InputError
-
-    if len(stages_to_run) != 1 or stages_to_run[0] not in SHARDED:
-        raise InputError(f"--shard works with one of the commands {', '.join(SHARDED)}; run the other stages "
-                         "without it", field="shard")
-    name = stages_to_run[0]
-    stage = STAGES[name]
-    with run.lock():
-        if not force and not stage.always and run.is_done(name, stage.config_hash(cfg), stage.outputs(cfg)):
-            console.print(f"[dim]- {name}: done for this config, nothing to shard[/dim]")
-            return {"missing": 0}
-        console.print(f"[bold]- {name}[/bold] ({run.ranks})")
-        try:
-            with run.running(stage.config_hash(cfg)):
-                stage.fn(cfg, run)
-        except ShardFinished as done:
-            console.print(f"  {done}; `varreason {name}` without --shard merges the shards"
-                          + (" (and does the missing chunks)" if done.missing else ""))
-            return {"missing": done.missing}
-    return {"missing": 0}  # nothing was sharded (e.g. every model already evaluated)
 
 
 def print_results(run: RunDir, wall: float | None = None) -> None:
