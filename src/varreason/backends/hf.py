@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from varreason.backends.base import Generation
+from varreason.backends.base import Generation, apply_stop_strings
 
 # ----------------------------------------------------------------------------------------------------------------------
 # helpers shared by both classes
@@ -169,31 +169,14 @@ class HFGenerator:
             tokens, reason = ids[: ids.index(self.eos_token_id)], "eos"
         else:
             tokens, reason = ids, "length"
-        text = self._decode(tokens)
-
-        if stop:
-            ends = [text.find(s) + len(s) for s in stop if s in text]
-            if ends:
-                text = text[: min(ends)]
-                tokens, reason = tokens[: self._tokens_for_prefix(tokens, text)], "stop"
-            elif reason == "length" and len(ids) < max_new_tokens:
-                # Generation ended early, so this row was stopped by HF's stop-string check on a match that began
-                # inside the prompt (invisible in the generated text alone): drop the padding after it.
-                while tokens and tokens[-1] == self.pad_token_id:
-                    tokens.pop()
-                text, reason = self._decode(tokens), "stop"
-        return Generation(text=text, token_ids=list(tokens), finished=reason != "length", stop_reason=reason)
-
-    def _tokens_for_prefix(self, tokens: list[int], prefix: str) -> int:
-        """Smallest k such that decode(tokens[:k]) starts with `prefix` (binary search; decode(tokens) does)."""
-        lo, hi = 0, len(tokens)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self._decode(tokens[:mid]).startswith(prefix):
-                hi = mid
-            else:
-                lo = mid + 1
-        return hi
+        generation = apply_stop_strings(self._decode, tokens, reason, stop)
+        if stop and generation.stop_reason == "length" and len(ids) < max_new_tokens:
+            # Generation ended early, so this row was stopped by HF's stop-string check on a match that began
+            # inside the prompt (invisible in the generated text alone): drop the padding after it.
+            while tokens and tokens[-1] == self.pad_token_id:
+                tokens.pop()
+            generation = Generation(self._decode(tokens), list(tokens), True, "stop")
+        return generation
 
 
 @contextlib.contextmanager
@@ -351,3 +334,33 @@ class HFScorer:
                 for i, values in zip(batch, torch.split(logprobs.cpu(), lengths)):
                     results[i] = values.tolist()
         return results
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# both, over one loaded model
+
+
+class HFEngine:
+    """One loaded model as both `Generator` and `Scorer` (what `backends.open_engine` returns for `hf`)."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 32, chunk_size: int = 1024):
+        self.model, self.tokenizer, self.chunk_size, self.batch_size = model, tokenizer, chunk_size, batch_size
+        self.generator = HFGenerator(model, tokenizer, batch_size=batch_size)
+        self._scorer: HFScorer | None = None
+
+    def generate(self, prompts: list[str], **kwargs) -> list[list[Generation]]:
+        return self.generator.generate(prompts, **kwargs)
+
+    def score(self, prompt_ids: list[list[int]], completion_ids: list[list[int]],
+              progress: bool = True) -> list[list[float]]:
+        if self._scorer is None:
+            self._scorer = HFScorer(self.model, self.tokenizer, batch_size=self.generator.batch_size,
+                                    chunk_size=self.chunk_size)
+        return self._scorer.score(prompt_ids, completion_ids, progress=progress)
+
+    def with_batch_size(self, batch_size: int) -> HFEngine:
+        """The same model with another batch size (no copy of the weights)."""
+        return HFEngine(self.model, self.tokenizer, batch_size=batch_size, chunk_size=self.chunk_size)
+
+    def close(self) -> None:
+        pass

@@ -8,6 +8,8 @@ the same folder is refused rather than mixed with the old samples.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import time
@@ -16,25 +18,30 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from varreason.config import EvalConfig, FormatConfig
+from varreason.config import EvalConfig, FormatConfig, VLLMConfig
 from varreason.errors import InputError
 from varreason.eval.benchmarks import BenchItem, BenchmarkSpec, load_benchmark, render_question, score_sample
 from varreason.runs import Ranks, RunDir, ShardFinished, library_versions
 
 
 def _settings(model: str, spec: BenchmarkSpec, items: list[BenchItem], n: int, e: EvalConfig, seed: int,
-              max_tokens: int) -> dict:
+              max_tokens: int, backend: str = "hf", vllm=None) -> dict:
     ids = hashlib.sha256("\n".join(i.id for i in items).encode()).hexdigest()[:16]
-    return {"model": str(model), "benchmark": spec.name, "answer_type": spec.answer_type, "n": n,
-            "problems": len(items), "problem_ids_sha": ids, "temperature": e.temperature, "top_p": e.top_p,
-            "max_completion_length": max_tokens, "seed": seed}
+    settings = {"model": str(model), "benchmark": spec.name, "answer_type": spec.answer_type, "n": n,
+                "problems": len(items), "problem_ids_sha": ids, "temperature": e.temperature, "top_p": e.top_p,
+                "max_completion_length": max_tokens, "seed": seed}
+    if backend != "hf":  # hf: no key, as in the evaluations of older versions
+        settings["backend"] = {backend: dataclasses.asdict(vllm or VLLMConfig())}
+    return settings
 
 
 def evaluate_benchmark(model_dir: str, benchmark: str, out_dir: str | Path, n: int | None = None,
                        e: EvalConfig | None = None, fmt: FormatConfig | None = None, seed: int = 0,
                        data: str | None = None, limit: int | None = None, chunk_size: int = 64,
-                       force: bool = False, generator=None, ranks: Ranks | None = None) -> dict:
-    """Evaluate one model on one benchmark; returns the results dict also written to `results.json`."""
+                       force: bool = False, generator=None, ranks: Ranks | None = None, backend: str = "hf",
+                       vllm: VLLMConfig | None = None) -> dict:
+    """Evaluate one model on one benchmark (on `generator`, else an engine of `backend` started for it); returns
+    the results dict also written to `results.json`."""
     from varreason.backends.sampling import sample_verified
     from varreason.eval.metrics import benchmark_metrics
     from varreason.templates import Templates
@@ -47,8 +54,8 @@ def evaluate_benchmark(model_dir: str, benchmark: str, out_dir: str | Path, n: i
     n = n or spec.default_n
     max_tokens = min(e.max_completion_length, spec.max_completion_length)
     run = RunDir(out_dir, ranks)
-    with run.lock():
-        settings = _settings(model_dir, spec, items, n, e, seed, max_tokens)
+    with run.lock(), contextlib.ExitStack() as stack:
+        settings = _settings(model_dir, spec, items, n, e, seed, max_tokens, backend, vllm)
         key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         pinned = run.path / "eval_config.json"
         if pinned.exists() and json.loads(pinned.read_text()) != settings:
@@ -63,11 +70,10 @@ def evaluate_benchmark(model_dir: str, benchmark: str, out_dir: str | Path, n: i
             run.write_json("eval_config.json", settings)
 
         if generator is None:
-            from varreason.backends.hf import HFGenerator
-            from varreason.models import load_model, load_tokenizer
+            from varreason.backends import open_engine
 
-            tokenizer = load_tokenizer(model_dir)
-            generator = HFGenerator(load_model(model_dir), tokenizer, batch_size=e.batch_size)
+            generator = stack.enter_context(open_engine(backend, model_dir, batch_size=e.batch_size, vllm=vllm,
+                                                        seed=seed))
         templates = Templates(fmt, generator.tokenizer)
         start, done_now = time.time(), {"problems": 0, "chunks": 0, "tokens": 0}
 
@@ -132,12 +138,17 @@ def _plot_pass_at_k(metrics: dict, path: Path, title: str) -> None:
 
 
 def evaluate_many(model_dir: str, benchmarks: list[str], out_dir: str | Path, **kwargs) -> dict:
-    """Several benchmarks, one folder each, plus `summary.json` and a table shaped like the paper's."""
+    """Several benchmarks, one folder each, on one engine (started when a benchmark needs it), plus `summary.json`
+    and a table shaped like the paper's."""
+    from varreason.backends import open_engine
     from varreason.eval.metrics import macro_average
 
     ranks = kwargs.get("ranks")
     run = RunDir(out_dir, ranks)
-    with run.lock():
+    e = kwargs.get("e") or EvalConfig()
+    with run.lock(), open_engine(kwargs.get("backend", "hf"), model_dir, batch_size=e.batch_size,
+                                 vllm=kwargs.get("vllm"), seed=kwargs.get("seed", 0)) as engine:
+        kwargs.setdefault("generator", engine)
         summary, unfinished = {}, []
         for name in benchmarks:
             sub = Path(name).stem if name.endswith((".jsonl", ".json", ".parquet")) else name

