@@ -57,3 +57,66 @@ def test_section_hash_changes_with_section_only():
     b.eval.temperature = 0.5
     assert a.section_hash("task", "initial") == b.section_hash("task", "initial")
     assert a.section_hash("eval") != b.section_hash("eval")
+
+
+def test_stage_hashes_of_hf_runs_are_those_of_before_the_backend_fields():
+    """Hashes taken on cbaaa44 (before `backend` / `vllm` existed): finished hf stages of older runs are reused."""
+    from varreason.pipeline import STAGES
+
+    old = {"smoke": {"sample": "434c5c834e8fc2ab", "score": "c81a6fca0770fce8", "rollout": "c769eb4831215676",
+                     "eval": "bf371ce66b1656a1", "final": "b166122dcf77e859"},
+           "demo": {"sample": "99e3428090559d24", "score": "3f7e4ef991b7df6b", "rollout": "1feff399fd2b6970",
+                    "eval": "467f1f5610d7dd56", "final": "041ace8fa4c45052"}}
+    for preset, hashes in old.items():
+        cfg = load_config(preset)
+        assert {name: STAGES[name].config_hash(cfg) for name in hashes} == hashes
+        cfg.vllm.gpu_memory_utilization, cfg.vllm.kv_cache_gib = 0.5, 8.0  # engine settings unused by hf stages
+        cfg.sample.backend = "hf"  # the same engine, chosen per stage
+        assert {name: STAGES[name].config_hash(cfg) for name in hashes} == hashes
+
+
+def test_backend_is_hashed_where_it_samples_or_scores(monkeypatch):
+    import importlib.util
+
+    from varreason.pipeline import STAGES
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real(name, *a))
+    hf = load_config("demo")
+    run = load_config("demo", [("backend", "vllm")])
+    only_score = load_config("demo", [("score.backend", "vllm")])
+    assert run.backend_of("rollout") == "vllm" and only_score.backend_of("sample") == "hf"
+    for name in ("sample", "score", "rollout", "weights", "final", "eval"):
+        assert STAGES[name].config_hash(run) != STAGES[name].config_hash(hf)
+    for name in ("initial", "posterior", "matched"):
+        assert STAGES[name].config_hash(run) == STAGES[name].config_hash(hf)
+    assert STAGES["sample"].config_hash(only_score) == STAGES["sample"].config_hash(hf)
+    assert STAGES["score"].config_hash(only_score) not in (STAGES["score"].config_hash(hf), STAGES["score"].config_hash(run))
+    memory = load_config("demo", [("backend", "vllm"), ("vllm.gpu_memory_utilization", "0.3")])
+    dtype = load_config("demo", [("backend", "vllm"), ("vllm.dtype", "bfloat16")])
+    assert STAGES["sample"].config_hash(memory) == STAGES["sample"].config_hash(run)  # no output changes
+    assert STAGES["sample"].config_hash(dtype) != STAGES["sample"].config_hash(run)
+
+
+def test_vllm_backend_without_vllm_is_one_line_before_any_work(monkeypatch, tmp_path, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    out = tmp_path / "run"
+    assert main(["run", "--config", "smoke", "--output-dir", str(out), "--sample.backend", "vllm"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "varreason[vllm]" in err[0] and "backend" in err[0]
+    assert not out.exists()
+
+
+def test_vllm_on_cpu_refuses_a_head_size_it_cannot_run(monkeypatch, tmp_path, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real(name, *a))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert main(["run", "--config", "smoke", "--output-dir", str(tmp_path / "r"), "--backend", "vllm",
+                 "--model.head_dim", "16"]) == 2
+    assert "head_dim" in capsys.readouterr().err
+    assert load_config("smoke", [("backend", "vllm"), ("model.head_dim", "32")]).backend == "vllm"

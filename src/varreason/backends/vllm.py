@@ -30,6 +30,18 @@ def request_seed(seed: int, index: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{index}".encode()).digest()[:7], "big")
 
 
+def _check_cpu_head_size(model_dir: str | Path) -> None:
+    """vLLM's CPU attention runs a few head sizes only; another fails in the worker with a long traceback."""
+    from transformers import AutoConfig
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    config = AutoConfig.from_pretrained(str(model_dir)).get_text_config()
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if head_dim not in CPUAttentionBackend.get_supported_head_sizes():
+        raise ValueError(f"VLLMEngine: {model_dir} has attention heads of size {head_dim}; vLLM on a CPU runs "
+                         f"{CPUAttentionBackend.get_supported_head_sizes()} only (use backend hf for this model)")
+
+
 class VLLMEngine:
     """A model on vLLM: `generate` (base.Generator) and `score` (base.Scorer)."""
 
@@ -46,7 +58,13 @@ class VLLMEngine:
         if self.tokenizer.eos_token_id is None:
             raise ValueError("VLLMEngine: the tokenizer has no eos token; set tokenizer.eos_token first")
         self.eos_token_id: int = self.tokenizer.eos_token_id
-        cpu = {} if torch.cuda.is_available() else {"kv_cache_memory_bytes": int(kv_cache_gib * 2**30)}
+        if not torch.cuda.is_available():
+            _check_cpu_head_size(model_dir)
+        # CPU: the KV cache size is ours to give; chunked prefill is off because a seeded request whose prompt is
+        # prefilled in pieces has its generator rewound (`set_offset`), which torch's CPU generator cannot do
+        # ("CPU Generator does not use offset" in the worker).
+        cpu = {} if torch.cuda.is_available() else {"kv_cache_memory_bytes": int(kv_cache_gib * 2**30),
+                                                    "enable_chunked_prefill": False}
         self.llm = LLM(model=str(model_dir), dtype=dtype, tensor_parallel_size=tensor_parallel_size,
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                        max_num_seqs=max_num_seqs, enable_prefix_caching=enable_prefix_caching,

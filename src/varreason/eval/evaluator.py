@@ -9,7 +9,6 @@ the same folder is refused rather than mixed with the old samples.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import time
@@ -31,7 +30,7 @@ def _settings(model: str, spec: BenchmarkSpec, items: list[BenchItem], n: int, e
                 "problems": len(items), "problem_ids_sha": ids, "temperature": e.temperature, "top_p": e.top_p,
                 "max_completion_length": max_tokens, "seed": seed}
     if backend != "hf":  # hf: no key, as in the evaluations of older versions
-        settings["backend"] = {backend: dataclasses.asdict(vllm or VLLMConfig())}
+        settings["backend"] = {backend: {"dtype": (vllm or VLLMConfig()).dtype}}  # memory settings change no output
     return settings
 
 
