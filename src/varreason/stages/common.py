@@ -25,7 +25,11 @@ def load_problems(run: RunDir, split: str) -> list[Problem]:
 
 def base_model_path(cfg: RunConfig, run: RunDir) -> str:
     """The user's model, or the tiny model the `base` stage built."""
-    return cfg.model.name_or_path or str(run.path / "models" / "base")
+    from varreason.models import is_gguf
+
+    if cfg.model.name_or_path and not is_gguf(cfg.model.name_or_path):
+        return cfg.model.name_or_path
+    return str(run.path / "models" / "base")  # the tiny model built here, or the HF folder converted from GGUF
 
 
 def model_dir(run: RunDir, name: str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from varreason.config import RunConfig
 from varreason.errors import InputError
-from varreason.models import build_tiny, count_parameters, load_model, load_tokenizer
+from varreason.models import build_tiny, convert_gguf, count_parameters, gguf_source, load_model, load_tokenizer
 from varreason.runs import RunDir
 from varreason.stages.common import base_model_path, load_problems, sft_rows
 from varreason.tasks.base import Problem
@@ -71,8 +71,14 @@ def _count(problems, attr) -> dict:
 # --- models ------------------------------------------------------------------------------------------------------
 
 def stage_base(cfg: RunConfig, run: RunDir) -> dict:
-    """The starting model: the user's, or a tiny Qwen3 + tokenizer trained here on the training split."""
+    """The starting model: the user's (a GGUF file is converted to an fp32 HF folder here), or a tiny Qwen3 +
+    tokenizer trained here on the training split."""
     out = run.path / "models" / "base"
+    gguf = gguf_source(cfg.model.name_or_path)
+    if gguf is not None:
+        convert_gguf(gguf, out)
+        model = load_model(out)
+        return {"source": str(gguf), "parameters": count_parameters(model), "vocab": model.config.vocab_size}
     if cfg.model.name_or_path:
         tok = load_tokenizer(cfg.model.name_or_path)  # fail early with a clear line when the path is wrong
         return {"source": cfg.model.name_or_path, "vocab": len(tok)}
