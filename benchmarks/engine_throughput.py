@@ -1,6 +1,7 @@
 """Sampling and scoring tokens/s, hf against vLLM side by side in one run, on a tiny model and on SmolLM2-135M.
 
-    python benchmarks/engine_throughput.py [--models tiny smollm2] [--prompts 64] [--n 4] [--max-new-tokens 128]
+    python benchmarks/engine_throughput.py [--models tiny smollm2] [--prompts 32] [--n 4] [--max-new-tokens 96]
+                                           [--tiny-prompts 256] [--tiny-n 8] [--tiny-max-new-tokens 128]
 
 The same prompts (built-in questions in the reasoning format), the same sampling settings (temperature 0.7,
 top_p 1) and, for scoring, the same (prompt, completion) pairs on both engines: the completions vLLM sampled.
@@ -92,9 +93,12 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["tiny", "smollm2"], choices=["tiny", "smollm2"])
-    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--prompts", type=int, default=32, help="SmolLM2: prompts (n samples each)")
     parser.add_argument("--n", type=int, default=4)
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--tiny-prompts", type=int, default=256, help="the tiny model: more work, it is ~300x cheaper")
+    parser.add_argument("--tiny-n", type=int, default=8)
+    parser.add_argument("--tiny-max-new-tokens", type=int, default=128)
     parser.add_argument("--hf-batch-size", type=int, default=256, help="hf: sequences per generate call")
     parser.add_argument("--max-num-seqs", type=int, default=256, help="vLLM: sequences decoded at once")
     parser.add_argument("--kv-cache-gib", type=float, default=2.0)
@@ -107,10 +111,14 @@ def main() -> None:
     results = []
     for name in args.models:
         model_dir = tiny_model(cache / "tiny") if name == "tiny" else smollm2(cache / "smollm2")
-        prompts, stop = prompts_for(model_dir, args.prompts)
-        vllm, pairs = measure("vllm", model_dir, prompts, stop, args)
-        hf, _ = measure("hf", model_dir, prompts, stop, args, pairs=pairs)  # scores vLLM's completions too
-        row = {"model": name, "hf": hf, "vllm": vllm,
+        work = argparse.Namespace(**vars(args))
+        if name == "tiny":
+            work.prompts, work.n, work.max_new_tokens = args.tiny_prompts, args.tiny_n, args.tiny_max_new_tokens
+        prompts, stop = prompts_for(model_dir, work.prompts)
+        vllm, pairs = measure("vllm", model_dir, prompts, stop, work)
+        hf, _ = measure("hf", model_dir, prompts, stop, work, pairs=pairs)  # scores vLLM's completions too
+        row = {"model": name, "prompts": work.prompts, "n": work.n, "max_new_tokens": work.max_new_tokens,
+               "hf": hf, "vllm": vllm,
                "sample_speedup": vllm["sample_tokens_per_s"] / hf["sample_tokens_per_s"],
                "score_speedup": vllm["score_tokens_per_s"] / hf["score_tokens_per_s"]}
         results.append(row)

