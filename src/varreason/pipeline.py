@@ -43,9 +43,10 @@ class Stage:
     outputs: Callable[[RunConfig], list[str]]  # artifacts that must exist for it to count as done, for this config
     parallel: str = ""  # how a process group shares it: "train" | "split" | "" (rank 0 alone); see the docstring
     always: bool = False  # run every time (the stage caches its own work)
+    engines: bool = True  # reads samples / scores made by a sampling engine (grpo samples with TRL: False)
 
     def config_hash(self, cfg: RunConfig) -> str:
-        return cfg.section_hash(*self.sections)
+        return cfg.section_hash(*self.sections, engines=self.engines)
 
 
 PI0 = ("seed", "task", "format", "model", "initial")  # every stage after pi0 depends on these
@@ -92,7 +93,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("rft", baselines.stage_rft, SAMPLED + ("final", "rft"), ("samples/posterior.parquet", "models/initial"),
           lambda c: [f"train/{c.rft.name}.parquet", f"models/{c.rft.name}/config.json"], "train"),
     Stage("grpo", baselines.stage_grpo, PI0 + ("sample", "grpo"), ("data/train.parquet", "models/initial"),
-          lambda c: [f"models/{c.grpo.name}/config.json", f"grpo/{c.grpo.name}/rewards.parquet"], "train"),
+          lambda c: [f"models/{c.grpo.name}/config.json", f"grpo/{c.grpo.name}/rewards.parquet"], "train",
+          engines=False),
     Stage("eval", stage_eval, ("seed", "task", "format", "eval"), ("models/*", "data/test.parquet"),
           lambda c: ["eval/summary.json"], "split", always=True),
 ]}
@@ -126,6 +128,19 @@ def run_stage(name: str, cfg: RunConfig, run: RunDir, force: bool = False) -> di
     return counts if run.ranks.main else run.manifest()["stages"][name]["counts"]
 
 
+def _check_engines_fit_ranks(cfg: RunConfig, stages_to_run: list[str], ranks: Ranks) -> None:
+    """vLLM picks GPU 0 in every rank of a torchrun group: refuse it before any stage runs (shard jobs instead)."""
+    from varreason.errors import InputError
+
+    if ranks.count > 1 and ranks.group and any(cfg.backend_of(n) == "vllm" for n in stages_to_run if n in SHARDED):
+        import torch
+
+        if torch.cuda.is_available():
+            raise InputError("backend vllm under torchrun on GPUs: every rank's engine would start on GPU 0; run "
+                             "sample / score / rollout / eval as --shard jobs, one per GPU (docs/scale.md), or use "
+                             "--backend hf", field="backend")
+
+
 def run_all(cfg: RunConfig, stages_to_run: list[str] | None = None, force: bool = False,
             ranks: Ranks | None = None) -> dict:
     """The stages in order (default: ORDER) in this process's share (`ranks`: one process, a torchrun group, or
@@ -138,6 +153,7 @@ def run_all(cfg: RunConfig, stages_to_run: list[str] | None = None, force: bool 
     if not whole and (len(stages_to_run) != 1 or stages_to_run[0] not in SHARDED):
         raise InputError(f"--shard works with one of the commands {', '.join(SHARDED)}; run the other stages "
                          "without it", field="shard")
+    _check_engines_fit_ranks(cfg, stages_to_run, run.ranks)
     with run.lock():
         run.ranks.wait()  # no rank starts before rank 0 holds the folder
         if whole:

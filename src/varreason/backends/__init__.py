@@ -43,6 +43,8 @@ class LazyEngine:
         self._mine = None
 
     def _engine(self):
+        if self._shared.get("closed"):
+            raise RuntimeError("this engine was closed with its stage")
         if "engine" not in self._shared:
             self._shared["engine"] = self._start()
         if self._mine is None:
@@ -65,6 +67,7 @@ class LazyEngine:
         return "engine" in self._shared
 
     def close(self) -> None:
+        self._shared["closed"] = True
         engine = self._shared.pop("engine", None)
         if engine is not None:
             engine.close()

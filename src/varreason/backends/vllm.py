@@ -21,9 +21,11 @@ One `VLLMEngine` is one model's engine for one stage: it is both the `Generator`
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from varreason.backends.base import Generation, apply_stop_strings
+from varreason.errors import InputError
 
 
 def request_seed(seed: int, index: int) -> int:
@@ -40,8 +42,9 @@ def _check_cpu_head_size(model_dir: str | Path) -> None:
     config = AutoConfig.from_pretrained(str(model_dir)).get_text_config()
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     if head_dim not in CPUAttentionBackend.get_supported_head_sizes():
-        raise ValueError(f"VLLMEngine: {model_dir} has attention heads of size {head_dim}; vLLM on a CPU runs "
-                         f"{CPUAttentionBackend.get_supported_head_sizes()} only (use backend hf for this model)")
+        raise InputError(f"attention heads of size {head_dim}; vLLM on a CPU runs "
+                         f"{CPUAttentionBackend.get_supported_head_sizes()} only (use backend hf for this model)",
+                         file=str(model_dir), field="backend")
 
 
 class VLLMEngine:
@@ -62,6 +65,15 @@ class VLLMEngine:
         self.eos_token_id: int = self.tokenizer.eos_token_id
         if not torch.cuda.is_available():
             _check_cpu_head_size(model_dir)
+        elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise InputError("backend vllm under torchrun on GPUs: every rank's engine would start on GPU 0; run the "
+                             "sampling stages as shard jobs, one per GPU (docs/scale.md), or use backend hf",
+                             field="backend")
+        else:  # vLLM checks free memory against gpu_memory_utilization: give back what training left cached
+            import gc
+
+            gc.collect()
+            torch.cuda.empty_cache()
         # CPU: the KV cache size is ours to give; chunked prefill is off because a seeded request whose prompt is
         # prefilled in pieces has its generator rewound (`set_offset`), which torch's CPU generator cannot do
         # ("CPU Generator does not use offset" in the worker).
@@ -106,8 +118,8 @@ class VLLMEngine:
             if not ids:
                 raise ValueError(f"VLLMEngine.generate: prompt {i} is empty; generation needs at least one token")
             if len(ids) >= self.max_model_len:
-                raise ValueError(f"VLLMEngine.generate: prompt {i} ({len(ids)} tokens) leaves no room in the "
-                                 f"engine's max_model_len {self.max_model_len}")
+                raise InputError(f"prompt {i} of a generate call ({len(ids)} tokens) leaves no room in the vLLM "
+                                 f"engine's max_model_len {self.max_model_len}", field="vllm.max_model_len")
         greedy = temperature == 0  # the same output n times: decode once and copy, as the hf backend does
         params = [SamplingParams(n=1 if greedy else n, temperature=temperature, top_p=top_p if not greedy else 1.0,
                                  top_k=0, min_p=0.0, repetition_penalty=1.0, stop=stop,
@@ -158,8 +170,9 @@ class VLLMEngine:
                 raise ValueError(f"VLLMEngine.score: prompt {i} is empty; the first completion token needs a context")
             if c:
                 if len(p) + len(c) + 1 > self.max_model_len:
-                    raise ValueError(f"VLLMEngine.score: sequence {i} ({len(p) + len(c)} tokens) does not fit the "
-                                     f"engine's max_model_len {self.max_model_len}")
+                    raise InputError(f"sequence {i} of a score call ({len(p) + len(c)} tokens) does not fit the vLLM "
+                                     f"engine's max_model_len {self.max_model_len} (raise it, or score on hf: "
+                                     "--score.backend hf)", field="vllm.max_model_len")
                 todo.append(i)
         if not todo:
             return results

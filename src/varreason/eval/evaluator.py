@@ -30,7 +30,7 @@ def _settings(model: str, spec: BenchmarkSpec, items: list[BenchItem], n: int, e
                 "problems": len(items), "problem_ids_sha": ids, "temperature": e.temperature, "top_p": e.top_p,
                 "max_completion_length": max_tokens, "seed": seed}
     if backend != "hf":  # hf: no key, as in the evaluations of older versions
-        settings["backend"] = {backend: {"dtype": (vllm or VLLMConfig()).dtype}}  # memory settings change no output
+        settings["backend"] = {backend: (vllm or VLLMConfig()).output_settings()}
     return settings
 
 
