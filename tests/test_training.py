@@ -112,3 +112,59 @@ def test_length_grouped_sampler_batches_similar_lengths_in_random_order():
     assert sum(spread) < 0.4 * sum(random_spread)  # within a batch lengths are close: little padding
     maxima = [max(lengths[i] for i in first[j:j + 8]) for j in range(0, 200, 8)]
     assert maxima != sorted(maxima) and maxima != sorted(maxima, reverse=True)  # no long-to-short sweep
+
+
+@pytest.mark.parametrize("normalizer", ["constant", "tokens"])
+def test_packed_rows_give_the_per_example_losses_and_gradients_of_padded_batches(tiny_model_dir, tmp_path,
+                                                                                 normalizer):
+    """PackedCollator (one row, position_ids restarting, no mask) against WeightedCollator (right padding): the
+    same per-example NLL sums and the same gradients of the weighted loss. If transformers did not build the
+    block-diagonal mask, later examples would attend to earlier ones and their losses would differ."""
+    import itertools
+
+    from varreason.training import PackedCollator
+
+    tok = load_tokenizer(tiny_model_dir)
+    model = load_model(tiny_model_dir)
+    rows = _rows(tok, 5, [0.5, 2.0, 1.0, 0.0, 1.5])
+    rows[1]["completion"] = "1+1=2, 2+2=4, and so on " + rows[1]["completion"]  # lengths differ: padding in one
+    data = tokenize_examples(rows, tok, 256)
+    padded, packed = WeightedCollator(tok.pad_token_id)(data.features), PackedCollator()(data.features)
+    assert packed["input_ids"].shape == (1, sum(len(f["input_ids"]) for f in data.features))
+    assert padded["input_ids"].numel() > packed["input_ids"].numel()  # the padding packing saves
+
+    def per_example_and_grads(batch):
+        model.zero_grad()
+        batch = dict(batch)
+        labels = batch.pop("labels")
+        weights = batch.pop("token_weight")[:, 1:] if "token_weight" in batch else batch.pop("weight")
+        nll, mask = token_nll(model(**batch, use_cache=False).logits, labels)
+        if "position_ids" in batch:  # split the packed row back into its examples
+            starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist() + [labels.shape[1]]
+            sums = torch.stack([(nll * mask)[0, a: b - 1].sum() for a, b in itertools.pairwise(starts)])
+        else:
+            sums = (nll * mask).sum(-1)
+        norm = constant_normalizer(data.supervised_tokens, 5) if normalizer == "constant" else mask.sum()
+        weighted_sft_loss(nll, mask, weights, norm).backward()
+        return sums.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    sums_padded, grads_padded = per_example_and_grads(padded)
+    sums_packed, grads_packed = per_example_and_grads(packed)
+    assert torch.allclose(sums_packed, sums_padded, rtol=1e-5, atol=1e-5), (sums_packed, sums_padded)
+    assert sums_padded.min() > 0
+    assert grads_packed.keys() == grads_padded.keys()
+    for name in grads_padded:
+        assert torch.allclose(grads_packed[name], grads_padded[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_train_sft_padding_free_runs_and_matches_the_padded_loss(tiny_model_dir, tmp_path):
+    tok = load_tokenizer(tiny_model_dir)
+    rows = _rows(tok, 16)
+    stats = {}
+    for packed in (False, True):
+        cfg = SFTConfig(max_steps=3, per_device_train_batch_size=8, learning_rate=1e-3, report_to=[],
+                        logging_steps=1, save_steps=100, group_by_length=False, padding_free=packed)
+        stats[packed] = train_sft(tiny_model_dir, rows, cfg, tmp_path / f"m{packed}", seed=0)
+    first = [stats[p]["loss_history"][0][1] for p in (False, True)]
+    assert first[1] == pytest.approx(first[0], rel=1e-4)  # the same first step: same batch, same weights
+    assert (tmp_path / "mTrue" / "config.json").exists()

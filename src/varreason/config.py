@@ -130,6 +130,8 @@ class SFTConfig:
     normalizer: str = option("constant", "loss normalizer: constant (Dr. SFT: a data-set constant) | tokens (the "
                                          "usual token mean)", choices=("constant", "tokens"))
     group_by_length: bool = option(True, "batch rows of similar length together (less padding)")
+    padding_free: bool = option(False, "pack each micro-batch into one row without padding (TRL's padding_free): "
+                                       "the same loss and gradients, no compute on padding")
     logging_steps: int = option(20, "log the loss every this many steps", ge=1)
     save_steps: int = option(200, "checkpoint (to resume a killed run) every this many steps", ge=1)
     save_total_limit: int = option(1, "checkpoints kept while training", ge=1)
@@ -360,7 +362,7 @@ class RunConfig:
 
 # Fields added after runs existed whose default reproduces the old behaviour: left out of the stage hashes at their
 # default, so finished stages of older run folders are still reused (and `compare --reuse` finds them).
-HASH_OMIT_AT_DEFAULT = {("sample", "proposal")} | {(section, "adam_beta2")
+HASH_OMIT_AT_DEFAULT = {("sample", "proposal")} | {(section, key) for key in ("adam_beta2", "padding_free")
                                                   for section in ("initial", "posterior", "final", "rft")}
 _DEFAULTS = RunConfig().to_dict()
 

@@ -34,11 +34,14 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
 def weighted_sft_loss(nll: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, normalizer: float | torch.Tensor):
     """`sum_e w_e * sum_t nll_{e,t} / C`: the paper's weighted SFT (Algorithm 1, line 16).
 
-    `normalizer` C is either a data-set constant (Dr. SFT) or the number of supervised tokens in the optimiser
-    step (the usual token mean); see `constant_normalizer`.
+    `weights` is one weight per example ([B], a padded batch) or one per token ([B, T-1], aligned with `nll`: in a
+    packed row each token carries its example's weight). `normalizer` C is either a data-set constant (Dr. SFT) or
+    the number of supervised tokens in the optimiser step (the usual token mean); see `constant_normalizer`.
     """
-    per_example = (nll * mask).sum(dim=-1)
-    return (weights.to(per_example.dtype) * per_example).sum() / normalizer
+    if weights.dim() == 1:
+        per_example = (nll * mask).sum(dim=-1)
+        return (weights.to(per_example.dtype) * per_example).sum() / normalizer
+    return (weights.to(nll.dtype) * nll * mask).sum() / normalizer
 
 
 def constant_normalizer(supervised_tokens_per_example: list[int], examples_per_step: int) -> float:

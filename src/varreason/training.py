@@ -79,6 +79,25 @@ class WeightedCollator:
         return {"input_ids": ids, "attention_mask": attn, "labels": labels, "weight": weights}
 
 
+class PackedCollator:
+    """Padding-free batches: the examples of a micro-batch concatenated into one row, `position_ids` restarting at 0
+    for each, no attention mask. transformers then builds a block-diagonal causal mask (`find_packed_sequence_indices`
+    in masking_utils; any 2-D attention mask or a KV cache turns that off), so no example attends to another and no
+    compute goes to padding. Each token carries its example's weight; an example's first token (a prompt token,
+    never supervised) is never a target of the previous example's last position."""
+
+    def __call__(self, batch: list[dict]) -> dict:
+        ids, labels, positions, weights = [], [], [], []
+        for b in batch:
+            n = len(b["input_ids"])
+            ids += b["input_ids"]
+            labels += [IGNORE_INDEX] + list(b["labels"][1:])
+            positions += range(n)
+            weights += [float(b["weight"])] * n
+        return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+                "position_ids": torch.tensor([positions]), "token_weight": torch.tensor([weights])}
+
+
 class WeightedSFTTrainer(Trainer):
     """`loss = sum_e w_e sum_t CE_{e,t} / C` per optimiser step (see `objectives.weighted_sft_loss`).
 
@@ -114,9 +133,13 @@ class WeightedSFTTrainer(Trainer):
         return count.to(device)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        weights = inputs.pop("weight")
         labels = inputs.pop("labels")
-        outputs = model(**inputs)
+        if "token_weight" in inputs:  # a packed row (PackedCollator): per-token weights, aligned with the targets
+            weights = inputs.pop("token_weight")[:, 1:]
+            outputs = model(**inputs, use_cache=False)
+        else:
+            weights = inputs.pop("weight")
+            outputs = model(**inputs)
         nll, mask = token_nll(outputs.logits, labels)
         if self.normalizer == "constant":
             norm = self.constant
@@ -220,7 +243,7 @@ def train_sft(
         model=model,
         args=args,
         train_dataset=_ListDataset(data.features),
-        data_collator=WeightedCollator(tokenizer.pad_token_id),
+        data_collator=PackedCollator() if cfg.padding_free else WeightedCollator(tokenizer.pad_token_id),
         normalizer=cfg.normalizer,
         constant=constant,
         group_by_length=cfg.group_by_length,
