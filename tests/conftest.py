@@ -20,6 +20,24 @@ def toy_problems(n: int = 200, seed: int = 0) -> list[tuple[str, str, str]]:
     return out
 
 
+def sum_tokenizer(special: list[str]):
+    """A BPE tokenizer (vocabulary 200) trained here on ChatML sums in the reasoning format; eos <|im_end|>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    rng = random.Random(0)
+    corpus = []
+    for _ in range(500):
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        corpus.append(f"<|im_start|>user\nWhat is {a} + {b}?<|im_end|>\n<think>{a} + {b} = {a + b}</think>"
+                      f"<answer>{a + b}</answer><|im_end|>")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=200, special_tokens=special, show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|pad|>")
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     from varreason.config import FormatConfig, ModelConfig

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import math
 import os
-import random
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+from conftest import sum_tokenizer
+from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from varreason.backends import Generation, Generator, HFGenerator, HFScorer, Scorer, token_logprobs_chunked
 
@@ -22,17 +21,7 @@ PROMPTS = ["What is 3 + 4?", "<|im_start|>user\nWhat is 12 + 30 + 7?<|im_end|>\n
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    rng = random.Random(0)
-    corpus = []
-    for _ in range(500):
-        a, b = rng.randint(0, 99), rng.randint(0, 99)
-        corpus.append(f"<|im_start|>user\nWhat is {a} + {b}?<|im_end|>\n<think>{a} + {b} = {a + b}</think>"
-                      f"<answer>{a + b}</answer><|im_end|>")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=200, special_tokens=SPECIAL, show_progress=False))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|pad|>")
+    return sum_tokenizer(SPECIAL)
 
 
 @pytest.fixture(scope="module")

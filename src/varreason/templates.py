@@ -88,17 +88,9 @@ class Templates:
         if len(close) == 1 and close[0] in token_ids:
             return list(token_ids[: token_ids.index(close[0])])
 
-        def decode(ids):
-            return tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        from varreason.backends.base import exact_decoder, shortest_prefix
 
-        lo, hi = 0, len(token_ids)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if decode(token_ids[:mid]).startswith(trace):
-                hi = mid
-            else:
-                lo = mid + 1
-        return list(token_ids[:hi])
+        return list(token_ids[: shortest_prefix(exact_decoder(tok), list(token_ids), trace)])
 
     def stop_strings(self) -> list[str]:
         return [self.fmt.answer_close]

@@ -64,6 +64,41 @@ class Scorer(Protocol):
         ...
 
 
+def exact_decoder(tokenizer) -> Callable[[list[int]], str]:
+    """decode() as every convention here uses it: special tokens kept, no clean-up of spaces."""
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def shortest_prefix(decode: Callable[[list[int]], str], tokens: list[int], text: str) -> int:
+    """The fewest leading tokens whose decoding starts with `text` (binary search; decode(tokens) must)."""
+    lo, hi = 0, len(tokens)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if decode(tokens[:mid]).startswith(text):
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi
+
+
+def prompt_token_ids(who: str, tokenizer, prompts: list[str], n: int, max_new_tokens: int, temperature: float,
+                     top_p: float, stop: list[str] | None) -> tuple[list[list[int]], list[str] | None]:
+    """The checks every `Generator.generate` makes, then the prompts' token ids (no special tokens added) and the
+    non-empty stop strings."""
+    if isinstance(prompts, str):
+        raise TypeError(f"{who}: prompts must be a list of strings, not one string")
+    if n < 1 or max_new_tokens < 1:
+        raise ValueError(f"{who}: n and max_new_tokens must be >= 1, got {n} and {max_new_tokens}")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"{who}: need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    stop = [s for s in (stop or []) if s] or None
+    ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
+    for i, prompt in enumerate(ids):
+        if not prompt:
+            raise ValueError(f"{who}: prompt {i} is empty; generation needs at least one token")
+    return ids, stop
+
+
 def apply_stop_strings(decode: Callable[[list[int]], str], tokens: list[int], reason: str,
                        stop: list[str] | None) -> Generation:
     """The `Generation` of generated `tokens` (eos and padding already removed, `reason` "eos" or "length") under the
@@ -73,12 +108,5 @@ def apply_stop_strings(decode: Callable[[list[int]], str], tokens: list[int], re
     ends = [text.find(s) + len(s) for s in (stop or []) if s in text]
     if ends:
         text = text[: min(ends)]
-        lo, hi = 0, len(tokens)  # the fewest tokens whose text starts with the cut text (decode(tokens) does)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if decode(tokens[:mid]).startswith(text):
-                hi = mid
-            else:
-                lo = mid + 1
-        tokens, reason = tokens[:hi], "stop"
+        tokens, reason = tokens[: shortest_prefix(decode, tokens, text)], "stop"
     return Generation(text=text, token_ids=list(tokens), finished=reason != "length", stop_reason=reason)

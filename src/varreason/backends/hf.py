@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from varreason.backends.base import Generation, apply_stop_strings
+from varreason.backends.base import Generation, apply_stop_strings, exact_decoder, prompt_token_ids
 
 # ----------------------------------------------------------------------------------------------------------------------
 # helpers shared by both classes
@@ -71,6 +71,7 @@ class HFGenerator:
         self.batch_size = batch_size
         self.eos_token_id: int = tokenizer.eos_token_id
         self.pad_token_id: int = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_id
+        self._decode = exact_decoder(tokenizer)
 
     @torch.inference_mode()
     def generate(
@@ -85,20 +86,10 @@ class HFGenerator:
         progress: bool = True,
         desc: str = "sampling",
     ) -> list[list[Generation]]:
-        if isinstance(prompts, str):
-            raise TypeError("HFGenerator.generate: prompts must be a list of strings, not one string")
-        if n < 1 or max_new_tokens < 1:
-            raise ValueError(f"HFGenerator.generate: n and max_new_tokens must be >= 1, got {n} and {max_new_tokens}")
-        if temperature < 0 or not 0 < top_p <= 1:
-            raise ValueError(f"HFGenerator.generate: need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
-        stop = [s for s in (stop or []) if s] or None
+        prompt_ids, stop = prompt_token_ids("HFGenerator.generate", self.tokenizer, prompts, n, max_new_tokens,
+                                            temperature, top_p, stop)
         if not prompts:
             return []
-
-        prompt_ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-        for i, ids in enumerate(prompt_ids):
-            if not ids:
-                raise ValueError(f"HFGenerator.generate: prompt {i} is empty; generation needs at least one token")
 
         # Greedy decoding gives the same output n times: decode each prompt once and copy.
         copies = 1 if temperature == 0 else n
@@ -159,9 +150,6 @@ class HFGenerator:
             )
         new_tokens = out[:, width:].tolist()
         return [self._finish(ids, stop, max_new_tokens) for ids in new_tokens]
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     def _finish(self, ids: list[int], stop: list[str] | None, max_new_tokens: int) -> Generation:
         """Turn one row of generated ids (possibly followed by padding) into a `Generation`."""

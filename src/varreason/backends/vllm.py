@@ -24,7 +24,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from varreason.backends.base import Generation, apply_stop_strings
+from varreason.backends.base import Generation, apply_stop_strings, exact_decoder, prompt_token_ids
 from varreason.errors import InputError
 
 
@@ -63,6 +63,7 @@ class VLLMEngine:
         if self.tokenizer.eos_token_id is None:
             raise ValueError("VLLMEngine: the tokenizer has no eos token; set tokenizer.eos_token first")
         self.eos_token_id: int = self.tokenizer.eos_token_id
+        self._decode = exact_decoder(self.tokenizer)
         if not torch.cuda.is_available():
             _check_cpu_head_size(model_dir)
         elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -103,20 +104,11 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        if isinstance(prompts, str):
-            raise TypeError("VLLMEngine.generate: prompts must be a list of strings, not one string")
-        if n < 1 or max_new_tokens < 1:
-            raise ValueError(f"VLLMEngine.generate: n and max_new_tokens must be >= 1, got {n} and {max_new_tokens}")
-        if temperature < 0 or not 0 < top_p <= 1:
-            raise ValueError(f"VLLMEngine.generate: need temperature >= 0 and 0 < top_p <= 1, got {temperature}, "
-                             f"{top_p}")
-        stop = [s for s in (stop or []) if s] or None
+        prompt_ids, stop = prompt_token_ids("VLLMEngine.generate", self.tokenizer, prompts, n, max_new_tokens,
+                                            temperature, top_p, stop)
         if not prompts:
             return []
-        prompt_ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
         for i, ids in enumerate(prompt_ids):
-            if not ids:
-                raise ValueError(f"VLLMEngine.generate: prompt {i} is empty; generation needs at least one token")
             if len(ids) >= self.max_model_len:
                 raise InputError(f"prompt {i} of a generate call ({len(ids)} tokens) leaves no room in the vLLM "
                                  f"engine's max_model_len {self.max_model_len}", field="vllm.max_model_len")
@@ -139,9 +131,6 @@ class VLLMEngine:
                                                      samples[0].stop_reason) for _ in range(n - 1)]
             results.append(samples)
         return results
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     def _finish(self, tokens: list[int], finish_reason: str | None, stop: list[str] | None) -> Generation:
         if self.eos_token_id in tokens:
