@@ -64,3 +64,28 @@ def test_gguf_sources_and_their_errors(tmp_path, capsys):
     cfg = load_config("smollm2")
     assert STAGES["base"].outputs(cfg) == ["models/base/config.json"]  # the base stage writes the converted folder
     assert STAGES["base"].outputs(load_config("smoke", [("model.name_or_path", "/m")])) == []
+
+
+def test_cpu_models_attend_with_grouped_query_heads_in_the_kernel(tiny_model_dir):
+    """load_model sets SDPA_GQA on CPU: on a left-padded batch (a mask: the case it changes) the logits and the greedy
+    continuation equal those of transformers' own sdpa, which repeats the key/value heads instead."""
+    import torch
+
+    from varreason.models import SDPA_GQA, load_model
+
+    tok = load_tokenizer(tiny_model_dir)
+    ours = load_model(tiny_model_dir)
+    assert ours.config._attn_implementation == SDPA_GQA
+    assert ours.config.num_key_value_heads < ours.config.num_attention_heads  # grouped-query: the path under test
+    theirs = load_model(tiny_model_dir)
+    theirs.set_attn_implementation("sdpa")
+    ids = [tok("1+2=", add_special_tokens=False)["input_ids"], tok("12+34+5=6", add_special_tokens=False)["input_ids"]]
+    width = max(map(len, ids))
+    input_ids = torch.tensor([[tok.pad_token_id] * (width - len(i)) + i for i in ids])
+    mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids])
+    with torch.no_grad():
+        a, b = ours(input_ids=input_ids, attention_mask=mask).logits, theirs(input_ids=input_ids, attention_mask=mask).logits
+        assert torch.allclose(a[mask.bool()], b[mask.bool()], atol=1e-5)
+        kwargs = dict(input_ids=input_ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
+                      pad_token_id=tok.pad_token_id)
+        assert ours.generate(**kwargs).tolist() == theirs.generate(**kwargs).tolist()

@@ -1,5 +1,7 @@
 """Weighted SFT on the HF Trainer: the loss plumbing across micro-batches, learning, resume."""
 
+import json
+
 import pytest
 import torch
 from conftest import toy_problems
@@ -114,18 +116,25 @@ def test_length_grouped_sampler_batches_similar_lengths_in_random_order():
     assert maxima != sorted(maxima) and maxima != sorted(maxima, reverse=True)  # no long-to-short sweep
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "varlen"])
 @pytest.mark.parametrize("normalizer", ["constant", "tokens"])
 def test_packed_rows_give_the_per_example_losses_and_gradients_of_padded_batches(tiny_model_dir, tmp_path,
-                                                                                 normalizer):
+                                                                                 normalizer, attention):
     """PackedCollator (one row, position_ids restarting, no mask) against WeightedCollator (right padding): the
-    same per-example NLL sums and the same gradients of the weighted loss. If transformers did not build the
-    block-diagonal mask, later examples would attend to earlier ones and their losses would differ."""
+    same per-example NLL sums and the same gradients of the weighted loss, under transformers' sdpa (the
+    block-diagonal mask it builds) and under our per-example attention (what train_sft uses). If a packed row were
+    attended as one sequence, later examples would attend to earlier ones and their losses would differ."""
     import itertools
 
+    from varreason.models import VARLEN_SDPA
     from varreason.training import PackedCollator
 
     tok = load_tokenizer(tiny_model_dir)
     model = load_model(tiny_model_dir)
+    padded_model = packed_model = model
+    if attention == "varlen":
+        packed_model = load_model(tiny_model_dir)
+        packed_model.set_attn_implementation(VARLEN_SDPA)
     rows = _rows(tok, 5, [0.5, 2.0, 1.0, 0.0, 1.5])
     rows[1]["completion"] = "1+1=2, 2+2=4, and so on " + rows[1]["completion"]  # lengths differ: padding in one
     data = tokenize_examples(rows, tok, 256)
@@ -134,6 +143,7 @@ def test_packed_rows_give_the_per_example_losses_and_gradients_of_padded_batches
     assert padded["input_ids"].numel() > packed["input_ids"].numel()  # the padding packing saves
 
     def per_example_and_grads(batch):
+        model = padded_model if "attention_mask" in batch else packed_model
         model.zero_grad()
         batch = dict(batch)
         labels = batch.pop("labels")
@@ -167,4 +177,15 @@ def test_train_sft_padding_free_runs_and_matches_the_padded_loss(tiny_model_dir,
         stats[packed] = train_sft(tiny_model_dir, rows, cfg, tmp_path / f"m{packed}", seed=0)
     first = [stats[p]["loss_history"][0][1] for p in (False, True)]
     assert first[1] == pytest.approx(first[0], rel=1e-4)  # the same first step: same batch, same weights
-    assert (tmp_path / "mTrue" / "config.json").exists()
+    saved = json.loads((tmp_path / "mTrue" / "config.json").read_text())
+    assert "varlen" not in json.dumps(saved)  # the packed-row attention is training's only
+
+
+def test_varlen_attention_refuses_rows_that_are_not_packed():
+    from varreason.models import varlen_sdpa_attention
+
+    q = torch.zeros(1, 2, 4, 8)
+    with pytest.raises(ValueError, match="packed rows"):
+        varlen_sdpa_attention(None, q, q, q, attention_mask=torch.ones(1, 4), position_ids=torch.arange(4)[None])
+    with pytest.raises(ValueError, match="packed rows"):
+        varlen_sdpa_attention(None, q, q, q, attention_mask=None)

@@ -6,6 +6,7 @@ so every later stage loads it through the same `from_pretrained` path as a real 
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -135,13 +136,76 @@ def load_model(name_or_path: str | Path, device: torch.device | None = None, dty
     """Any HF causal LM from a folder or hub id (offline: a missing path is an InputError, not a traceback)."""
     from transformers import AutoModelForCausalLM
 
+    register_attention()
     device = device or default_device()
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype)
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot load model ({str(exc).splitlines()[0][:200]})", file=str(name_or_path)) from None
+    if device.type == "cpu" and model.config._attn_implementation == "sdpa":
+        model.set_attn_implementation(SDPA_GQA)
     return model.to(device)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# attention implementations for CPU (registered with transformers' AttentionInterface)
+
+SDPA_GQA = "varreason_sdpa_gqa"
+
+
+def sdpa_gqa_attention(module, query, key, value, attention_mask, **kwargs):
+    """transformers' sdpa attention, with grouped-query attention left to torch's kernel when there is a mask.
+
+    Why: under a padding mask (every batched generate and scoring call) transformers' sdpa copies each key/value
+    head `num_key_value_groups` times (`repeat_kv`), the whole KV cache at every decode step; on CPU that copy took
+    62% of a sampling batch of 512 (docs/performance.md), while torch's CPU kernel takes the mask and
+    `enable_gqa=True` together at a tenth of the time, with the same output. Set by `load_model` on CPU.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if attention_mask is None or key.shape[1] == query.shape[1] or kwargs.get("position_bias") is not None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=kwargs.get("dropout", 0.0), scale=kwargs.get("scaling"),
+        enable_gqa=True)
+    return out.transpose(1, 2).contiguous(), None
+
+
+VARLEN_SDPA = "varreason_varlen_sdpa"
+
+
+def varlen_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, position_ids=None,
+                          **kwargs):
+    """Causal attention of a packed row, one `scaled_dot_product_attention` per example.
+
+    Why our own: on CPU, transformers' packed path (sdpa with the block-diagonal mask it builds from `position_ids`)
+    computes attention over the whole row, (sum n)^2, with a dense mask, which cost more than the packing saved
+    (measured in docs/performance.md); flash-attention's varlen kernels, which HF uses on GPUs, do not run on CPU.
+    Here the cost is sum n^2. Registered as an attention implementation, set only while `train_sft` trains on
+    packed rows (no attention mask, `position_ids` restarting at 0 for each example).
+    """
+    if position_ids is None or attention_mask is not None:
+        raise ValueError("varlen attention takes packed rows: position_ids and no attention mask")
+    length = query.shape[2]
+    starts = (position_ids[0] == 0).nonzero().flatten().tolist() + [length]
+    gqa = key.shape[1] != query.shape[1]
+    out = [torch.nn.functional.scaled_dot_product_attention(
+        query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], is_causal=True, scale=scaling, dropout_p=dropout,
+        enable_gqa=gqa) for a, b in itertools.pairwise(starts) if b > a]
+    return torch.cat(out, dim=2).transpose(1, 2).contiguous(), None
+
+
+def register_attention() -> None:
+    """Make our attention implementations known to transformers (idempotent; `load_model` calls it)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    AttentionInterface.register(SDPA_GQA, sdpa_gqa_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(SDPA_GQA, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+    AttentionInterface.register(VARLEN_SDPA, varlen_sdpa_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(VARLEN_SDPA, lambda *args, **kwargs: None)  # no mask: rows are split
+
 
 
 def count_parameters(model) -> int:

@@ -22,7 +22,7 @@ from transformers import Trainer, TrainingArguments
 
 from varreason.config import SFTConfig
 from varreason.errors import InputError
-from varreason.models import load_model, load_tokenizer, save_pretrained
+from varreason.models import SDPA_GQA, VARLEN_SDPA, load_model, load_tokenizer, save_pretrained
 from varreason.objectives import IGNORE_INDEX, constant_normalizer, token_nll, weighted_sft_loss
 
 log = logging.getLogger(__name__)
@@ -236,6 +236,10 @@ def train_sft(
     examples_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world
     constant = constant_normalizer(data.supervised_tokens, examples_per_step) if cfg.normalizer == "constant" else None
 
+    inference_attention = model.config._attn_implementation
+    packed_attention = cfg.padding_free and inference_attention in ("sdpa", SDPA_GQA)
+    if packed_attention:  # (flash-attention implementations split packed rows themselves)
+        model.set_attn_implementation(VARLEN_SDPA)
     args = _training_arguments(cfg, work_dir, seed)
     if log_dir is not None:
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(log_dir)
@@ -254,6 +258,8 @@ def train_sft(
     result = trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - start
     model.config.use_cache = True
+    if packed_attention:
+        model.set_attn_implementation(inference_attention)
     save_on_main(trainer, tokenizer, out_dir, work_dir)
     tokens = sum(len(f["input_ids"]) for f in data.features) * (result.global_step * examples_per_step / len(rows))
     history = [h for h in trainer.state.log_history if "loss" in h]
