@@ -217,3 +217,41 @@ def test_greedy_copies_and_bad_arguments(model, tokenizer):
         gen.generate(PROMPTS, top_p=0.0, progress=False)
     with pytest.raises(TypeError):
         gen.generate("a prompt", progress=False)
+
+
+def test_sampling_draws_from_the_tempered_top_p_distribution(model, tokenizer):
+    """The first sampled token of many copies follows softmax(logits / T) restricted to the top-p set, computed here
+    directly from the model (an independent computation of the distribution the decode loop must sample)."""
+    temperature, top_p, n = 1.5, 0.9, 3000
+    gen = HFGenerator(model, tokenizer, batch_size=1000)
+    out = gen.generate(PROMPTS[:1], n=n, max_new_tokens=1, temperature=temperature, top_p=top_p, seed=3,
+                       progress=False)[0]
+    counts = torch.bincount(torch.tensor([g.token_ids[0] if g.token_ids else tokenizer.eos_token_id for g in out]),
+                            minlength=model.config.vocab_size).float()
+    ids = tokenizer(PROMPTS[0], add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        p = torch.softmax(model(ids).logits[0, -1].float() / temperature, dim=-1)
+    sorted_p, order = p.sort(descending=True)
+    inside = torch.zeros_like(p, dtype=torch.bool)
+    inside[order[(sorted_p.cumsum(0) - sorted_p) < top_p]] = True  # the smallest set whose mass reaches top_p
+    expected = torch.where(inside, p, 0.0) / p[inside].sum()
+    assert counts[~inside].sum() == 0  # nothing outside the nucleus
+    assert (counts / n - expected).abs().max() < 4 * (expected * (1 - expected) / n).sqrt().max() + 1e-3
+    assert (counts > 0).sum() > 1  # the test is not a single forced token
+
+
+def test_greedy_decode_loop_equals_transformers_generate(model, tokenizer):
+    """Our decode loop (finished rows leave the batch) against transformers' `generate` on the same left-padded
+    batch: the same greedy tokens for every row, up to eos."""
+    gen = HFGenerator(model, tokenizer, batch_size=8)
+    ours = gen.generate(PROMPTS, max_new_tokens=12, temperature=0.0, progress=False)
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    width = max(map(len, ids))
+    input_ids = torch.tensor([[gen.pad_token_id] * (width - len(i)) + i for i in ids])
+    mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids])
+    with torch.no_grad():
+        theirs = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
+                                eos_token_id=gen.eos_token_id, pad_token_id=gen.pad_token_id)[:, width:].tolist()
+    for row, expected in zip(ours, theirs):
+        cut = expected.index(gen.eos_token_id) if gen.eos_token_id in expected else len(expected)
+        assert row[0].token_ids == expected[:cut]
