@@ -67,8 +67,13 @@ def test_stage_hashes_of_hf_runs_are_those_of_before_the_backend_fields():
                      "eval": "bf371ce66b1656a1", "final": "b166122dcf77e859"},
            "demo": {"sample": "99e3428090559d24", "score": "3f7e4ef991b7df6b", "rollout": "1feff399fd2b6970",
                     "eval": "467f1f5610d7dd56", "final": "041ace8fa4c45052"}}
+    # the demo preset as it was then (issue 14 made it faithful and faster)
+    then = {"smoke": [], "demo": [("sample.num_questions", "800"), ("sample.batch_size", "64"),
+                                  ("sample.chunk_size", "128"), ("score.batch_size", "64"),
+                                  ("rollout.batch_size", "512")]
+            + [(f"{section}.padding_free", "false") for section in ("initial", "posterior", "final", "rft")]}
     for preset, hashes in old.items():
-        cfg = load_config(preset)
+        cfg = load_config(preset, then[preset])
         assert {name: STAGES[name].config_hash(cfg) for name in hashes} == hashes
         cfg.vllm.gpu_memory_utilization, cfg.vllm.kv_cache_gib = 0.5, 8.0  # engine settings unused by hf stages
         cfg.sample.backend = "hf"  # the same engine, chosen per stage
