@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from varreason.eval.metrics import wilson_interval
+from varreason.eval.metrics import mcnemar_exact, wilson_interval
 
 VARIANTS = {  # final.name -> overrides
     "final": [],  # the demo default: gml, best + mix
@@ -50,6 +50,25 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
     if len(values) < 2:
         return m, 0.0
     return m, T975.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def paired(root: Path, seeds: list[int], models: list[str], against: str = "sft-matched") -> dict:
+    """Per model and seed: the held-out problems only it solved, only `against` solved, and the exact McNemar p."""
+    import pyarrow.parquet as pq
+
+    def correct(seed: int, model: str) -> dict:
+        rows = pq.read_table(root / f"seed{seed}" / "eval" / model / "samples.parquet").to_pylist()
+        return {(r["question_id"], r["k"]): bool(r["correct"]) for r in rows}
+
+    out: dict = {}
+    for model in models:
+        for seed in seeds:
+            a, b = correct(seed, model), correct(seed, against)
+            only_first = sum(a[key] and not b[key] for key in a)
+            only_second = sum(b[key] and not a[key] for key in a)
+            out.setdefault(model, {})[seed] = {"only_first": only_first, "only_second": only_second,
+                                               "p": mcnemar_exact(only_first, only_second)}
+    return out
 
 
 def main() -> int:
@@ -95,6 +114,11 @@ def main() -> int:
         result[model].update(pooled_ci=[lo, hi])
         lines.append(f"| {model} | {m:.1%} ± {h:.1%} | {hm:.1%} ± {hh:.1%} | {v['correct'] / v['n']:.1%} "
                      f"[{lo:.1%}, {hi:.1%}] (n={v['n']}) | {per_seed} |")
+    result["_paired"] = paired(root, args.seeds, [m for m in table if m not in ("initial", "sft-matched")])
+    lines += ["", "Paired on the same held-out problems (exact McNemar): solved only by the model / only by "
+              + "sft-matched, p", ""]
+    lines += [f"- {name}, seed {seed}: {v['only_first']} / {v['only_second']}, p = {v['p']:.3f}"
+              for name, per_seed in result["_paired"].items() for seed, v in per_seed.items()]
     result["_wall_seconds"] = {f"seed{s}/{n}": w for (s, n), w in walls.items()}
     root.mkdir(parents=True, exist_ok=True)
     (root / "summary.json").write_text(json.dumps(result, indent=2))

@@ -332,3 +332,16 @@ def test_wilson_and_summarize_unchanged():
     s = summarize([{"correct": True, "difficulty": 1, "task": "t", "format_ok": True},
                    {"correct": False, "difficulty": 2, "task": "t", "format_ok": False}])
     assert s["accuracy"] == 0.5 and s["format_error_rate"] == 0.5 and set(s["by_difficulty"]) == {"1", "2"}
+
+
+def test_mcnemar_exact_by_hand_and_against_the_issue():
+    from varreason.eval.metrics import mcnemar_exact
+
+    assert mcnemar_exact(0, 3) == pytest.approx(0.25)  # 2 * (1/2)^3
+    assert mcnemar_exact(1, 1) == 1.0  # 2 * (1 + 2) / 4, capped
+    assert mcnemar_exact(2, 0) == pytest.approx(0.5)
+    assert mcnemar_exact(38, 21) == pytest.approx(0.036, abs=5e-4)  # issue 14's seed 0 (computed independently)
+    assert mcnemar_exact(48, 27) == pytest.approx(0.020, abs=5e-4)  # and seed 1
+    assert mcnemar_exact(21, 38) == mcnemar_exact(38, 21)
+    with pytest.raises(ValueError):
+        mcnemar_exact(-1, 2)

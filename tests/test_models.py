@@ -84,8 +84,9 @@ def test_cpu_models_attend_with_grouped_query_heads_in_the_kernel(tiny_model_dir
     input_ids = torch.tensor([[tok.pad_token_id] * (width - len(i)) + i for i in ids])
     mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids])
     with torch.no_grad():
-        a, b = ours(input_ids=input_ids, attention_mask=mask).logits, theirs(input_ids=input_ids, attention_mask=mask).logits
+        a = ours(input_ids=input_ids, attention_mask=mask).logits
+        b = theirs(input_ids=input_ids, attention_mask=mask).logits
         assert torch.allclose(a[mask.bool()], b[mask.bool()], atol=1e-5)
-        kwargs = dict(input_ids=input_ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
-                      pad_token_id=tok.pad_token_id)
+        kwargs = {"input_ids": input_ids, "attention_mask": mask, "max_new_tokens": 12, "do_sample": False,
+                  "pad_token_id": tok.pad_token_id}
         assert ours.generate(**kwargs).tolist() == theirs.generate(**kwargs).tolist()

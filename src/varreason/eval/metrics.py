@@ -1,6 +1,7 @@
 """Metrics over verified samples.
 
-- `wilson_interval`, `summarize`: accuracy with a Wilson 95% interval, overall and by difficulty / task.
+- `wilson_interval`, `summarize`: accuracy with a Wilson 95% interval, overall and by difficulty / task;
+  `mcnemar_exact`: whether two models differ on the same problems (paired).
 - Benchmark metrics (the paper's evaluation, original-recipe.md §4): `avg_at_n` (mean over problems of the
   fraction of a problem's n samples that are correct), the unbiased `pass_at_k` of Chen et al. 2021 and its
   curve over k, a percentile `bootstrap_ci` over problems, `macro_average` over benchmarks, and
@@ -25,6 +26,17 @@ def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[floa
     centre = (p + z * z / (2 * total)) / denom
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def mcnemar_exact(only_first: int, only_second: int) -> float:
+    """Two-sided exact McNemar p-value for paired right/wrong outcomes: under "no difference" the problems only one
+    model solved split as Binomial(b + c, 1/2); p = 2 P(X <= min(b, c)), capped at 1."""
+    b, c = _check_int("only_first", only_first), _check_int("only_second", only_second)
+    if b < 0 or c < 0:
+        raise ValueError(f"counts must be >= 0, got {b} and {c}")
+    n = b + c
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n
+    return min(1.0, 2 * tail)
 
 
 def _block(correct: int, total: int) -> dict:
