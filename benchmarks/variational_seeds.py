@@ -117,7 +117,7 @@ def main() -> int:
     result["_paired"] = paired(root, args.seeds, [m for m in table if m not in ("initial", "sft-matched")])
     lines += ["", "Paired on the same held-out problems (exact McNemar): solved only by the model / only by "
               + "sft-matched, p", ""]
-    lines += [f"- {name}, seed {seed}: {v['only_first']} / {v['only_second']}, p = {v['p']:.3f}"
+    lines += [f"- {name}, seed {seed}: {v['only_first']} / {v['only_second']}, p = {v['p']:.2g}"
               for name, per_seed in result["_paired"].items() for seed, v in per_seed.items()]
     result["_wall_seconds"] = {f"seed{s}/{n}": w for (s, n), w in walls.items()}
     root.mkdir(parents=True, exist_ok=True)
