@@ -198,6 +198,7 @@ def sampling_profile(run_dir: Path, questions: int, batch_sizes: list[int]) -> d
         print(entry["engine"], attention, batch_size, entry["seconds"], "s", entry["useful_tokens_per_s"], "tok/s",
               flush=True)
 
+    HFGenerator(model, tok, 64).generate(prompts[:4], max_new_tokens=8, progress=False)  # warm-up
     timed("generate", "sdpa", 64)
     timed("generate", "sdpa", 512, profiled=True)
     timed("generate", SDPA_GQA, 512, profiled=True)

@@ -114,7 +114,8 @@ def main() -> int:
         result[model].update(pooled_ci=[lo, hi])
         lines.append(f"| {model} | {m:.1%} ± {h:.1%} | {hm:.1%} ± {hh:.1%} | {v['correct'] / v['n']:.1%} "
                      f"[{lo:.1%}, {hi:.1%}] (n={v['n']}) | {per_seed} |")
-    result["_paired"] = paired(root, args.seeds, [m for m in table if m not in ("initial", "sft-matched")])
+    result["_paired"] = (paired(root, args.seeds, [m for m in table if m not in ("initial", "sft-matched")])
+                         if "sft-matched" in table else {})
     lines += ["", "Paired on the same held-out problems (exact McNemar): solved only by the model / only by "
               + "sft-matched, p", ""]
     lines += [f"- {name}, seed {seed}: {v['only_first']} / {v['only_second']}, p = {v['p']:.2g}"

@@ -255,3 +255,31 @@ def test_greedy_decode_loop_equals_transformers_generate(model, tokenizer):
     for row, expected in zip(ours, theirs):
         cut = expected.index(gen.eos_token_id) if gen.eos_token_id in expected else len(expected)
         assert row[0].token_ids == expected[:cut]
+
+
+def test_rows_that_finish_leave_the_batch_without_changing_the_others(model, tokenizer):
+    """A token the greedy paths reach at different steps plays eos: rows then finish mid-batch and leave it (their
+    cache rows are dropped); every row must still equal its prompt decoded alone."""
+    gen = HFGenerator(model, tokenizer, batch_size=8)
+    alone = [gen.generate([p], max_new_tokens=12, temperature=0.0, progress=False)[0][0].token_ids for p in PROMPTS]
+    firsts = {}
+    for t in {t for ids in alone for t in ids}:
+        firsts[t] = [ids.index(t) if t in ids else 12 for ids in alone]
+    eos = next(t for t, f in firsts.items() if len(set(f)) > 1 and min(f) < 11)  # rows end at different steps
+    gen.eos_token_id = eos
+    batched = gen.generate(PROMPTS, max_new_tokens=12, temperature=0.0, progress=False)
+    for prompt, ids, row in zip(PROMPTS, alone, batched):
+        expected = ids[: ids.index(eos)] if eos in ids else ids
+        assert row[0].token_ids == expected, prompt
+        assert row[0].stop_reason == ("eos" if eos in ids else "length")
+
+
+def test_sampled_copies_share_one_prefill(model, tokenizer):
+    """n copies of a prompt are decoded from one prefill whose cache is repeated: at a temperature near 0 every copy
+    must be the greedy path, for every prompt of the batch, over several steps on the repeated cache."""
+    gen = HFGenerator(model, tokenizer, batch_size=9)
+    greedy = gen.generate(PROMPTS, max_new_tokens=10, temperature=0.0, progress=False)
+    cold = gen.generate(PROMPTS, n=3, max_new_tokens=10, temperature=1e-4, seed=5, progress=False)
+    for g, row in zip(greedy, cold):
+        assert len(g[0].token_ids) > 1
+        assert [c.token_ids for c in row] == [g[0].token_ids] * 3

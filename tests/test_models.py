@@ -90,3 +90,25 @@ def test_cpu_models_attend_with_grouped_query_heads_in_the_kernel(tiny_model_dir
         kwargs = {"input_ids": input_ids, "attention_mask": mask, "max_new_tokens": 12, "do_sample": False,
                   "pad_token_id": tok.pad_token_id}
         assert ours.generate(**kwargs).tolist() == theirs.generate(**kwargs).tolist()
+
+
+def test_varlen_attention_equals_masked_attention_per_example_with_a_sliding_window():
+    """Per-example attention of a packed row against a direct softmax(q k^T) v with the causal (and sliding-window)
+    mask, example by example; grouped-query heads."""
+    import torch
+
+    from varreason.models import varlen_sdpa_attention
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 4, 10, 8), torch.randn(1, 2, 10, 8), torch.randn(1, 2, 10, 8)
+    positions = torch.tensor([[0, 1, 2, 3, 4, 5, 0, 1, 2, 3]])
+    for window in (None, 3):
+        out, _ = varlen_sdpa_attention(None, q, k, v, None, scaling=0.5, position_ids=positions,
+                                       sliding_window=window)
+        for a, b in ((0, 6), (6, 10)):
+            i = torch.arange(b - a)
+            allowed = (i[:, None] >= i[None, :]) & ((i[:, None] - i[None, :] < window) if window else True)
+            kk, vv = k[0, :, a:b].repeat_interleave(2, 0), v[0, :, a:b].repeat_interleave(2, 0)
+            scores = (q[0, :, a:b] @ kk.transpose(-1, -2) * 0.5).masked_fill(~allowed, float("-inf"))
+            expected = (scores.softmax(-1) @ vv).transpose(0, 1)  # [positions, heads, dim]
+            assert torch.allclose(out[0, a:b], expected, atol=1e-5), (window, a)

@@ -319,7 +319,7 @@ class RunConfig:
     output_dir: str = option("runs/demo", "the run folder (every artifact of the run)")
     seed: int = option(0, "seeds the data split, the tiny model, training and sampling", ge=0)
     num_threads: int = option(0, "torch threads; 0 = all cores", ge=0)
-    backend: str = option("hf", "sampling and scoring engine: hf (transformers generate) | vllm (the vllm extra)",
+    backend: str = option("hf", "sampling and scoring engine: hf (transformers model, our decode loop) | vllm (the vllm extra)",
                           choices=("hf", "vllm"))
     task: TaskConfig = field(default_factory=TaskConfig, metadata={"help": "the problems (stage data)"})
     format: FormatConfig = field(default_factory=FormatConfig, metadata={"help": "the reasoning format and its markers"})

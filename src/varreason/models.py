@@ -185,14 +185,25 @@ def varlen_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0
     Here the cost is sum n^2. Registered as an attention implementation, set only while `train_sft` trains on
     packed rows (no attention mask, `position_ids` restarting at 0 for each example).
     """
-    if position_ids is None or attention_mask is not None:
-        raise ValueError("varlen attention takes packed rows: position_ids and no attention mask")
     length = query.shape[2]
+    if (position_ids is None or attention_mask is not None or query.shape[0] != 1 or key.shape[2] != length
+            or position_ids.shape[-1] != length or int(position_ids[0, 0]) != 0):
+        raise ValueError("varlen attention takes one packed row: position_ids restarting at 0 for each example, "
+                         "no attention mask, no KV cache")
     starts = (position_ids[0] == 0).nonzero().flatten().tolist() + [length]
+    window = kwargs.get("sliding_window")
     gqa = key.shape[1] != query.shape[1]
-    out = [torch.nn.functional.scaled_dot_product_attention(
-        query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], is_causal=True, scale=scaling, dropout_p=dropout,
-        enable_gqa=gqa) for a, b in itertools.pairwise(starts) if b > a]
+    out = []
+    for a, b in itertools.pairwise(starts):
+        if b == a:
+            continue
+        mask = None
+        if window is not None and b - a > window:  # a sliding-window layer: key j is seen from i when i - j < window
+            i = torch.arange(b - a, device=query.device)
+            mask = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < window)
+        out.append(torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], attn_mask=mask, is_causal=mask is None,
+            scale=scaling, dropout_p=dropout, enable_gqa=gqa))
     return torch.cat(out, dim=2).transpose(1, 2).contiguous(), None
 
 

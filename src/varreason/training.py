@@ -81,9 +81,9 @@ class WeightedCollator:
 
 class PackedCollator:
     """Padding-free batches: the examples of a micro-batch concatenated into one row, `position_ids` restarting at 0
-    for each, no attention mask. transformers then builds a block-diagonal causal mask (`find_packed_sequence_indices`
-    in masking_utils; any 2-D attention mask or a KV cache turns that off), so no example attends to another and no
-    compute goes to padding. Each token carries its example's weight; an example's first token (a prompt token,
+    for each, no attention mask. `train_sft` attends such a row example by example (`models.varlen_sdpa_attention`;
+    transformers' own sdpa would build a block-diagonal mask from `position_ids`, at (sum n)^2 cost), so no example
+    attends to another and no compute goes to padding. Each token carries its example's weight; an example's first token (a prompt token,
     never supervised) is never a target of the previous example's last position."""
 
     def __call__(self, batch: list[dict]) -> dict:

@@ -5,8 +5,8 @@ Works on CPU and GPU with any `transformers` causal LM. See `base.py` for the co
 
 Sampling (`HFGenerator`)
     Prompts are tokenized without special tokens, sorted by length (longest first, so an out-of-memory error comes
-    early and padding is small), left-padded into batches of `batch_size // n` prompts, prefilled once and decoded
-    with the KV cache, `n` copies of each (`_generate_batch` says why this is not `model.generate`). The sampling
+    early and padding is small), left-padded into batches of `batch_size // n` prompts (at least one; greedy decodes
+    once per prompt, so `batch_size` prompts), prefilled once and decoded with the KV cache, `n` copies of each (`_generate_batch` says why this is not `model.generate`). The sampling
     distribution is exactly the one the arguments describe: the model's own `generation_config` (e.g. a
     checkpoint's `top_k=20` or repetition penalty) is never read, and there is no top-k. Each batch is seeded from
     `(seed, batch index)` inside a forked RNG, so a call is reproducible and leaves the global RNG untouched.
@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import DynamicCache, LogitsProcessorList, StopStringCriteria
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 from varreason.backends.base import Generation, apply_stop_strings, exact_decoder, prompt_token_ids
@@ -40,8 +41,11 @@ from varreason.backends.base import Generation, apply_stop_strings, exact_decode
 def _draw(probs: Tensor) -> Tensor:
     """One token per row from `probs` [rows, vocab] by inverse CDF: the distribution of `torch.multinomial`, whose
     vocab-sized exponential draw per row cost 14% of a sampling batch on CPU; this draws one uniform per row."""
-    cdf = probs.cumsum(dim=-1)
-    u = torch.rand((probs.shape[0], 1), device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]  # < the row's total
+    cdf = probs.double().cumsum(dim=-1)  # float64: in float32 a tiny p late in a 150k vocabulary would round away
+    total = cdf[:, -1:]
+    if not bool(torch.isfinite(total).all() and (total > 0).all()):
+        raise ValueError("sampling: the model's probabilities contain inf / nan or are all zero")
+    u = torch.rand((probs.shape[0], 1), device=probs.device, dtype=cdf.dtype) * total  # < the row's total
     return torch.searchsorted(cdf, u, right=True).squeeze(1)  # the first token whose cdf exceeds u (p > 0)
 
 
@@ -108,6 +112,7 @@ class HFGenerator:
         batches = _batches(order, max(1, self.batch_size // copies))
 
         results: list[list[Generation]] = [[] for _ in prompts]
+        stop_check = StopStringCriteria(self.tokenizer, stop) if stop else None
         with _eval_mode(self.model):
             for b, batch in enumerate(tqdm(batches, desc=desc, unit="batch", disable=not progress)):
                 generations = self._generate_batch(
@@ -116,6 +121,7 @@ class HFGenerator:
                     temperature=temperature,
                     top_p=top_p,
                     stop=stop,
+                    stop_check=stop_check,
                     seed=(seed * 1_000_003 + b) % 2**63,
                 )
                 for row, i in enumerate(batch):
@@ -128,16 +134,18 @@ class HFGenerator:
 
     def _generate_batch(
         self, prompt_ids: list[list[int]], copies: int, *, max_new_tokens: int, temperature: float, top_p: float,
-        stop: list[str] | None, seed: int,
+        stop: list[str] | None, stop_check: StopStringCriteria | None, seed: int,
     ) -> list[Generation]:
         """`copies` completions of each prompt (a prompt's copies adjacent in the output), decoded with the KV cache.
 
         Why not `model.generate`: it decodes every row until the longest one ends and prefills each of the n copies of
         a prompt on its own. Here a finished row leaves the batch (its cache rows are dropped), and the copies share
         one prefill (the cache is repeated after it). On the demo's pi0 that took 512 prompts x 8 traces from 34.5 to
-        11.8 s and 2048 rollout prompts x 4 answers from 11.0 to 4.6 s (docs/performance.md). The sampling distribution is generate's: transformers' temperature and top-p
-        warpers, then a multinomial draw; greedy is the argmax, as in generate. transformers' continuous batching
-        (`generate_batch`) measured 838 tokens/s on CPU against 6.5k for generate, so it is no substitute.
+        11.8 s and 2048 rollout prompts x 4 answers from 11.0 to 4.6 s (docs/performance.md). The sampling
+        distribution is generate's: transformers' temperature and top-p warpers, then one draw from the result
+        (`_draw`); greedy is the argmax, as in generate; stop strings are transformers' `StopStringCriteria`, checked on
+        the generated tokens only. transformers' continuous batching (`generate_batch`) measured 838 tokens/s on CPU
+        against 6.5k for generate, so it is no substitute.
         """
         device = _device(self.model)
         width = max(len(ids) for ids in prompt_ids)
@@ -153,20 +161,25 @@ class HFGenerator:
             warpers.append(TemperatureLogitsWarper(temperature))
             if top_p < 1.0:
                 warpers.append(TopPLogitsWarper(top_p))
-        stop_check = StopStringCriteria(self.tokenizer, stop) if stop else None
-
         rows = len(prompt_ids) * copies
-        outputs: list[list[int] | None] = [None] * rows
-        active = torch.arange(rows, device=device)  # the output row of each row still decoding
-        generated = torch.empty((rows, 0), dtype=torch.long, device=device)
         cache = DynamicCache(config=self.model.config)
+        # Rows can leave a cache of plain attention layers only; a linear-attention (hybrid) model's recurrent states
+        # cannot be cut or repeated that way, so there the copies are prefilled apiece and finished rows ride along.
+        prunable = all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in cache.layers)
+        if copies > 1 and not prunable:
+            input_ids, attention_mask, position_ids = (t.repeat_interleave(copies, dim=0)
+                                                       for t in (input_ids, attention_mask, position_ids))
+        outputs: list[tuple[list[int], bool] | None] = [None] * rows  # (generated ids, stopped by a stop string)
+        active = torch.arange(rows, device=device)  # the output row of each row still in the batch
+        live = torch.ones(rows, dtype=torch.bool, device=device)  # rows in the batch that have not finished
+        generated = torch.empty((rows, 0), dtype=torch.long, device=device)
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                 past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
             position = position_ids[:, -1:]
-            if copies > 1:
+            if copies > 1 and prunable:
                 cache.batch_repeat_interleave(copies)
                 logits, attention_mask, position = (t.repeat_interleave(copies, dim=0)
                                                     for t in (logits, attention_mask, position))
@@ -177,33 +190,37 @@ class HFGenerator:
                 else:
                     token = logits.argmax(dim=-1)
                 generated = torch.cat([generated, token[:, None]], dim=1)
-                done = token == self.eos_token_id
-                if stop_check is not None:
-                    done |= stop_check(generated, logits)
-                if step == max_new_tokens - 1:
-                    done[:] = True
+                stopped = stop_check(generated, logits) if stop_check is not None else torch.zeros_like(live)
+                done = live & ((token == self.eos_token_id) | stopped | (step == max_new_tokens - 1))
                 if done.any():
                     for row in done.nonzero().flatten().tolist():
-                        outputs[int(active[row])] = generated[row].tolist()
-                    if done.all():
+                        outputs[int(active[row])] = (generated[row].tolist(), bool(stopped[row]))
+                    live = live & ~done
+                    if not live.any():
                         break
-                    keep = (~done).nonzero().flatten()
-                    active, generated, token, attention_mask, position = (
-                        t[keep] for t in (active, generated, token, attention_mask, position))
-                    cache.batch_select_indices(keep)
+                    if prunable:
+                        keep = live.nonzero().flatten()
+                        active, live, generated, token, attention_mask, position = (
+                            t[keep] for t in (active, live, generated, token, attention_mask, position))
+                        cache.batch_select_indices(keep)
                 attention_mask = torch.cat([attention_mask, attention_mask.new_ones((token.shape[0], 1))], dim=1)
                 position = position + 1
                 logits = self.model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=position,
                                     past_key_values=cache, use_cache=True).logits[:, -1]
-        return [self._finish(ids, stop) for ids in outputs]
+        return [self._finish(ids, stop, stopped) for ids, stopped in outputs]
 
-    def _finish(self, ids: list[int], stop: list[str] | None) -> Generation:
+    def _finish(self, ids: list[int], stop: list[str] | None, stopped: bool) -> Generation:
         """Turn one row of generated ids into a `Generation`: eos excluded, the stop-string cut applied."""
         if self.eos_token_id in ids:
             tokens, reason = ids[: ids.index(self.eos_token_id)], "eos"
         else:
             tokens, reason = ids, "length"
-        return apply_stop_strings(self._decode, tokens, reason, stop)
+        generation = apply_stop_strings(self._decode, tokens, reason, stop)
+        if stopped and generation.stop_reason == "length":
+            # StopStringCriteria matched on tokens whose decoded text does not show the string as such (a tokenizer's
+            # decode can differ from its tokens' pieces): the row did stop, keep its tokens as they are.
+            generation = Generation(generation.text, generation.token_ids, True, "stop")
+        return generation
 
 
 # ----------------------------------------------------------------------------------------------------------------------
