@@ -288,7 +288,7 @@ def test_sampled_copies_share_one_prefill(model, tokenizer):
 def test_caches_that_cannot_drop_rows_take_the_plain_path(model, tokenizer, monkeypatch):
     """For a cache whose layers cannot be cut or repeated (linear-attention hybrids), copies are prefilled apiece and
     finished rows ride along: the same outputs as the pruning path (forced here by hiding the plain layer type)."""
-    import varreason.backends.hf as hf
+    from varreason.backends import hf
 
     gen = HFGenerator(model, tokenizer, batch_size=9)
     kwargs = {"n": 3, "max_new_tokens": 10, "temperature": 1e-4, "seed": 5, "progress": False}
