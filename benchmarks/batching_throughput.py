@@ -57,8 +57,8 @@ def main() -> None:
         scorer.score([p for p, _ in pairs], [c for _, c in pairs], progress=False)
         score_s = time.perf_counter() - start
         scored = sum(len(c) for _, c in pairs)
-        rows[batch] = {"batch_size": batch, "score_batch_size": scorer.batch_size, "generated_tokens": generated, "sample_seconds": sample_s,
-                       "sample_tokens_per_s": generated / sample_s, "scored_tokens": scored,
+        rows[batch] = {"batch_size": batch, "score_batch_size": scorer.batch_size, "generated_tokens": generated,
+                       "sample_seconds": sample_s, "sample_tokens_per_s": generated / sample_s, "scored_tokens": scored,
                        "score_seconds": score_s, "score_tokens_per_s": scored / score_s}
         print(f"batch {batch:3d}: sampling {generated / sample_s:7.0f} tok/s, scoring {scored / score_s:7.0f} tok/s",
               flush=True)

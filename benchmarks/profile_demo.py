@@ -174,29 +174,26 @@ def sampling_profile(run_dir: Path, questions: int, batch_sizes: list[int]) -> d
     prompts, stop, n = prompts[:questions], [cfg.format.answer_close], 8
     out: dict = {"sequences": questions * n, "runs": []}
 
+    def useful_tokens(engine: str, batch_size: int) -> int:
+        if engine == "generate":
+            return generate_batches(model, tok, prompts, n, batch_size, stop)
+        rows = HFGenerator(model, tok, batch_size).generate(prompts, n=n, max_new_tokens=256, temperature=0.7,
+                                                            stop=stop, progress=False)
+        return sum(len(g.token_ids) for row in rows for g in row)
+
     def timed(engine: str, attention: str, batch_size: int, profiled: bool = False) -> None:
         model.set_attn_implementation(attention)
         start = time.perf_counter()
-        if engine == "generate":
-            useful = generate_batches(model, tok, prompts, n, batch_size, stop)
-        else:
-            rows = HFGenerator(model, tok, batch_size).generate(prompts, n=n, max_new_tokens=256, temperature=0.7,
-                                                                stop=stop, progress=False)
-            useful = sum(len(g.token_ids) for row in rows for g in row)
+        useful = useful_tokens(engine, batch_size)
         seconds = time.perf_counter() - start
         entry = {"engine": engine, "attention": attention, "batch_size": batch_size, "seconds": round(seconds, 2),
                  "useful_tokens_per_s": round(useful / seconds)}
         if profiled:
             with profile(activities=[ProfilerActivity.CPU]) as prof:
-                timed_call = HFGenerator(model, tok, batch_size).generate if engine == "ours" else None
-                if timed_call:
-                    timed_call(prompts, n=n, max_new_tokens=256, temperature=0.7, stop=stop, progress=False)
-                else:
-                    generate_batches(model, tok, prompts, n, batch_size, stop)
+                useful_tokens(engine, batch_size)
             entry["top_operators"] = top_operators(prof)
         out["runs"].append(entry)
-        print(entry["engine"], attention, batch_size, entry["seconds"], "s", entry["useful_tokens_per_s"], "tok/s",
-              flush=True)
+        print(engine, attention, batch_size, entry["seconds"], "s", entry["useful_tokens_per_s"], "tok/s", flush=True)
 
     HFGenerator(model, tok, 64).generate(prompts[:4], max_new_tokens=8, progress=False)  # warm-up
     timed("generate", "sdpa", 64)
