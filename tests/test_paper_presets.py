@@ -230,7 +230,8 @@ def test_every_paper_preset_is_valid_yaml_and_loads(name):
         assert (cfg.rollout.num_generations, cfg.rollout.temperature) == (8, 0.7)
     if name.endswith("-1k"):  # the 1K setting: 1,000 questions, all K traces weighted, no mix, batch 16 x K
         assert (cfg.sample.num_questions, cfg.build.mode, cfg.build.mix) == (1000, "weighted", False)
-        assert batch["final"] == 16 * cfg.sample.num_generations and cfg.final.max_length == 32768
+        assert batch["final"] == 16 and cfg.build.weighted_batch == "scaled"  # the final stage multiplies it by K
+        assert cfg.final.max_length == 32768
         assert cfg.final.max_steps == 313 and cfg.final.weight_decay == 1e-4  # 5 epochs x 1,000 / 16
     else:  # the 17K setting: all questions, the best trace mixed 1:1, batch 192 for pi0's step count
         assert (cfg.sample.num_questions, cfg.build.mode, cfg.build.mix) == (None, "best", True)

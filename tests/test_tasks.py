@@ -451,3 +451,32 @@ def test_user_json_and_saved_dataset(tmp_path):
 
     datasets.Dataset.from_list(records).save_to_disk(str(tmp_path / "saved"))
     assert [p.question for p in load_user_problems(str(tmp_path / "saved"))] == ["q1", "q2"]
+
+
+def test_reference_solutions_by_hand():
+    """meta["solution"], the hint of posterior.hint: solution: running totals for sums; for products the shifted
+    partial products and their sum, or the product at once when there is one non-zero partial product."""
+    sums, products = arithmetic.SumTask(), arithmetic.ProductTask()
+    assert sums.solution((347, 85, 1206)) == "347+85=432\n432+1206=1638"
+    assert sums.solution((7, 2)) == "7+2=9"
+    assert products.solution((347, 85)) == "347*5=1735\n347*80=27760\n1735+27760=29495"
+    assert products.solution((347, 80)) == "347*80=27760"
+    assert products.solution((41, 7)) == "41*7=287"
+    for task in (sums, products):
+        for p in task.generate(30, seed=3, difficulties=list(task.levels)):
+            solution = p.meta["solution"]
+            assert solution.endswith("=" + p.answer)
+            assert solution != p.trace or p.style == "terse"  # a terse trace can be the solution itself
+
+
+def test_user_solution_column_is_read_and_checked(tmp_path):
+    rows = [dict(r, sol=f"solution {i}") for i, r in enumerate(ROWS)]
+    problems = load_user_problems(write_jsonl(tmp_path / "d.jsonl", rows), **COLUMNS, solution_column="sol")
+    assert [p.meta["solution"] for p in problems] == ["solution 0", "solution 1", "solution 2"]
+    rows[1]["sol"] = ""
+    with pytest.raises(InputError) as err:
+        load_user_problems(write_jsonl(tmp_path / "e.jsonl", rows), **COLUMNS, solution_column="sol")
+    assert "row 1" in str(err.value) and "sol" in str(err.value)
+    del rows[1]["sol"]
+    with pytest.raises(InputError, match="missing column"):
+        load_user_problems(write_jsonl(tmp_path / "f.jsonl", rows), **COLUMNS, solution_column="sol")

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from varreason.config import RunConfig, dump_config, set_value, validate
 from varreason.errors import InputError
-from varreason.pipeline import STAGES, run_stage
+from varreason.pipeline import STAGES, round_model, run_rounds, run_stage
 from varreason.report import bias
 from varreason.runs import RunDir
 from varreason.stages.eval import evaluate_if_changed
@@ -35,7 +35,7 @@ VARIATIONAL_STAGES = ("posterior", "sample", "score", "rollout", "weights", "bui
 
 @dataclass(frozen=True)
 class Method:
-    kind: str  # sft | sft-matched | variational | no-hint | rft | grpo: how the model is made and measured
+    kind: str  # sft | sft-matched | sft-paper | variational | no-hint | rft | grpo: how the model is made and measured
     stages: tuple[str, ...]  # after data, base and initial
     overrides: dict = field(default_factory=dict)  # section.field -> value, on top of the compare config
     description: str = ""
@@ -45,6 +45,8 @@ BUILTIN: dict[str, Method] = {
     "sft": Method("sft", (), {}, "pi0: SFT on the teacher traces"),
     "sft-matched": Method("sft-matched", ("matched",), {"final.sft_matched": True},
                           "pi0's recipe continued with the final model's init, steps and batch"),
+    "sft-paper": Method("sft-paper", ("matched",), {"final.sft_paper": True},
+                        "the paper's baseline: as sft-matched with half the final model's batch (its 192 vs 96)"),
     "variational": Method("variational", VARIATIONAL_STAGES, {"sample.proposal": "posterior"},
                           "q's hinted traces, importance-weighted (the method)"),
     "no-hint": Method("no-hint", VARIATIONAL_STAGES[1:], {"sample.proposal": "prior", "final.name": "no-hint"},
@@ -95,8 +97,9 @@ def method_config(cfg: RunConfig, name: str, method: Method, root: Path) -> RunC
 
 
 def model_name(cfg: RunConfig, method: Method) -> str:
-    return {"sft": "initial", "sft-matched": "sft-matched", "variational": cfg.final.name, "no-hint": cfg.final.name,
-            "rft": cfg.rft.name, "grpo": cfg.grpo.name}[method.kind]
+    final = round_model(cfg, cfg.rounds)  # the last round's final model
+    return {"sft": "initial", "sft-matched": "sft-matched", "sft-paper": "sft-paper", "variational": final,
+            "no-hint": final, "rft": cfg.rft.name, "grpo": cfg.grpo.name}[method.kind]
 
 
 # --- adopting finished stages from other run folders ------------------------------------------------------------------
@@ -150,6 +153,8 @@ def run_method(name: str, method: Method, cfg: RunConfig, donors: list[RunDir], 
                 console.print(f"[dim]- {stage}: adopted (same config) from {donor}[/dim]")
                 continue
             run_stage(stage, cfg, run, force=force and stage in method.stages)
+        if method.kind in ("variational", "no-hint") and cfg.rounds > 1:
+            run_rounds(cfg, run, force=force, evaluate=False)
         model = model_name(cfg, method)
         metrics = evaluate_if_changed(cfg, run, model, force=force)
     stages = run.manifest()["stages"]

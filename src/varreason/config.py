@@ -77,6 +77,8 @@ class TaskConfig:
     trace_column: str = option("trace", "user data: the teacher trace column")
     answer_column: str = option("answer", "user data: the reference answer column")
     difficulty_column: str | None = option(None, "user data: an integer difficulty column (null = none)")
+    solution_column: str | None = option(None, "user data: a reference solution column, the hint of "
+                                               "`posterior.hint: solution` (null = none)")
     answer_kind: str = option("math", "user data: verifier, math (math-verify) | integer", choices=("math", "integer"))
 
 
@@ -145,8 +147,15 @@ class SFTConfig:
 class PosteriorConfig(SFTConfig):
     """q_φ(z | x, y′): SFT with the answer hint in the prompt (format A or B: `format.posterior_format`)."""
 
-    mode: str = option("teacher", "teacher: SFT on the teacher traces (the released recipe) | forward_kl (to come)", choices=("teacher", "forward_kl"))
+    mode: str = option("teacher", "teacher: SFT on the teacher traces (the released recipe) | forward_kl (Algorithm 1's "
+                                  "phi-phase, Eq. 9: weighted SFT on pi's own traces, weight = pi's accuracy after each)",
+                       choices=("teacher", "forward_kl"))
     init: str = option("base", "base (the released recipe) | initial (Algorithm 1: q starts as a copy of pi0)", choices=("base", "initial"))
+    hint: str = option("answer", "the hint y' in q's prompt: answer (the reference answer) | solution (the reference "
+                                 "solution, the paper's App. G; built-in tasks write one, user data: "
+                                 "task.solution_column)", choices=("answer", "solution"))
+    num_generations: int = option(8, "forward_kl: M traces of pi per question (no hint), each rolled out "
+                                     "rollout.num_generations times", ge=1)
 
 
 @dataclass
@@ -198,6 +207,8 @@ class WeightsConfig:
     max_trace_tokens: int | None = option(None, "longer traces are ineligible (the released 28000 cutoff); "
                                                 "null = none", ge=1)
     require_finished: bool = option(True, "a trace that hit max_completion_length is ineligible")
+    num_traces: int | None = option(None, "use only the first this many of the K traces per question (a K ablation "
+                                          "on one sample: nested subsets); null = all K", ge=1)
 
 
 @dataclass
@@ -208,6 +219,10 @@ class BuildConfig:
                                "(1K recipe)", choices=("best", "weighted"))
     mix: bool = option(True, "add the teacher data of every training question (the paper's 17K mix)")
     min_weight: float = option(0.0, "weighted mode: drop rows with rho~ below this (counted), to spare compute", ge=0.0, le=1.0)
+    weighted_batch: str = option("fixed", "weighted mode: fixed (the final batch as set, weights rescaled to mean 1: "
+                                          "SFT's compute) | scaled (the paper's 1K recipe: the batch times the rows "
+                                          "per question, ~K, so every step sees as many questions as SFT's; ~K times "
+                                          "the compute)", choices=("fixed", "scaled"))
 
 
 @dataclass
@@ -217,6 +232,8 @@ class FinalConfig(SFTConfig):
     name: str = option("final", "the model folder models/<name> (name variants to keep several in one run)")
     init: str = option("base", "base (the paper) | initial (continue from pi0)", choices=("base", "initial"))
     sft_matched: bool = option(True, "also train sft-matched: the teacher data, same init, steps and batch as final")
+    sft_paper: bool = option(False, "also train sft-paper: the teacher data, same init and steps, half the final's "
+                                    "batch (the paper's 17K comparison: final batch 192, baseline 96)")
 
 
 @dataclass
@@ -318,6 +335,8 @@ ENGINE_SECTIONS = ("sample", "score", "rollout", "eval")  # the sections whose s
 class RunConfig:
     output_dir: str = option("runs/demo", "the run folder (every artifact of the run)")
     seed: int = option(0, "seeds the data split, the tiny model, training and sampling", ge=0)
+    rounds: int = option(1, "T: Algorithm 1's rounds; round t >= 2 trains q and pi again from round t-1's models, "
+                            "its artifacts in rounds/<t>/ and its model evaluated as <final.name>-round<t>", ge=1)
     num_threads: int = option(0, "torch threads; 0 = all cores", ge=0)
     backend: str = option("hf", "sampling and scoring engine: hf (transformers model, our decode loop) | vllm (the vllm extra)",
                           choices=("hf", "vllm"))
@@ -362,8 +381,10 @@ class RunConfig:
 
 # Fields added after runs existed whose default reproduces the old behaviour: left out of the stage hashes at their
 # default, so finished stages of older run folders are still reused (and `compare --reuse` finds them).
-HASH_OMIT_AT_DEFAULT = {("sample", "proposal")} | {(section, key) for key in ("adam_beta2", "padding_free")
-                                                  for section in ("initial", "posterior", "final", "rft")}
+HASH_OMIT_AT_DEFAULT = {("sample", "proposal"), ("task", "solution_column"), ("posterior", "hint"),
+                        ("posterior", "num_generations"), ("weights", "num_traces"), ("build", "weighted_batch"),
+                        ("final", "sft_paper")} | {(section, key) for key in ("adam_beta2", "padding_free")
+                                                   for section in ("initial", "posterior", "final", "rft")}
 _DEFAULTS = RunConfig().to_dict()
 
 
@@ -472,12 +493,12 @@ def validate(cfg: RunConfig) -> RunConfig:
     for name, share in cfg.task.style_mix.items():
         if share < 0:  # finite already: every float is checked when it is read
             raise InputError(f"'task.style_mix.{name}' must be a finite number >= 0, got {share!r}")
-    if cfg.final.name in ("base", "initial", "posterior", "sft-matched") or not cfg.final.name.replace("-", "").replace(
+    if cfg.final.name in ("base", "initial", "posterior", "sft-matched", "sft-paper") or not cfg.final.name.replace("-", "").replace(
             "_", "").isalnum():
         raise InputError(f"'final.name' must be a new model name (letters, digits, - and _), got {cfg.final.name!r}")
     for section in ("rft", "grpo"):
         name = getattr(cfg, section).name
-        if name in ("base", "initial", "posterior", "sft-matched", cfg.final.name) or not name.replace("-", "").replace(
+        if name in ("base", "initial", "posterior", "sft-matched", "sft-paper", cfg.final.name) or not name.replace("-", "").replace(
                 "_", "").isalnum():
             raise InputError(f"'{section}.name' must be a new model name (letters, digits, - and _), got {name!r}")
     if cfg.grpo.reward == "debiased" and cfg.grpo.scale_rewards == "group":
@@ -487,8 +508,12 @@ def validate(cfg: RunConfig) -> RunConfig:
     if g.num_generations < 2 or (g.per_device_train_batch_size * g.gradient_accumulation_steps) % g.num_generations:
         raise InputError("'grpo.num_generations' must be >= 2 and divide per_device_train_batch_size x "
                          "gradient_accumulation_steps (whole groups per optimiser step)")
-    if cfg.posterior.mode == "forward_kl":
-        raise InputError("'posterior.mode: forward_kl' (Algorithm 1's phi-phase) is not implemented yet; use 'teacher'")
+    if cfg.posterior.mode == "forward_kl" and cfg.rollout.num_generations == 0:
+        raise InputError("'posterior.mode: forward_kl' weights pi's traces by its accuracy after each: it needs "
+                         "rollout.num_generations >= 1", field="rollout.num_generations")
+    if cfg.weights.num_traces is not None and cfg.weights.num_traces > cfg.sample.num_generations:
+        raise InputError(f"'weights.num_traces' ({cfg.weights.num_traces}) is more than the traces sampled per "
+                         f"question (sample.num_generations: {cfg.sample.num_generations})")
     if cfg.weights.estimator == "accuracy" and cfg.rollout.num_generations == 0:
         raise InputError("'weights.estimator: accuracy' needs rollouts: set 'rollout.num_generations' (M) above 0")
     if cfg.model.name_or_path:

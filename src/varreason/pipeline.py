@@ -6,6 +6,10 @@ printed results.
 and the baselines, run alone (`varreason rft`, `varreason grpo`) or by `varreason compare`: rft (after `sample` with
 `sample.proposal: prior`) and grpo (after `initial`).
 
+Rounds (`rounds: T`, Algorithm 1): round 1 is the run folder itself; round t >= 2 runs posterior -> ... -> final again
+in rounds/<t>/ on round t-1's models (`round_folder`), and its final model joins the run's models as
+<final.name>-round<t>, evaluated after the round.
+
 A stage is skipped when the manifest holds it with the same hash of the config sections it (and everything
 upstream) depends on and its outputs exist. `eval` always runs and skips, model by model, what it already did.
 
@@ -17,7 +21,9 @@ writes artifacts and the manifest; every stage ends with a barrier.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,8 +51,13 @@ class Stage:
     always: bool = False  # run every time (the stage caches its own work)
     engines: bool = True  # reads samples / scores made by a sampling engine (grpo samples with TRL: False)
 
-    def config_hash(self, cfg: RunConfig) -> str:
-        return cfg.section_hash(*self.sections, engines=self.engines)
+    def config_hash(self, cfg: RunConfig, round: int = 1) -> str:
+        own = cfg.section_hash(*self.sections, engines=self.engines)
+        if round == 1:
+            return own
+        # round t >= 2 starts from round t-1's final model, so it depends on everything that model depends on
+        upstream = STAGES["final"].config_hash(cfg)
+        return hashlib.sha256(f"{upstream}:{own}:round{round}".encode()).hexdigest()[:16]
 
 
 PI0 = ("seed", "task", "format", "model", "initial")  # every stage after pi0 depends on these
@@ -89,7 +100,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("final", variational.stage_final, SAMPLED + ("score", "rollout", "weights", "build", "final"),
           ("train/final.parquet",), lambda c: [f"models/{c.final.name}/config.json"], "train"),
     Stage("matched", variational.stage_matched, PI0 + ("final",), ("data/train.parquet",),
-          lambda c: ["models/sft-matched/config.json"] if c.final.sft_matched else [], "train"),
+          lambda c: (["models/sft-matched/config.json"] if c.final.sft_matched else [])
+          + (["models/sft-paper/config.json"] if c.final.sft_paper else []), "train"),
     Stage("rft", baselines.stage_rft, SAMPLED + ("final", "rft"), ("samples/posterior.parquet", "models/initial"),
           lambda c: [f"train/{c.rft.name}.parquet", f"models/{c.rft.name}/config.json"], "train"),
     Stage("grpo", baselines.stage_grpo, PI0 + ("sample", "grpo"), ("data/train.parquet", "models/initial"),
@@ -99,12 +111,13 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           lambda c: ["eval/summary.json"], "split", always=True),
 ]}
 ORDER = [n for n in STAGES if n not in ("rft", "grpo")]  # `varreason run`; baselines run alone or via `compare`
+ROUND_STAGES = ("posterior", "sample", "score", "rollout", "weights", "build", "final")  # what a round t >= 2 redoes
 
 
 def run_stage(name: str, cfg: RunConfig, run: RunDir, force: bool = False) -> dict:
     """Run one stage unless its artifact is complete for the same config (every rank of a group calls this)."""
     stage = STAGES[name]
-    config_hash = stage.config_hash(cfg)
+    config_hash = stage.config_hash(cfg, run.round)
     outputs = stage.outputs(cfg)
     say = console.print if run.ranks.main else (lambda *a, **k: None)
     if not force and not stage.always and run.is_done(name, config_hash, outputs):
@@ -126,6 +139,58 @@ def run_stage(name: str, cfg: RunConfig, run: RunDir, force: bool = False) -> di
         run.record(name, config_hash, outputs, list(stage.inputs), counts, time.time() - start)
     run.ranks.wait()
     return counts if run.ranks.main else run.manifest()["stages"][name]["counts"]
+
+
+def _link(path, target) -> None:
+    """path -> target as a relative symlink (the run folder can move), replacing an older link."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink():
+        path.unlink()
+    os.symlink(os.path.relpath(target, path.parent), path)
+
+
+def round_folder(cfg: RunConfig, run: RunDir, t: int) -> RunDir:
+    """Round t >= 2 of Algorithm 1 as a run folder of its own, rounds/<t>/, that every stage reads as usual: its
+    data/ and models/base are the run's; models/initial is round t-1's final model (pi_{t-1}: the phi-phase samples
+    from it, traces are scored under it, and the final model continues from it with final.init initial);
+    models/previous-posterior is round t-1's q, which this round's q continues from (Algorithm 1 keeps phi)."""
+    previous = run.path if t == 2 else run.path / "rounds" / str(t - 1)
+    folder = RunDir(run.path / "rounds" / str(t), run.ranks)
+    folder.round = t
+    if run.ranks.main:
+        links = {"data": run.path / "data", "models/base": run.path / "models" / "base",
+                 "models/initial": previous / "models" / cfg.final.name,
+                 "models/previous-posterior": previous / "models" / "posterior"}
+        for rel, target in links.items():
+            if target.exists():
+                _link(folder.path / rel, target)
+        manifest, top = folder.manifest(), run.manifest()["stages"]
+        for stage in ("data", "initial"):  # pi0's step count (final.max_steps -1) and the data, as compare adopts
+            if stage in top and stage not in manifest["stages"]:
+                manifest["stages"][stage] = {**top[stage], "adopted_from": str(run.path.resolve())}
+        folder.write_json("manifest.json", manifest)
+    run.ranks.wait()
+    return folder
+
+
+def round_model(cfg: RunConfig, t: int) -> str:
+    """The run's name for round t's final model."""
+    return cfg.final.name if t == 1 else f"{cfg.final.name}-round{t}"
+
+
+def run_rounds(cfg: RunConfig, run: RunDir, force: bool = False, evaluate: bool = True) -> None:
+    """Rounds 2..T (`rounds`): each in its own folder; its final model linked into the run's models and evaluated."""
+    for t in range(2, cfg.rounds + 1):
+        if run.ranks.main:
+            console.print(f"[bold]round {t} of {cfg.rounds}[/bold] (rounds/{t}/)")
+        folder = round_folder(cfg, run, t)
+        for name in ROUND_STAGES:
+            run_stage(name, cfg, folder, force=force)
+        if run.ranks.main:
+            _link(run.path / "models" / round_model(cfg, t), folder.path / "models" / cfg.final.name)
+        run.ranks.wait()
+        if evaluate:
+            run_stage("eval", cfg, run)
 
 
 def _check_engines_fit_ranks(cfg: RunConfig, stages_to_run: list[str], ranks: Ranks) -> None:
@@ -161,6 +226,8 @@ def run_all(cfg: RunConfig, stages_to_run: list[str] | None = None, force: bool 
         start = time.time()
         for name in stages_to_run:
             run_stage(name, cfg, run, force=force)
+        if stages_to_run == ORDER and cfg.rounds > 1:
+            run_rounds(cfg, run, force=force)
         wall = time.time() - start
         if whole and run.ranks.main and write_report(run):
             console.print(f"report: {run.path / 'report.md'}")

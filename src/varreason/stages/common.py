@@ -45,6 +45,22 @@ def init_path(cfg: RunConfig, run: RunDir, init: str) -> str:
     return base_model_path(cfg, run) if init == "base" else model_dir(run, "initial")
 
 
+def hint(cfg: RunConfig, p: Problem) -> str:
+    """y' in q's prompt: the reference answer, or the reference solution (`posterior.hint: solution`)."""
+    return str(p.answer) if cfg.posterior.hint == "answer" else p.meta["solution"]
+
+
+def check_hints(cfg: RunConfig, problems: list[Problem], source: str) -> None:
+    """`posterior.hint: solution` needs a reference solution on every problem: one line naming the first without."""
+    if cfg.posterior.hint != "solution" or cfg.sample.proposal == "prior":
+        return
+    for i, p in enumerate(problems):
+        if not str(p.meta.get("solution") or "").strip():
+            raise InputError("posterior.hint is 'solution' but this problem has no reference solution (the built-in "
+                             "sum / product tasks and Bespoke-Stratos rows have one; user data: set "
+                             "task.solution_column)", file=source, row=i, field="meta.solution")
+
+
 def sft_rows(problems: list[Problem], templates: Templates) -> list[dict]:
     """Teacher data in TRL's prompt / completion columns, weight 1."""
     return [{"prompt": templates.prompt(p.question), "completion": templates.completion(p.trace, p.answer),

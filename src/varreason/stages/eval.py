@@ -20,7 +20,7 @@ from varreason.stages.common import load_problems, stable_seed
 from varreason.templates import Templates
 
 REASONING_MODELS_FIRST = ("initial", "final", "sft-matched")
-NOT_REASONING_MODELS = ("base", "posterior")
+NOT_REASONING_MODELS = ("base", "posterior", "previous-posterior")
 
 
 def reasoning_models(run: RunDir) -> list[str]:

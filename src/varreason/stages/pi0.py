@@ -13,7 +13,7 @@ from varreason.config import RunConfig
 from varreason.errors import InputError
 from varreason.models import build_tiny, convert_gguf, count_parameters, gguf_source, load_model, load_tokenizer
 from varreason.runs import RunDir
-from varreason.stages.common import base_model_path, load_problems, sft_rows
+from varreason.stages.common import base_model_path, check_hints, load_problems, sft_rows
 from varreason.tasks.base import Problem
 from varreason.templates import Templates
 from varreason.training import train_sft
@@ -29,7 +29,8 @@ def stage_data(cfg: RunConfig, run: RunDir) -> dict:
         train, test = tasks.build_splits(t.families, t.n_train, t.n_test, cfg.seed, t.difficulties, t.style_mix)
     else:
         columns = {"question_column": t.question_column, "trace_column": t.trace_column,
-                   "answer_column": t.answer_column, "difficulty_column": t.difficulty_column}
+                   "answer_column": t.answer_column, "difficulty_column": t.difficulty_column,
+                   "solution_column": t.solution_column}
         rows = tasks.load_user_problems(t.source, split=t.split, **columns)
         for p in rows:
             p.meta.setdefault("answer_kind", t.answer_kind)
@@ -40,6 +41,7 @@ def stage_data(cfg: RunConfig, run: RunDir) -> dict:
         else:
             train, test = split_user_problems(rows, t.test_fraction, cfg.seed)
         train, test = train[: t.n_train], test[: t.n_test]
+    check_hints(cfg, train, cfg.task.source)  # before any artifact: the posterior would need a solution per problem
     run.write_rows("data/train.parquet", [p.to_row() for p in train])
     run.write_rows("data/test.parquet", [p.to_row() for p in test])
     return {"train": len(train), "test": len(test), "styles": _count(train, "style"),

@@ -32,8 +32,10 @@ from varreason.errors import InputError
 from varreason.models import load_tokenizer
 from varreason.runs import RunDir
 from varreason.stages.common import (
+    check_hints,
     final_training_config,
     group_rows,
+    hint,
     init_path,
     load_problems,
     model_dir,
@@ -47,26 +49,87 @@ from varreason.training import train_sft
 
 # --- 2. posterior ---------------------------------------------------------------------------------------------------
 
+def posterior_prompt(cfg: RunConfig, templates: Templates, p: Problem) -> str:
+    return templates.posterior_prompt(p.question, hint(cfg, p))
+
+
 def stage_posterior(cfg: RunConfig, run: RunDir) -> dict:
-    """q_phi: SFT with the reference answer as the hint in the prompt (format A or B), on the teacher traces."""
+    """q_phi with the hint y' in its prompt (format A or B): SFT on the teacher traces (`mode: teacher`, the released
+    recipe), or Algorithm 1's phi-phase (`mode: forward_kl`): weighted SFT on pi's own traces."""
     if cfg.sample.proposal == "prior":
         return {"skipped": "sample.proposal is prior: pi0 proposes the traces, no posterior is trained"}
-    init = init_path(cfg, run, cfg.posterior.init)
-    templates = Templates(cfg.format, load_tokenizer(init))
-    rows = [{"prompt": templates.posterior_prompt(p.question, p.answer),
-             "completion": templates.completion(p.trace, p.answer), "weight": 1.0, "source": "teacher"}
-            for p in load_problems(run, "train")]
+    previous = run.path / "models" / "previous-posterior"  # round t >= 2: q continues from round t-1's q
+    init = str(previous) if (previous / "config.json").exists() else init_path(cfg, run, cfg.posterior.init)
+    problems = load_problems(run, "train")
+    check_hints(cfg, problems, str(run.path / "data" / "train.parquet"))
+    if cfg.posterior.mode == "forward_kl":
+        rows, counts = forward_kl_rows(cfg, run, problems)
+    else:
+        templates = Templates(cfg.format, load_tokenizer(init))
+        rows = [{"prompt": posterior_prompt(cfg, templates, p), "completion": templates.completion(p.trace, p.answer),
+                 "weight": 1.0, "source": "teacher"} for p in problems]
+        counts = {}
     stats = train_sft(init, rows, cfg.posterior, run.path / "models" / "posterior", seed=cfg.seed,
                       log_dir=run.path / "logs" / "posterior")
-    return {**stats, "init": cfg.posterior.init, "format": cfg.format.posterior_format}
+    run.drop_shards("phi/samples")
+    run.drop_shards("phi/rollouts")
+    return {**stats, **counts, "init": cfg.posterior.init, "format": cfg.format.posterior_format,
+            "mode": cfg.posterior.mode, "hint": cfg.posterior.hint}
+
+
+def forward_kl_rows(cfg: RunConfig, run: RunDir, problems: list[Problem]) -> tuple[list[dict], dict]:
+    """Algorithm 1's phi-phase (Eq. 9): M traces per question from pi (models/initial, no hint), M' answers of pi
+    after each, w_m = acc_m / sum_j acc_j within the question (`objectives.forward_kl_weights`); q's training rows
+    are (hinted prompt, trace m + the reference answer) with weight w_m, rescaled to mean 1 as the weighted build.
+    A question none of whose traces led to a correct answer (w undefined: 0/0) falls back to its teacher trace with
+    weight 1, as the theta-phase does, and is counted (`phi_teacher_fallbacks`).
+
+    The traces and answers are kept (phi/samples.parquet, phi/rollouts.parquet) and so are their shards
+    until q is trained, so a killed stage does not sample again."""
+    from varreason.backends import open_engine
+
+    with open_engine(cfg.backend_of("sample"), model_dir(run, "initial"), batch_size=cfg.sample.batch_size,
+                     vllm=cfg.vllm, seed=cfg.seed) as engine:
+        templates = Templates(cfg.format, engine.tokenizer)
+        samples = sample_traces(cfg, run, engine, problems, lambda p: templates.prompt(p.question),
+                                cfg.posterior.num_generations, "phi/samples", "phi-sample", "phi: sample pi")
+        run.write_rows("phi/samples.parquet", samples)
+        rollouts = roll_out(cfg, run, engine.with_batch_size(cfg.rollout.batch_size), samples,
+                            cfg.posterior.num_generations, {p.id: p for p in problems}, "phi/rollouts", "phi-rollout", "phi: rollout pi")
+        run.write_rows("phi/rollouts.parquet", rollouts)
+    by_question = group_rows(samples, "question_id")
+    correct, totals = defaultdict(int), defaultdict(int)
+    for r in rollouts:
+        correct[(r["question_id"], r["k"])] += int(r["correct"])
+        totals[(r["question_id"], r["k"])] += 1
+    rows, fallbacks = [], 0
+    for p in problems:
+        group = sorted(by_question.get(p.id, []), key=lambda r: r["k"])
+        usable = [r["finished"] or not cfg.weights.require_finished for r in group]
+        counts = [correct[(p.id, r["k"])] if ok else 0 for r, ok in zip(group, usable)]
+        weights, none_correct = objectives.forward_kl_weights(counts, [totals[(p.id, r["k"])] for r in group])
+        prompt = posterior_prompt(cfg, templates, p)
+        if none_correct:
+            fallbacks += 1
+            rows.append({"prompt": prompt, "completion": templates.completion(p.trace, p.answer), "weight": 1.0,
+                         "source": "fallback", "question_id": p.id, "k": -1})
+            continue
+        rows += [{"prompt": prompt, "completion": templates.completion(r["trace"], p.answer), "weight": float(w),
+                  "source": "pi", "question_id": p.id, "k": r["k"]} for r, w in zip(group, weights) if w > 0]
+    for r in rows:  # mean row weight 1 (see build_rows), exactly proportional to w_m within a question
+        r["weight"] *= len(rows) / len(problems)
+    run.write_rows("train/posterior.parquet", rows)
+    return ([{k: r[k] for k in ("prompt", "completion", "weight")} for r in rows],
+            {"phi_traces": len(samples), "phi_rollouts": len(rollouts), "phi_rows": len(rows),
+             "phi_teacher_fallbacks": fallbacks,
+             "phi_rollout_accuracy": sum(r["correct"] for r in rollouts) / max(1, len(rollouts))})
 
 
 # --- 3. sample --------------------------------------------------------------------------------------------------------
 
 def proposal_prompt(cfg: RunConfig, templates: Templates, p: Problem) -> str:
     """The prompt the traces are sampled from: q's (with the hint), or pi0's own (no hint) for `proposal: prior`."""
-    return templates.prompt(p.question) if cfg.sample.proposal == "prior" else templates.posterior_prompt(p.question,
-                                                                                                           p.answer)
+    return templates.prompt(p.question) if cfg.sample.proposal == "prior" else posterior_prompt(cfg, templates, p)
 
 
 def stage_sample(cfg: RunConfig, run: RunDir) -> dict:
@@ -80,14 +143,18 @@ def stage_sample(cfg: RunConfig, run: RunDir) -> dict:
         return _sample(cfg, run, engine)
 
 
-def _sample(cfg: RunConfig, run: RunDir, engine) -> dict:
+def sample_traces(cfg: RunConfig, run: RunDir, engine, problems: list[Problem], prompt_of, n: int, shards: str,
+                  seed_tag: str, desc: str) -> list[dict]:
+    """n traces per problem from `engine` on `prompt_of(problem)` with the `sample` settings, in resumable shards
+    under `shards`: one row per trace (its text, the cut trace and its sampled token ids, the answer written after
+    it and its verdict)."""
     s = cfg.sample
     templates = Templates(cfg.format, engine.tokenizer)
 
     def work(chunk: list[Problem], index: int) -> list[dict]:
-        outputs = sample_verified(engine, templates, [proposal_prompt(cfg, templates, p) for p in chunk], chunk,
-                                  n=s.num_generations, max_new_tokens=s.max_completion_length,
-                                  temperature=s.temperature, top_p=s.top_p, seed=stable_seed("sample", cfg.seed, index))
+        outputs = sample_verified(engine, templates, [prompt_of(p) for p in chunk], chunk,
+                                  n=n, max_new_tokens=s.max_completion_length,
+                                  temperature=s.temperature, top_p=s.top_p, seed=stable_seed(seed_tag, cfg.seed, index))
         rows = []
         for p, samples in zip(chunk, outputs):
             for k, v in enumerate(samples):
@@ -100,9 +167,15 @@ def _sample(cfg: RunConfig, run: RunDir, engine) -> dict:
                              "format_ok": cut.format_ok, "format_error": cut.error})
         return rows
 
+    return run.sharded(shards, problems, s.chunk_size, work, desc=desc)
+
+
+def _sample(cfg: RunConfig, run: RunDir, engine) -> dict:
+    s = cfg.sample
+    templates = Templates(cfg.format, engine.tokenizer)
     problems = sampled_questions(cfg, run)
-    rows = run.sharded("samples", problems, s.chunk_size, work,
-                       desc="sample pi0 (no hint)" if s.proposal == "prior" else "sample q")
+    rows = sample_traces(cfg, run, engine, problems, lambda p: proposal_prompt(cfg, templates, p), s.num_generations,
+                         "samples", "sample", "sample pi0 (no hint)" if s.proposal == "prior" else "sample q")
     run.write_rows("samples/posterior.parquet", rows)
     run.drop_shards("samples")
     by_id = {p.id: p for p in problems}
@@ -155,7 +228,7 @@ def _score(cfg: RunConfig, run: RunDir, prior, posterior, same: bool) -> dict:
 
     def prompts_of(p: Problem) -> tuple[list[int], list[int], list[int]]:
         if p.id not in encoded:
-            encoded[p.id] = (enc(templates.prompt(p.question)), enc(templates.posterior_prompt(p.question, p.answer)),
+            encoded[p.id] = (enc(templates.prompt(p.question)), enc(posterior_prompt(cfg, templates, p)),
                              enc(str(p.answer)))
         return encoded[p.id]
 
@@ -198,31 +271,38 @@ def stage_rollout(cfg: RunConfig, run: RunDir) -> dict:
         return _rollout(cfg, run, engine)
 
 
+def roll_out(cfg: RunConfig, run: RunDir, engine, samples: list[dict], per_question: int, problems: dict,
+             shards: str, seed_tag: str, desc: str) -> list[dict]:
+    """M answers (`rollout` settings) of `engine` after each sampled trace, verified, in resumable shards under
+    `shards`: one row per (question, trace k, answer m)."""
+    o = cfg.rollout
+    templates = Templates(cfg.format, engine.tokenizer)
+    close = cfg.format.think_close
+
+    def work(chunk: list[dict], index: int) -> list[dict]:
+        given = [r["trace"] + close for r in chunk]  # the model answers after the sampled trace
+        outputs = sample_verified(
+            engine, templates, [templates.prompt(problems[r["question_id"]].question) + z for r, z in zip(chunk, given)],
+            [problems[r["question_id"]] for r in chunk], prefixes=given, n=o.num_generations,
+            max_new_tokens=o.max_completion_length, temperature=o.temperature, top_p=o.top_p,
+            seed=stable_seed(seed_tag, cfg.seed, index))
+        return [{"question_id": r["question_id"], "k": r["k"], "m": m, "text": v.generation.text,
+                 "predicted": v.cut.answer, "correct": v.correct}
+                for r, answers in zip(chunk, outputs) for m, v in enumerate(answers)]
+
+    return run.sharded(shards, samples, max(1, o.chunk_size * per_question), work, desc=desc)
+
+
 def _rollout(cfg: RunConfig, run: RunDir, engine) -> dict:
     o = cfg.rollout
     templates = Templates(cfg.format, engine.tokenizer)
     problems = {p.id: p for p in load_problems(run, "train")}
-    close = cfg.format.think_close
     counts: dict = {"rollouts": 0, "correct": 0, "prior_samples": 0, "prior_correct": 0}
 
     if o.num_generations > 0:
-        generator = engine
-        samples = run.read_rows("samples/posterior.parquet")
-
-        def work(chunk: list[dict], index: int) -> list[dict]:
-            given = [r["trace"] + close for r in chunk]  # pi0 answers after the sampled trace
-            outputs = sample_verified(
-                generator, templates, [templates.prompt(problems[r["question_id"]].question) + z
-                                       for r, z in zip(chunk, given)],
-                [problems[r["question_id"]] for r in chunk], prefixes=given, n=o.num_generations,
-                max_new_tokens=o.max_completion_length, temperature=o.temperature, top_p=o.top_p,
-                seed=stable_seed("rollout", cfg.seed, index))
-            return [{"question_id": r["question_id"], "k": r["k"], "m": m, "text": v.generation.text,
-                     "predicted": v.cut.answer, "correct": v.correct}
-                    for r, answers in zip(chunk, outputs) for m, v in enumerate(answers)]
-
-        rows = run.sharded("scores/rollouts", samples, max(1, o.chunk_size * cfg.sample.num_generations), work,
-                           desc="rollout pi0")
+        rows = roll_out(cfg, run, engine, run.read_rows("samples/posterior.parquet"), cfg.sample.num_generations, problems,
+                        "scores/rollouts",
+                        "rollout", "rollout pi0")
         run.write_rows("scores/rollouts.parquet", rows)
         run.drop_shards("scores/rollouts")
         counts.update(rollouts=len(rows), correct=sum(r["correct"] for r in rows))
@@ -262,7 +342,7 @@ def compute_weights(cfg: RunConfig, scores: list[dict], samples: list[dict], rol
         totals[(r["question_id"], r["k"])] += 1
     rows = []
     for qid, group in group_rows(scores, "question_id").items():
-        group = sorted(group, key=lambda r: r["k"])
+        group = sorted(group, key=lambda r: r["k"])[: w.num_traces]  # the first n traces (None: all K)
         keys = [(qid, r["k"]) for r in group]
         eligible = [(finished[key] or not w.require_finished)
                     and (w.max_trace_tokens is None or r["trace_tokens"] <= w.max_trace_tokens)
@@ -381,9 +461,19 @@ def stage_build(cfg: RunConfig, run: RunDir) -> dict:
 
 # --- 8. final and its compute-matched SFT baseline ------------------------------------------------------------------
 
+def traces_per_question(cfg: RunConfig) -> int:
+    """K: the traces per question the weights use."""
+    return cfg.weights.num_traces or cfg.sample.num_generations
+
+
 def stage_final(cfg: RunConfig, run: RunDir) -> dict:
-    """The final reasoning model: weighted SFT on train/final.parquet, saved as models/<final.name>."""
+    """The final reasoning model: weighted SFT on train/final.parquet, saved as models/<final.name>. With
+    `build.weighted_batch: scaled` the batch is K times the configured one for the same steps (the paper's 1K recipe;
+    sft-matched keeps the configured batch, as the paper's baseline), by K times the gradient accumulation: the
+    memory of a micro-batch stays as configured."""
     sft = final_training_config(cfg, run)
+    if cfg.build.mode == "weighted" and cfg.build.weighted_batch == "scaled":
+        sft.gradient_accumulation_steps *= traces_per_question(cfg)
     rows = [{k: r[k] for k in ("prompt", "completion", "weight")} for r in run.read_rows("train/final.parquet")]
     stats = train_sft(init_path(cfg, run, cfg.final.init), rows, sft, run.path / "models" / cfg.final.name,
                       seed=cfg.seed, log_dir=run.path / "logs" / cfg.final.name)
@@ -391,15 +481,23 @@ def stage_final(cfg: RunConfig, run: RunDir) -> dict:
 
 
 def stage_matched(cfg: RunConfig, run: RunDir) -> dict:
-    """`sft-matched`: pi0's recipe (the teacher data) with the final model's init, optimiser steps and batch size."""
-    if not cfg.final.sft_matched:
-        return {"skipped": "final.sft_matched is false"}
-    sft = final_training_config(cfg, run)
+    """`sft-matched`: pi0's recipe (the teacher data) with the final model's init, optimiser steps and batch size;
+    `sft-paper` (final.sft_paper): the same with half the final's batch, the paper's own comparison (its final model
+    trains on the 1:1 mix with batch 192 against the baseline's 96 for the same steps: one epoch each)."""
+    wanted = {"sft-matched": 1} if cfg.final.sft_matched else {}
+    if cfg.final.sft_paper:
+        wanted["sft-paper"] = 2
+    if not wanted:
+        return {"skipped": "final.sft_matched and final.sft_paper are false"}
     init = init_path(cfg, run, cfg.final.init)
     rows = sft_rows(load_problems(run, "train"), Templates(cfg.format, load_tokenizer(init)))
-    stats = train_sft(init, rows, sft, run.path / "models" / "sft-matched", seed=cfg.seed,
-                      log_dir=run.path / "logs" / "sft-matched")
-    return {**stats, "init": cfg.final.init}
+    out = {"init": cfg.final.init}
+    for name, divisor in wanted.items():
+        sft = final_training_config(cfg, run)
+        sft.per_device_train_batch_size = max(1, sft.per_device_train_batch_size // divisor)
+        stats = train_sft(init, rows, sft, run.path / "models" / name, seed=cfg.seed, log_dir=run.path / "logs" / name)
+        out.update(stats if name == "sft-matched" else {f"{name}_{k}": v for k, v in stats.items()})
+    return out
 
 
 def recompute_weights_matches(cfg: RunConfig, run: RunDir, atol: float = 1e-9) -> bool:

@@ -35,6 +35,11 @@ of a corrected trace). The style is drawn from `style_mix` (default careful 0.5,
 (seed, the question), so a question's trace does not depend on which other questions were drawn, and changing
 `style_mix` leaves the questions unchanged.
 
+Each problem also carries a reference solution in `meta["solution"]` (the paper's hint y' is the whole solution section,
+App. G; `posterior.hint: solution`): the key intermediate results, one per line, ending with the answer. Sums: running
+totals one term at a time (`347+85=432` / `432+1206=1638`); products: the shifted partial products and their sum
+(`347*5=1735` / `347*80=27760` / `1735+27760=29495`). It is the same for every trace style.
+
 Why not reasoning-gym for the questions: its `chain_sum` always mixes `+` and `-` (no option for sums only) and
 its `products` draws every factor with the same number of digits (2x2, 3x3, ...), too coarse a difficulty knob
 (3x1, 2x2, 3x2 are the useful steps for a tiny model); both also add a long preamble to each question. So the
@@ -247,6 +252,11 @@ class ArithmeticTask(ProceduralTask):
     def n_slippable(self, operands: tuple[int, ...]) -> int:
         raise NotImplementedError
 
+    def solution(self, operands: tuple[int, ...]) -> str:
+        """The reference solution (the hint `posterior.hint: solution`, the paper's App. G y'): the key intermediate
+        results in a few lines, ending with the answer; not the teacher's step-by-step trace."""
+        raise NotImplementedError
+
     def candidates(self, seed: int, difficulty: int) -> Iterator[tuple[str, tuple[int, ...]]]:
         self.check_difficulty(difficulty)
         rng = random.Random(f"{seed}:{self.name}:{difficulty}")
@@ -277,7 +287,8 @@ class ArithmeticTask(ProceduralTask):
             id=f"{self.name}-{difficulty}-{digest}", question=self.question(operands),
             answer=str(self.value(operands)), trace="\n".join(lines), task=self.name, difficulty=difficulty,
             style=style,
-            meta={"operands": ",".join(map(str, operands)), "variant": variant, "slip": "" if slip is None else slip},
+            meta={"operands": ",".join(map(str, operands)), "variant": variant, "slip": "" if slip is None else slip,
+                  "solution": self.solution(operands)},
         )
 
     def check(self, problem: Problem, predicted_answer: object) -> Verdict:
@@ -335,6 +346,14 @@ class SumTask(ArithmeticTask):
             lines.append(f"{'+'.join(map(str, (total, *chunk)))}={total + sum(chunk)}")
             total, i = total + sum(chunk), i + len(chunk)
         return lines, "running"
+
+    def solution(self, operands):
+        """Running totals, one term per line: 347+85=432 / 432+1206=1638."""
+        lines, total = [], operands[0]
+        for term in operands[1:]:
+            lines.append(f"{total}+{term}={total + term}")
+            total += term
+        return "\n".join(lines)
 
 
 class ProductTask(ArithmeticTask):
@@ -397,3 +416,13 @@ class ProductTask(ArithmeticTask):
         if len(partials) > 1:
             lines.append(f"{'+'.join(map(str, partials))}={a * b}")
         return lines, "partials"
+
+    def solution(self, operands):
+        """The shifted partial products and their sum (347*5=1735 / 347*80=27760 / 1735+27760=29495); a one-digit
+        multiplier or a single non-zero partial product is the product at once."""
+        a, b = operands
+        partials = [(int(ch) * 10**j, a * int(ch) * 10**j) for j, ch in enumerate(str(b)[::-1]) if ch != "0"]
+        if len(partials) < 2:
+            return f"{a}*{b}={a * b}"
+        lines = [f"{a}*{m}={value}" for m, value in partials]
+        return "\n".join(lines + [f"{'+'.join(str(v) for _, v in partials)}={a * b}"])

@@ -6,6 +6,8 @@ as in `datasets` and pandas) and the field; no row is ever dropped silently. Rul
 - difficulty (only when `difficulty_column` is given): an integer (or integer-valued float / numeric text);
   a missing value (null) is 0, and without a difficulty column every row gets 0, meaning "not given"
   (built-in levels start at 1);
+- solution (only when `solution_column` is given): a non-empty string, kept in `meta["solution"]` (the hint of
+  `posterior.hint: solution`);
 - an `id` column, when present, gives the problem id; otherwise it is `user-<row>`.
 Problems get task "user" and style "given".
 
@@ -158,7 +160,7 @@ def _difficulty(value: object, *, source: str, row: int, column: str) -> int:
 
 def load_user_problems(source: str, question_column: str = "question", trace_column: str = "trace",
                        answer_column: str = "answer", difficulty_column: str | None = None, split: str = "train",
-                       ) -> list[Problem]:
+                       solution_column: str | None = None) -> list[Problem]:
     """Problems from a user's file or `datasets` name; any bad row raises InputError(file, row, field)."""
     source = str(source)
     records = read_records(source, split)
@@ -166,7 +168,7 @@ def load_user_problems(source: str, question_column: str = "question", trace_col
         raise InputError("no rows", file=source)
     stratos = is_stratos(records[0], question_column)  # the schema is read off the first row's columns
     wanted = ([] if stratos else [question_column, trace_column, answer_column]) + (
-        [difficulty_column] if difficulty_column else [])
+        [difficulty_column] if difficulty_column else []) + ([solution_column] if solution_column and not stratos else [])
     problems, ids = [], set()
     for i, record in enumerate(records):
         if not isinstance(record, dict):
@@ -183,6 +185,8 @@ def load_user_problems(source: str, question_column: str = "question", trace_col
             trace = _text(record[trace_column], source=source, row=i, column=trace_column)
             answer = _text(record[answer_column], source=source, row=i, column=answer_column, allow_number=True)
             meta = {"source": source, "row": i}
+            if solution_column:
+                meta["solution"] = _text(record[solution_column], source=source, row=i, column=solution_column)
         difficulty = (_difficulty(record[difficulty_column], source=source, row=i, column=difficulty_column)
                       if difficulty_column else 0)
         rid = record.get("id")

@@ -1,0 +1,221 @@
+"""The study of issue 15: which parts of variational reasoning carry its gain in our miniature, over seeds.
+
+    python benchmarks/study.py --seeds 0 1 2 --set core   --root runs/study
+    python benchmarks/study.py --seeds 0     --set extras --root runs/study
+    python benchmarks/study.py --seeds 0 1 2 --aggregate-only --root runs/study
+
+Every seed is one `varreason compare` folder (ROOT/seed<N>) on the demo config: every method starts from the same
+pi0, and stages two methods share with the same config run once (compare adopts them). A later `--set` adds methods
+to the same folders and reuses everything already done. Methods (see METHODS):
+
+- baselines: sft (pi0), sft-matched (teacher data, the final model's init, steps and batch), sft-paper (the same
+  with half the batch: the paper's own 17K comparison), rft (pi0's own traces at full coverage, verified);
+- the hint: variational (the answer as hint), hint-solution (the reference solution, App. G), no-hint (pi0's own
+  traces through the same weights and build: the paper's w/o y');
+- estimators (est-acc, est-lik against variational's gml), K (k1, k2, k4 against variational's 8: the first k of
+  the same 8 traces), coverage (cov800: 800 of the 4000 questions);
+- extras: forward-kl (Algorithm 1's phi-phase, M = 4 traces of pi0 per question), rounds2 (T = 2) and its
+  compute-matched sft (matched-2x: 500 steps), the 1K recipe's weighted build with the batch as set (weighted) and
+  scaled by K (weighted-xk: K times the compute, as in the paper).
+
+Aggregate (ROOT/study.json, ROOT/study.md, plots in ROOT/plots): held-out accuracy per method, mean and t 95% CI over
+seeds, hard problems (d4 + d5), exact McNemar against sft-matched (paired per seed, and pooled), and for the
+variational methods q's rates of answering with the reference answer (its trace "ends at the hint") and of being
+verified correct.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from variational_seeds import hard_accuracy, mean_ci
+
+from varreason.eval.metrics import mcnemar_exact, wilson_interval
+
+CORE_METHODS = ["sft", "sft-matched", "sft-paper", "variational", "no-hint", "rft"]
+CORE_VARIANTS = {
+    "hint-solution": {"method": "variational", "posterior.hint": "solution"},
+    "est-acc": {"method": "variational", "weights.estimator": "accuracy"},
+    "est-lik": {"method": "variational", "weights.estimator": "likelihood"},
+    "k1": {"method": "variational", "weights.num_traces": 1},
+    "k2": {"method": "variational", "weights.num_traces": 2},
+    "k4": {"method": "variational", "weights.num_traces": 4},
+    "cov800": {"method": "variational", "sample.num_questions": 800},
+}
+EXTRA_VARIANTS = {
+    "forward-kl": {"method": "variational", "posterior.mode": "forward_kl", "posterior.num_generations": 4},
+    "rounds2": {"method": "variational", "rounds": 2},
+    "matched-2x": {"method": "sft-matched", "final.max_steps": 500},
+    "weighted": {"method": "variational", "build.mode": "weighted", "build.mix": False},
+    "weighted-xk": {"method": "variational", "build.mode": "weighted", "build.mix": False,
+                    "build.weighted_batch": "scaled"},
+}
+SETS = {"core": (CORE_METHODS, CORE_VARIANTS),
+        "extras": (CORE_METHODS, {**CORE_VARIANTS, **EXTRA_VARIANTS}),
+        "smoke": (["sft", "sft-matched", "sft-paper", "variational"], {"forward-kl": EXTRA_VARIANTS["forward-kl"]})}
+HINTED = ("variational", "hint-solution", "forward-kl", "rounds2", "cov800")  # methods whose q samples with a hint
+
+
+def run_seed(seed: int, root: Path, which: str, config: str, extra: list[str]) -> float:
+    methods, variants = SETS[which]
+    cmd = [sys.executable, "-m", "varreason", "compare", "--config", config, "--output-dir", str(root / f"seed{seed}"),
+           "--seed", str(seed), "--final.sft_paper", "true", "--compare.methods", json.dumps(methods),
+           "--compare.variants", json.dumps(variants)] + extra
+    print("+", " ".join(cmd), flush=True)
+    start = time.time()
+    subprocess.run(cmd, check=True)
+    return time.time() - start
+
+
+def correct_by_problem(seed_dir: Path, entry: dict) -> dict:
+    import pyarrow.parquet as pq
+
+    path = Path(entry["run_dir"]) / "eval" / entry["model"] / "samples.parquet"
+    if not path.is_absolute():
+        path = seed_dir.parent.parent / path  # run_dir as written by compare, relative to where it ran
+    rows = pq.read_table(path).to_pylist()
+    return {(r["question_id"], r["k"]): bool(r["correct"]) for r in rows}
+
+
+def hint_rates(run_dir: Path) -> dict | None:
+    """q's sample: the share of traces whose answer is the reference answer, and the share verified correct."""
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    counts = manifest["stages"].get("sample", {}).get("counts", {})
+    if not counts.get("traces") or counts.get("proposal") == "prior":
+        return None
+    return {"answer_equals_hint": counts["answer_equals_hint"] / counts["traces"],
+            "correct": counts["correct"] / counts["traces"], "traces": counts["traces"]}
+
+
+def aggregate(root: Path, seeds: list[int]) -> dict:
+    details = {s: json.loads((root / f"seed{s}" / "details.json").read_text()) for s in seeds
+               if (root / f"seed{s}" / "details.json").exists()}
+    methods = list(dict.fromkeys(m for d in details.values() for m in d))
+    out: dict = {"seeds": sorted(details), "methods": {}}
+    for name in methods:
+        seeds_with = [s for s in details if name in details[s]]
+        entries = [details[s][name] for s in seeds_with]
+        acc = [e["accuracy"] for e in entries]
+        hard = [hard_accuracy(e) for e in entries]
+        correct, n = sum(round(e["accuracy"] * e["n"]) for e in entries), sum(e["n"] for e in entries)
+        (m, h), (hm, hh) = mean_ci(acc), mean_ci(hard)
+        row = {"seeds": seeds_with, "accuracy": acc, "mean": m, "ci": h, "hard": hard, "hard_mean": hm, "hard_ci": hh,
+               "pooled": correct / n, "pooled_ci": list(wilson_interval(correct, n)), "n": n}
+        for against in ("sft-matched", "no-hint"):
+            if name == against or not all(against in details[s] for s in seeds_with):
+                continue
+            pairs = {}
+            for s in seeds_with:
+                a = correct_by_problem(root / f"seed{s}", details[s][name])
+                b = correct_by_problem(root / f"seed{s}", details[s][against])
+                only_a = sum(v and not b[k] for k, v in a.items())
+                only_b = sum(b[k] and not v for k, v in a.items())
+                pairs[s] = {"only_model": only_a, "only_other": only_b, "p": mcnemar_exact(only_a, only_b)}
+            total_a, total_b = sum(p["only_model"] for p in pairs.values()), sum(p["only_other"] for p in pairs.values())
+            row[f"vs_{against}"] = {"per_seed": pairs, "only_model": total_a, "only_other": total_b,
+                                    "p_pooled": mcnemar_exact(total_a, total_b)}
+        rates = [r for s in seeds_with if (r := hint_rates(Path(details[s][name]["run_dir"])))]
+        if rates:
+            row["q_answer_equals_hint"] = sum(r["answer_equals_hint"] for r in rates) / len(rates)
+            row["q_correct"] = sum(r["correct"] for r in rates) / len(rates)
+        row["method_wall_seconds"] = [e["method_wall_seconds"] for e in entries]
+        out["methods"][name] = row
+    return out
+
+
+def _pair(r: dict, key: str) -> str:
+    v = r.get(key)
+    return f"{v['only_model']} / {v['only_other']}, p = {v['p_pooled']:.2g}" if v else "-"
+
+
+def _rate(r: dict, key: str) -> str:
+    return f"{r[key]:.1%}" if key in r else "-"
+
+
+def write_markdown(result: dict, root: Path) -> str:
+    lines = [(f"Held-out accuracy over seeds {result['seeds']} (500 problems per seed, greedy): mean ± t 95% CI over "
+              "seeds; pooled = all seeds' problems together (Wilson 95% CI); hard = d4 + d5. Paired: held-out problems "
+              "solved only by the method / only by the other, summed over seeds, exact McNemar p."), "",
+             ("| method | seeds | mean ± CI | hard | pooled [CI] | vs sft-matched | vs no-hint | q: answer = hint | "
+              "q correct | own stages s |"), "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in result["methods"].items():
+        lines.append(f"| {name} | {len(r['seeds'])} | {r['mean']:.1%} ± {r['ci']:.1%} | {r['hard_mean']:.1%} | "
+                     f"{r['pooled']:.1%} [{r['pooled_ci'][0]:.1%}, {r['pooled_ci'][1]:.1%}] | "
+                     f"{_pair(r, 'vs_sft-matched')} | {_pair(r, 'vs_no-hint')} | {_rate(r, 'q_answer_equals_hint')} | "
+                     f"{_rate(r, 'q_correct')} | {sum(r['method_wall_seconds']) / len(r['method_wall_seconds']):.0f} |")
+    lines += ["", "Per seed (overall accuracy):", ""]
+    lines += [f"- {name}: " + ", ".join(f"seed {s} {a:.1%}" for s, a in zip(r["seeds"], r["accuracy"]))
+              for name, r in result["methods"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    methods = result["methods"]
+    names = list(methods)
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names)), 3.8))
+    for i, name in enumerate(names):
+        r = methods[name]
+        ax.bar(i, r["mean"], yerr=r["ci"], capsize=3, color="tab:orange" if name in HINTED else "tab:blue")
+        ax.scatter([i] * len(r["accuracy"]), r["accuracy"], color="black", s=8, zorder=3)
+    if "sft-matched" in methods:
+        ax.axhline(methods["sft-matched"]["mean"], color="grey", linestyle="--", linewidth=1, label="sft-matched")
+        ax.legend(fontsize=8)
+    ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel("held-out accuracy (mean, t 95% CI; dots: seeds)")
+    lows = [min(methods[n]["accuracy"]) for n in names]
+    ax.set_ylim(max(0.0, min(lows) - 0.08), min(1.0, max(methods[n]["mean"] + methods[n]["ci"] for n in names) + 0.04))
+    fig.tight_layout()
+    fig.savefig(out / "study_accuracy.png", dpi=120)
+    plt.close(fig)
+
+    ks = [(k, methods[n]) for k, n in ((1, "k1"), (2, "k2"), (4, "k4"), (8, "variational")) if n in methods]
+    if len(ks) > 1:
+        fig, ax = plt.subplots(figsize=(4.5, 3.4))
+        ax.errorbar([k for k, _ in ks], [r["mean"] for _, r in ks], yerr=[r["ci"] for _, r in ks], marker="o",
+                    capsize=3, label="variational (gml, best + mix)")
+        if "sft-matched" in methods:
+            ax.axhline(methods["sft-matched"]["mean"], color="grey", linestyle="--", linewidth=1, label="sft-matched")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([k for k, _ in ks], [str(k) for k, _ in ks])
+        ax.set_xlabel("K: posterior traces per question")
+        ax.set_ylabel("held-out accuracy")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "study_k.png", dpi=120)
+        plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--root", default="runs/study")
+    parser.add_argument("--config", default="demo")
+    parser.add_argument("--set", default="core", choices=list(SETS))
+    parser.add_argument("--aggregate-only", action="store_true", help="only summarise the runs already in ROOT")
+    args, extra = parser.parse_known_args()
+    extra = [e for e in extra if e != "--"]
+    root = Path(args.root).resolve()
+    for seed in [] if args.aggregate_only else args.seeds:
+        print(f"seed {seed}: {run_seed(seed, root, args.set, args.config, extra):.0f} s", flush=True)
+    result = aggregate(root, args.seeds)
+    (root / "study.json").write_text(json.dumps(result, indent=2))
+    text = write_markdown(result, root)
+    (root / "study.md").write_text(text)
+    plot(result, root / "plots")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
