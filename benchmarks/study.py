@@ -106,7 +106,7 @@ def aggregate(root: Path, seeds: list[int]) -> dict:
         (m, h), (hm, hh) = mean_ci(acc), mean_ci(hard)
         row = {"seeds": seeds_with, "accuracy": acc, "mean": m, "ci": h, "hard": hard, "hard_mean": hm, "hard_ci": hh,
                "pooled": correct / n, "pooled_ci": list(wilson_interval(correct, n)), "n": n}
-        for against in ("sft-matched", "no-hint"):
+        for against in ("sft-matched", "sft-paper", "no-hint"):
             if name == against or not all(against in details[s] for s in seeds_with):
                 continue
             pairs = {}
@@ -139,14 +139,16 @@ def _rate(r: dict, key: str) -> str:
 
 def write_markdown(result: dict, root: Path) -> str:
     lines = [(f"Held-out accuracy over seeds {result['seeds']} (500 problems per seed, greedy): mean ± t 95% CI over "
-              "seeds; pooled = all seeds' problems together (Wilson 95% CI); hard = d4 + d5. Paired: held-out problems "
-              "solved only by the method / only by the other, summed over seeds, exact McNemar p."), "",
-             ("| method | seeds | mean ± CI | hard | pooled [CI] | vs sft-matched | vs no-hint | q: answer = hint | "
-              "q correct | own stages s |"), "|---|---|---|---|---|---|---|---|---|---|"]
+              "seeds; pooled = all seeds' problems together (Wilson 95% CI); hard = d4 + d5 (mean over seeds). Paired: "
+              "held-out problems solved only by the method / only by the other, summed over the seeds both ran, exact "
+              "McNemar p. q: the share of q's traces whose answer is the reference answer, and verified correct."), "",
+             ("| method | seeds | mean ± CI | hard | pooled [CI] | vs sft-matched | vs sft-paper | vs no-hint | "
+              "q: answer = hint | q correct | own stages s |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in result["methods"].items():
         lines.append(f"| {name} | {len(r['seeds'])} | {r['mean']:.1%} ± {r['ci']:.1%} | {r['hard_mean']:.1%} | "
                      f"{r['pooled']:.1%} [{r['pooled_ci'][0]:.1%}, {r['pooled_ci'][1]:.1%}] | "
-                     f"{_pair(r, 'vs_sft-matched')} | {_pair(r, 'vs_no-hint')} | {_rate(r, 'q_answer_equals_hint')} | "
+                     f"{_pair(r, 'vs_sft-matched')} | {_pair(r, 'vs_sft-paper')} | {_pair(r, 'vs_no-hint')} | "
+                     f"{_rate(r, 'q_answer_equals_hint')} | "
                      f"{_rate(r, 'q_correct')} | {sum(r['method_wall_seconds']) / len(r['method_wall_seconds']):.0f} |")
     lines += ["", "Per seed (overall accuracy):", ""]
     lines += [f"- {name}: " + ", ".join(f"seed {s} {a:.1%}" for s, a in zip(r["seeds"], r["accuracy"]))

@@ -123,7 +123,8 @@ def test_two_rounds_forward_kl_solution_hint_paper_baseline_and_scaled_batch(tmp
     assert os.path.realpath(round2 / "models/previous-posterior") == os.path.realpath(out / "models/posterior")
     r2 = json.loads((round2 / "manifest.json").read_text())["stages"]
     assert [s for s in r2 if "adopted_from" not in r2[s]] == list(variational_round_stages())
-    assert r2["posterior"]["counts"]["init"] == "initial" and r2["final"]["counts"]["optimizer_steps"] > 0
+    assert r2["posterior"]["counts"]["init"] == "previous-posterior" and r2["final"]["counts"]["optimizer_steps"] > 0
+    assert stages["posterior"]["counts"]["init"] == "initial"
     summary = json.loads((out / "eval/summary.json").read_text())
     assert {"initial", "final", "sft-matched", "sft-paper", "final-round2"} <= set(summary)
     # a second call finds every stage of both rounds done

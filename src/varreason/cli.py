@@ -29,13 +29,15 @@ WRITE_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQU
 # name -> (what it does, the arguments of its invocation after `varreason NAME`)
 COMMANDS = {
     "run": (("run every stage in order and print the results table (stages: data base initial posterior sample score "
-            "rollout weights build final matched eval)"), "--config demo --output-dir runs/demo"),
+            "rollout weights build final matched eval; with --rounds T, posterior ... final again per round in "
+            "rounds/<t>/)"), "--config demo --output-dir runs/demo"),
     "data": ("build the train / test problems (data/*.parquet)", "--config demo --output-dir runs/demo"),
     "base": ("build the starting model (a tiny Qwen3 from scratch, or check the given model)",
              "--config demo --output-dir runs/demo"),
     "initial": ("train pi0 by SFT on the teacher traces (models/initial)", "--config demo --output-dir runs/demo"),
-    "posterior": ("train q_phi by SFT with the answer hint in its prompt (models/posterior)",
-                  "--config demo --output-dir runs/demo"),
+    "posterior": (("train q_phi with the hint in its prompt: SFT on the teacher traces, or with --posterior.mode "
+                   "forward_kl weighted SFT on pi0's own traces (models/posterior)"),
+                  "--config demo --output-dir runs/demo --posterior.hint solution"),
     "sample": (("sample K traces per training question from q, or from pi0 with --sample.proposal prior "
                "(samples/posterior.parquet)"), "--config demo --output-dir runs/demo --sample.num_generations 8"),
     "score": ("per-token log-probs of each trace under pi0 and q, and of the answer under pi0 (scores/scores.parquet)",
@@ -49,7 +51,8 @@ COMMANDS = {
     "final": ("train the final model by weighted SFT on train/final.parquet (models/<final.name>)",
               "--config demo --output-dir runs/demo"),
     "matched": (("train sft-matched: the teacher data with the final model's init, steps and batch "
-                "(models/sft-matched)"), "--config demo --output-dir runs/demo"),
+                "(models/sft-matched); --final.sft_paper also sft-paper, with half the batch"),
+                "--config demo --output-dir runs/demo"),
     "eval": ("evaluate the run's models on the held-out split (eval/), or with --model any model on benchmarks",
              "--config demo --output-dir runs/demo"),
     "rft": (("RFT baseline: keep pi0's verified traces (`sample` with --sample.proposal prior) and fine-tune "

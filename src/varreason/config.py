@@ -145,7 +145,8 @@ class SFTConfig:
 
 @dataclass
 class PosteriorConfig(SFTConfig):
-    """q_φ(z | x, y′): SFT with the answer hint in the prompt (format A or B: `format.posterior_format`)."""
+    """q_φ(z | x, y′) with the hint y′ in its prompt (format A or B: `format.posterior_format`): SFT on the teacher
+    traces, or Algorithm 1's forward-KL phi-phase on pi's own traces."""
 
     mode: str = option("teacher", "teacher: SFT on the teacher traces (the released recipe) | forward_kl (Algorithm 1's "
                                   "phi-phase, Eq. 9: weighted SFT on pi's own traces, weight = pi's accuracy after each)",
@@ -220,9 +221,9 @@ class BuildConfig:
     mix: bool = option(True, "add the teacher data of every training question (the paper's 17K mix)")
     min_weight: float = option(0.0, "weighted mode: drop rows with rho~ below this (counted), to spare compute", ge=0.0, le=1.0)
     weighted_batch: str = option("fixed", "weighted mode: fixed (the final batch as set, weights rescaled to mean 1: "
-                                          "SFT's compute) | scaled (the paper's 1K recipe: the batch times the rows "
-                                          "per question, ~K, so every step sees as many questions as SFT's; ~K times "
-                                          "the compute)", choices=("fixed", "scaled"))
+                                          "SFT's compute) | scaled (the paper's 1K recipe: the gradient accumulation "
+                                          "times K, so every step sees as many questions as SFT's; K times the "
+                                          "compute)", choices=("fixed", "scaled"))
 
 
 @dataclass
@@ -344,7 +345,7 @@ class RunConfig:
     format: FormatConfig = field(default_factory=FormatConfig, metadata={"help": "the reasoning format and its markers"})
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the base model (stage base)"})
     initial: SFTConfig = field(default_factory=SFTConfig, metadata={"help": "pi0: SFT of the base model on the teacher traces (stage initial; the sft baseline)"})
-    posterior: PosteriorConfig = field(default_factory=PosteriorConfig, metadata={"help": "q: SFT with the answer hint in its prompt (stage posterior)"})
+    posterior: PosteriorConfig = field(default_factory=PosteriorConfig, metadata={"help": "q with the hint y' in its prompt: SFT on the teacher traces or Algorithm 1's forward-KL phi-phase (stage posterior)"})
     sample: SampleConfig = field(default_factory=SampleConfig, metadata={"help": "K traces per training question from q, or from pi0 (stage sample)"})
     score: ScoreConfig = field(default_factory=ScoreConfig, metadata={"help": "log-probs of the traces under pi0 and q (stage score)"})
     rollout: RolloutConfig = field(default_factory=RolloutConfig, metadata={"help": "M answers of pi0 after each trace, verified (stage rollout)"})

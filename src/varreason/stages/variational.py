@@ -59,7 +59,8 @@ def stage_posterior(cfg: RunConfig, run: RunDir) -> dict:
     if cfg.sample.proposal == "prior":
         return {"skipped": "sample.proposal is prior: pi0 proposes the traces, no posterior is trained"}
     previous = run.path / "models" / "previous-posterior"  # round t >= 2: q continues from round t-1's q
-    init = str(previous) if (previous / "config.json").exists() else init_path(cfg, run, cfg.posterior.init)
+    init_name = "previous-posterior" if (previous / "config.json").exists() else cfg.posterior.init
+    init = str(previous) if init_name == "previous-posterior" else init_path(cfg, run, init_name)
     problems = load_problems(run, "train")
     check_hints(cfg, problems, str(run.path / "data" / "train.parquet"))
     if cfg.posterior.mode == "forward_kl":
@@ -73,7 +74,7 @@ def stage_posterior(cfg: RunConfig, run: RunDir) -> dict:
                       log_dir=run.path / "logs" / "posterior")
     run.drop_shards("phi/samples")
     run.drop_shards("phi/rollouts")
-    return {**stats, **counts, "init": cfg.posterior.init, "format": cfg.format.posterior_format,
+    return {**stats, **counts, "init": init_name, "format": cfg.format.posterior_format,
             "mode": cfg.posterior.mode, "hint": cfg.posterior.hint}
 
 
@@ -95,7 +96,8 @@ def forward_kl_rows(cfg: RunConfig, run: RunDir, problems: list[Problem]) -> tup
                                 cfg.posterior.num_generations, "phi/samples", "phi-sample", "phi: sample pi")
         run.write_rows("phi/samples.parquet", samples)
         rollouts = roll_out(cfg, run, engine.with_batch_size(cfg.rollout.batch_size), samples,
-                            cfg.posterior.num_generations, {p.id: p for p in problems}, "phi/rollouts", "phi-rollout", "phi: rollout pi")
+                            cfg.posterior.num_generations, {p.id: p for p in problems}, "phi/rollouts", "phi-rollout",
+                            "phi: rollout pi")
         run.write_rows("phi/rollouts.parquet", rollouts)
     by_question = group_rows(samples, "question_id")
     correct, totals = defaultdict(int), defaultdict(int)
