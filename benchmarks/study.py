@@ -72,13 +72,10 @@ def run_seed(seed: int, root: Path, which: str, config: str, extra: list[str]) -
     return time.time() - start
 
 
-def correct_by_problem(seed_dir: Path, entry: dict) -> dict:
+def correct_by_problem(seed_dir: Path, name: str, entry: dict) -> dict:
     import pyarrow.parquet as pq
 
-    path = Path(entry["run_dir"]) / "eval" / entry["model"] / "samples.parquet"
-    if not path.is_absolute():
-        path = seed_dir.parent.parent / path  # run_dir as written by compare, relative to where it ran
-    rows = pq.read_table(path).to_pylist()
+    rows = pq.read_table(seed_dir / "methods" / name / "eval" / entry["model"] / "samples.parquet").to_pylist()
     return {(r["question_id"], r["k"]): bool(r["correct"]) for r in rows}
 
 
@@ -93,8 +90,8 @@ def hint_rates(run_dir: Path) -> dict | None:
 
 
 def aggregate(root: Path, seeds: list[int]) -> dict:
-    details = {s: json.loads((root / f"seed{s}" / "details.json").read_text()) for s in seeds
-               if (root / f"seed{s}" / "details.json").exists()}
+    details = {s: json.loads((root / f"seed{s}" / "summary.json").read_text()) for s in seeds
+               if (root / f"seed{s}" / "summary.json").exists()}  # compare updates it after every method
     methods = list(dict.fromkeys(m for d in details.values() for m in d))
     out: dict = {"seeds": sorted(details), "methods": {}}
     for name in methods:
@@ -111,15 +108,15 @@ def aggregate(root: Path, seeds: list[int]) -> dict:
                 continue
             pairs = {}
             for s in seeds_with:
-                a = correct_by_problem(root / f"seed{s}", details[s][name])
-                b = correct_by_problem(root / f"seed{s}", details[s][against])
+                a = correct_by_problem(root / f"seed{s}", name, details[s][name])
+                b = correct_by_problem(root / f"seed{s}", against, details[s][against])
                 only_a = sum(v and not b[k] for k, v in a.items())
                 only_b = sum(b[k] and not v for k, v in a.items())
                 pairs[s] = {"only_model": only_a, "only_other": only_b, "p": mcnemar_exact(only_a, only_b)}
             total_a, total_b = sum(p["only_model"] for p in pairs.values()), sum(p["only_other"] for p in pairs.values())
             row[f"vs_{against}"] = {"per_seed": pairs, "only_model": total_a, "only_other": total_b,
                                     "p_pooled": mcnemar_exact(total_a, total_b)}
-        rates = [r for s in seeds_with if (r := hint_rates(Path(details[s][name]["run_dir"])))]
+        rates = [r for s in seeds_with if (r := hint_rates(root / f"seed{s}" / "methods" / name))]
         if rates:
             row["q_answer_equals_hint"] = sum(r["answer_equals_hint"] for r in rates) / len(rates)
             row["q_correct"] = sum(r["correct"] for r in rates) / len(rates)
@@ -164,6 +161,8 @@ def plot(result: dict, out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     methods = result["methods"]
+    if not methods:
+        return
     names = list(methods)
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names)), 3.8))
     for i, name in enumerate(names):
