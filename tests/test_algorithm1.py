@@ -95,6 +95,33 @@ def test_num_traces_beyond_k_is_refused(capsys):
     assert "num_traces" in capsys.readouterr().err
 
 
+def test_sft_paper_halves_the_batch_where_it_can():
+    """The paper presets run per-device batch 1 with accumulation 24 (192): sft-paper must halve the accumulation."""
+    cfg = load_config("smoke").final
+    cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps = 1, 24
+    variational.halve_batch(cfg)
+    assert (cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps) == (1, 12)
+    cfg.per_device_train_batch_size = 32
+    variational.halve_batch(cfg)
+    assert (cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps) == (16, 12)
+    assert main(["config", "--config", "smoke", "--final.sft_paper", "true", "--final.per_device_train_batch_size",
+                 "3", "--final.gradient_accumulation_steps", "3"]) == 2
+
+
+def test_forward_kl_posterior_depends_on_the_sampling_settings():
+    """q of forward_kl is trained on pi's samples and rollouts: changing them redoes it (teacher mode: it does not)."""
+    from varreason.pipeline import STAGES
+
+    cfg = load_config("smoke")
+    base = STAGES["posterior"].config_hash(cfg)
+    cfg.rollout.temperature = 0.9
+    assert STAGES["posterior"].config_hash(cfg) == base
+    cfg.posterior.mode = "forward_kl"
+    changed = STAGES["posterior"].config_hash(cfg)
+    cfg.rollout.temperature = 0.7
+    assert STAGES["posterior"].config_hash(cfg) != changed
+
+
 @pytest.mark.slow
 def test_two_rounds_forward_kl_solution_hint_paper_baseline_and_scaled_batch(tmp_path):
     out = tmp_path / "run"

@@ -512,6 +512,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.posterior.mode == "forward_kl" and cfg.rollout.num_generations == 0:
         raise InputError("'posterior.mode: forward_kl' weights pi's traces by its accuracy after each: it needs "
                          "rollout.num_generations >= 1", field="rollout.num_generations")
+    f = cfg.final
+    if f.sft_paper and f.per_device_train_batch_size % 2 and f.gradient_accumulation_steps % 2:
+        raise InputError("'final.sft_paper' trains with half the final model's batch: per_device_train_batch_size or "
+                         "gradient_accumulation_steps must be even", field="final.per_device_train_batch_size")
     if cfg.weights.num_traces is not None and cfg.weights.num_traces > cfg.sample.num_generations:
         raise InputError(f"'weights.num_traces' ({cfg.weights.num_traces}) is more than the traces sampled per "
                          f"question (sample.num_generations: {cfg.sample.num_generations})")

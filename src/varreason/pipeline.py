@@ -52,7 +52,10 @@ class Stage:
     engines: bool = True  # reads samples / scores made by a sampling engine (grpo samples with TRL: False)
 
     def config_hash(self, cfg: RunConfig, round: int = 1) -> str:
-        own = cfg.section_hash(*self.sections, engines=self.engines)
+        sections = self.sections
+        if "posterior" in sections and cfg.posterior.mode == "forward_kl":  # q is trained on pi's sampled traces
+            sections = tuple(dict.fromkeys(sections + ("sample", "rollout", "weights")))
+        own = cfg.section_hash(*sections, engines=self.engines)
         if round == 1:
             return own
         # round t >= 2 starts from round t-1's final model, so it depends on everything that model depends on
@@ -166,7 +169,7 @@ def round_folder(cfg: RunConfig, run: RunDir, t: int) -> RunDir:
                 _link(folder.path / rel, target)
         manifest, top = folder.manifest(), run.manifest()["stages"]
         for stage in ("data", "initial"):  # pi0's step count (final.max_steps -1) and the data, as compare adopts
-            if stage in top and stage not in manifest["stages"]:
+            if stage in top:  # always the run's current entry: a retrained pi0 must not leave a stale step count
                 manifest["stages"][stage] = {**top[stage], "adopted_from": str(run.path.resolve())}
         folder.write_json("manifest.json", manifest)
     run.ranks.wait()
@@ -197,7 +200,9 @@ def _check_engines_fit_ranks(cfg: RunConfig, stages_to_run: list[str], ranks: Ra
     """vLLM picks GPU 0 in every rank of a torchrun group: refuse it before any stage runs (shard jobs instead)."""
     from varreason.errors import InputError
 
-    if ranks.count > 1 and ranks.group and any(cfg.backend_of(n) == "vllm" for n in stages_to_run if n in SHARDED):
+    sampling = [n for n in stages_to_run if n in SHARDED] + (  # forward_kl's posterior samples in every rank too
+        ["sample"] if "posterior" in stages_to_run and cfg.posterior.mode == "forward_kl" else [])
+    if ranks.count > 1 and ranks.group and any(cfg.backend_of(n) == "vllm" for n in sampling):
         import torch
 
         if torch.cuda.is_available():

@@ -50,15 +50,18 @@ def hint(cfg: RunConfig, p: Problem) -> str:
     return str(p.answer) if cfg.posterior.hint == "answer" else p.meta["solution"]
 
 
-def check_hints(cfg: RunConfig, problems: list[Problem], source: str) -> None:
-    """`posterior.hint: solution` needs a reference solution on every problem: one line naming the first without."""
+def check_hints(cfg: RunConfig, problems: list[Problem], source: str, file_rows: bool = False) -> None:
+    """`posterior.hint: solution` needs a reference solution on every problem: one line naming the first without
+    (`file_rows`: name the row of the user's file, not the index in `problems`)."""
     if cfg.posterior.hint != "solution" or cfg.sample.proposal == "prior":
         return
     for i, p in enumerate(problems):
         if not str(p.meta.get("solution") or "").strip():
+            row = p.meta.get("row", i) if file_rows else i
             raise InputError("posterior.hint is 'solution' but this problem has no reference solution (the built-in "
                              "sum / product tasks and Bespoke-Stratos rows have one; user data: set "
-                             "task.solution_column)", file=source, row=i, field="meta.solution")
+                             "task.solution_column; a run folder whose data predates solutions: rerun `varreason "
+                             "data --force`)", file=source, row=int(row), field="meta.solution")
 
 
 def sft_rows(problems: list[Problem], templates: Templates) -> list[dict]:

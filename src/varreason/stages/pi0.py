@@ -41,7 +41,7 @@ def stage_data(cfg: RunConfig, run: RunDir) -> dict:
         else:
             train, test = split_user_problems(rows, t.test_fraction, cfg.seed)
         train, test = train[: t.n_train], test[: t.n_test]
-    check_hints(cfg, train, cfg.task.source)  # before any artifact: the posterior would need a solution per problem
+    check_hints(cfg, train, cfg.task.source, file_rows=True)  # before any artifact: the posterior would need a solution per problem
     run.write_rows("data/train.parquet", [p.to_row() for p in train])
     run.write_rows("data/test.parquet", [p.to_row() for p in test])
     return {"train": len(train), "test": len(test), "styles": _count(train, "style"),

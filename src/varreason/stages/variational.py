@@ -482,21 +482,29 @@ def stage_final(cfg: RunConfig, run: RunDir) -> dict:
     return {**stats, "init": cfg.final.init}
 
 
+def halve_batch(sft) -> None:
+    """Half the batch: the per-device batch when it is even, else the gradient accumulation (the paper presets run
+    per-device batch 1); `config.validate` refuses an odd pair before any stage runs."""
+    if sft.per_device_train_batch_size % 2 == 0:
+        sft.per_device_train_batch_size //= 2
+    else:
+        sft.gradient_accumulation_steps //= 2
+
+
 def stage_matched(cfg: RunConfig, run: RunDir) -> dict:
     """`sft-matched`: pi0's recipe (the teacher data) with the final model's init, optimiser steps and batch size;
     `sft-paper` (final.sft_paper): the same with half the final's batch, the paper's own comparison (its final model
     trains on the 1:1 mix with batch 192 against the baseline's 96 for the same steps: one epoch each)."""
-    wanted = {"sft-matched": 1} if cfg.final.sft_matched else {}
-    if cfg.final.sft_paper:
-        wanted["sft-paper"] = 2
+    wanted = [name for name, on in (("sft-matched", cfg.final.sft_matched), ("sft-paper", cfg.final.sft_paper)) if on]
     if not wanted:
         return {"skipped": "final.sft_matched and final.sft_paper are false"}
     init = init_path(cfg, run, cfg.final.init)
     rows = sft_rows(load_problems(run, "train"), Templates(cfg.format, load_tokenizer(init)))
     out = {"init": cfg.final.init}
-    for name, divisor in wanted.items():
+    for name in wanted:
         sft = final_training_config(cfg, run)
-        sft.per_device_train_batch_size = max(1, sft.per_device_train_batch_size // divisor)
+        if name == "sft-paper":
+            halve_batch(sft)
         stats = train_sft(init, rows, sft, run.path / "models" / name, seed=cfg.seed, log_dir=run.path / "logs" / name)
         out.update(stats if name == "sft-matched" else {f"{name}_{k}": v for k, v in stats.items()})
     return out
