@@ -11,6 +11,7 @@ import pytest
 from varreason.cli import main
 from varreason.config import load_config
 from varreason.errors import InputError
+from varreason.pipeline import ROUND_STAGES
 from varreason.runs import RunDir
 from varreason.stages import variational
 from varreason.stages.common import check_hints, load_problems
@@ -149,7 +150,7 @@ def test_two_rounds_forward_kl_solution_hint_paper_baseline_and_scaled_batch(tmp
     assert os.path.realpath(round2 / "models/initial") == os.path.realpath(out / "models/final")
     assert os.path.realpath(round2 / "models/previous-posterior") == os.path.realpath(out / "models/posterior")
     r2 = json.loads((round2 / "manifest.json").read_text())["stages"]
-    assert [s for s in r2 if "adopted_from" not in r2[s]] == list(variational_round_stages())
+    assert [s for s in r2 if "adopted_from" not in r2[s]] == list(ROUND_STAGES)
     assert r2["posterior"]["counts"]["init"] == "previous-posterior" and r2["final"]["counts"]["optimizer_steps"] > 0
     assert stages["posterior"]["counts"]["init"] == "initial"
     summary = json.loads((out / "eval/summary.json").read_text())
@@ -161,9 +162,3 @@ def test_two_rounds_forward_kl_solution_hint_paper_baseline_and_scaled_batch(tmp
     for b, a in zip(before, after):
         assert {s: v["finished_at"] for s, v in b["stages"].items() if s != "eval"} == {
             s: v["finished_at"] for s, v in a["stages"].items() if s != "eval"}
-
-
-def variational_round_stages():
-    from varreason.pipeline import ROUND_STAGES
-
-    return ROUND_STAGES

@@ -23,14 +23,13 @@ from rich.table import Table
 
 from varreason.config import RunConfig, dump_config, set_value, validate
 from varreason.errors import InputError
-from varreason.pipeline import STAGES, round_model, run_rounds, run_stage
+from varreason.pipeline import STAGES, VARIATIONAL_STAGES, round_model, run_rounds, run_stage
 from varreason.report import bias
 from varreason.runs import RunDir
 from varreason.stages.eval import evaluate_if_changed
 
 console = Console(stderr=True)
 PI0_STAGES = ("data", "base", "initial")
-VARIATIONAL_STAGES = ("posterior", "sample", "score", "rollout", "weights", "build", "final")
 
 
 @dataclass(frozen=True)

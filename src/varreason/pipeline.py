@@ -114,7 +114,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           lambda c: ["eval/summary.json"], "split", always=True),
 ]}
 ORDER = [n for n in STAGES if n not in ("rft", "grpo")]  # `varreason run`; baselines run alone or via `compare`
-ROUND_STAGES = ("posterior", "sample", "score", "rollout", "weights", "build", "final")  # what a round t >= 2 redoes
+VARIATIONAL_STAGES = ("posterior", "sample", "score", "rollout", "weights", "build", "final")  # q's traces -> final
+ROUND_STAGES = VARIATIONAL_STAGES  # what a round t >= 2 redoes
 
 
 def run_stage(name: str, cfg: RunConfig, run: RunDir, force: bool = False) -> dict:

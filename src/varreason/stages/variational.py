@@ -100,10 +100,7 @@ def forward_kl_rows(cfg: RunConfig, run: RunDir, problems: list[Problem]) -> tup
                             "phi: rollout pi")
         run.write_rows("phi/rollouts.parquet", rollouts)
     by_question = group_rows(samples, "question_id")
-    correct, totals = defaultdict(int), defaultdict(int)
-    for r in rollouts:
-        correct[(r["question_id"], r["k"])] += int(r["correct"])
-        totals[(r["question_id"], r["k"])] += 1
+    correct, totals = rollout_counts(rollouts)
     rows, fallbacks = [], 0
     for p in problems:
         group = sorted(by_question.get(p.id, []), key=lambda r: r["k"])
@@ -333,15 +330,22 @@ def _rollout(cfg: RunConfig, run: RunDir, engine) -> dict:
 
 # --- 6. weights -------------------------------------------------------------------------------------------------------
 
+def rollout_counts(rollouts: list[dict]) -> tuple[dict, dict]:
+    """Per (question, trace k): how many of the answers after the trace were verified correct, and how many there were
+    (the accuracy estimator's and the phi-phase's c_k / M)."""
+    correct: dict = defaultdict(int)
+    totals: dict = defaultdict(int)
+    for r in rollouts:
+        correct[(r["question_id"], r["k"])] += int(r["correct"])
+        totals[(r["question_id"], r["k"])] += 1
+    return correct, totals
+
+
 def compute_weights(cfg: RunConfig, scores: list[dict], samples: list[dict], rollouts: list[dict] | None) -> list[dict]:
     """weights.parquet rows from the scores (and rollouts): everything needed to recompute them is in the artifacts."""
     w = cfg.weights
     finished = {(r["question_id"], r["k"]): r["finished"] for r in samples}
-    correct: dict = defaultdict(int)
-    totals: dict = defaultdict(int)
-    for r in rollouts or []:
-        correct[(r["question_id"], r["k"])] += int(r["correct"])
-        totals[(r["question_id"], r["k"])] += 1
+    correct, totals = rollout_counts(rollouts or [])
     rows = []
     for qid, group in group_rows(scores, "question_id").items():
         group = sorted(group, key=lambda r: r["k"])[: w.num_traces]  # the first n traces (None: all K)
