@@ -26,11 +26,12 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(config: str, out: Path, kill_after: float | None = None) -> tuple[bool, float]:
+def run(config: str, out: Path, kill_after: float | None = None, threads: int = 0) -> tuple[bool, float]:
     """One `varreason run` in a new process; SIGKILL after `kill_after` s. (killed, wall seconds)."""
     start = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "varreason", "run", "--config", config, "--output-dir", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [sys.executable, "-m", "varreason", "run", "--config", config, "--output-dir", str(out),
+               "--num_threads", str(threads)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         proc.wait(timeout=kill_after)
     except subprocess.TimeoutExpired:
@@ -65,34 +66,42 @@ def main() -> None:
     ap.add_argument("--kills-per-run", type=int, default=2, help="kills of the same folder before it may finish")
     ap.add_argument("--root", default="runs/kill_resume")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--num-threads", type=int, default=0,
+                    help="torch threads of every run (0 = all cores); the reference runs with the same count, since "
+                         "float sums, and so the artifacts, depend on it")
     args = ap.parse_args()
     rng = random.Random(args.seed)
-    root = Path(args.root) / args.config
+    root = Path(args.root) / f"{args.config}-threads{args.num_threads}"
     reference = root / "reference"
-    if not (reference / "eval/summary.json").exists():
-        run(args.config, reference)
-    _, window = run(args.config, root / "timing")  # a full run in a new process, imports included
+    timing = root / "reference-wall-seconds.json"
+    if not (reference / "eval/summary.json").exists() or not timing.exists():
+        # the reference run, in a new process with imports, is also the window the kills are drawn from
+        _, wall = run(args.config, reference, threads=args.num_threads)
+        timing.write_text(json.dumps({"wall_seconds": wall}) + "\n")
+    window = json.loads(timing.read_text())["wall_seconds"]
+    path = ROOT / "benchmarks" / "results" / f"kill_resume_{args.config}.json"
     results, kills = [], 0
     while kills < args.kills:
         out = root / f"killed-{len(results):03d}"
         moments = []
         for _ in range(min(args.kills_per_run, args.kills - kills)):
             after = rng.uniform(0.5, window)
-            killed, _ = run(args.config, out, kill_after=after)
+            killed, _ = run(args.config, out, kill_after=after, threads=args.num_threads)
             if not killed:
                 break
             kills += 1
             stages = list(json.loads((out / "manifest.json").read_text())["stages"]) if (
                 out / "manifest.json").exists() else []
             moments.append({"after_s": round(after, 2), "stages_done": stages})
-        run(args.config, out)
+        run(args.config, out, threads=args.num_threads)
         diffs = differences(out, reference)
         results.append({"folder": out.name, "kills": moments, "differences": diffs})
-        print(f"{out.name}: killed at {[m['after_s'] for m in moments]} s -> {len(diffs)} differing artifacts")
-    report = {"config": args.config, "window_seconds": round(window, 1), "kills": kills, "folders": len(results),
-              "differing_folders": sum(bool(r["differences"]) for r in results), "runs": results}
-    path = ROOT / "benchmarks" / "results" / f"kill_resume_{args.config}.json"
-    path.write_text(json.dumps(report, indent=1) + "\n")
+        print(f"{out.name}: killed at {[m['after_s'] for m in moments]} s -> {len(diffs)} differing artifacts",
+              flush=True)
+        report = {"config": args.config, "num_threads": args.num_threads, "window_seconds": round(window, 1),
+                  "kills": kills, "folders": len(results),
+                  "differing_folders": sum(bool(r["differences"]) for r in results), "runs": results}
+        path.write_text(json.dumps(report, indent=1) + "\n")  # after every folder: a stopped benchmark keeps its part
     print(f"{kills} kills over {len(results)} folders; {report['differing_folders']} folders differ; {path}")
 
 

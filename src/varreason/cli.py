@@ -16,15 +16,12 @@ every n-th chunk of one sharded stage; the same command without `--shard` merges
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import os
 import sys
 
-from varreason.errors import InputError
+from varreason.errors import InputError, disk_failure
 from varreason.runs import SHARDED
-
-WRITE_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}  # one line, not a traceback
 
 # name -> (what it does, the arguments of its invocation after `varreason NAME`)
 COMMANDS = {
@@ -149,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    output_dir = None  # the folder whose disk a failed write is checked against
     try:
         from varreason.config import dump_config, load_config
 
@@ -156,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.output_dir:
             overrides.append(("output_dir", args.output_dir))
         cfg = load_config(args.config, overrides)
+        output_dir = cfg.output_dir
         if args.command == "config":
             print(dump_config(cfg), end="")
             return 0
@@ -182,16 +181,17 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"varreason: error: {exc.line()}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        if exc.errno not in WRITE_ERRORS:
-            raise
-        where = f": {exc.filename}" if exc.filename else ""
-        print(f"varreason: error: cannot write{where}: {exc.strerror} (nothing partial was kept; free space or "
-              "choose a writable --output-dir, then rerun to resume)", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("varreason: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as exc:  # a full or read-only disk is one line; anything else is a bug: its traceback
+        failure = disk_failure(exc, output_dir)
+        if failure is None:
+            raise
+        where = f": {failure.filename}" if failure.filename else ""
+        print(f"varreason: error: cannot write{where}: {failure.strerror} (nothing partial was kept; free space or "
+              "choose a writable --output-dir, then rerun to resume)", file=sys.stderr)
+        return 2
 
 
 def _ranks(args):

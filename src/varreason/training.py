@@ -8,6 +8,7 @@ completion tokens only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -21,7 +22,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from varreason.config import SFTConfig
-from varreason.errors import InputError
+from varreason.errors import InputError, disk_failure
 from varreason.models import SDPA_GQA, VARLEN_SDPA, load_model, load_tokenizer, save_pretrained
 from varreason.objectives import IGNORE_INDEX, constant_normalizer, token_nll, weighted_sft_loss
 
@@ -208,6 +209,23 @@ def last_complete_checkpoint(work_dir: str | Path) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def no_half_checkpoint_on_a_full_disk(work_dir: str | Path):
+    """Around `trainer.train`: a checkpoint save that a full or read-only disk cut short (safetensors and torch.save
+    say so in errors of their own) is removed on the way out and the failure raised as that OSError, so nothing partial
+    stays behind and the CLI prints one line. The disk is asked first, while the half checkpoint still fills it."""
+    try:
+        yield
+    except Exception as exc:
+        failure = disk_failure(exc, work_dir)
+        if failure is None:
+            raise
+        last_complete_checkpoint(work_dir)  # removes the half-written ones
+        if failure is exc:
+            raise
+        raise failure from exc
+
+
 def train_sft(
     base_model: str | Path,
     rows: list[dict],
@@ -255,7 +273,8 @@ def train_sft(
     )
     resume = last_complete_checkpoint(work_dir)
     start = time.time()
-    result = trainer.train(resume_from_checkpoint=resume)
+    with no_half_checkpoint_on_a_full_disk(work_dir):
+        result = trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - start
     model.config.use_cache = True
     if packed_attention:

@@ -45,7 +45,7 @@ from varreason.stages.common import (
 from varreason.tasks import score_problem
 from varreason.tasks.base import Problem
 from varreason.templates import Templates
-from varreason.training import last_complete_checkpoint, save_on_main, train_sft
+from varreason.training import last_complete_checkpoint, no_half_checkpoint_on_a_full_disk, save_on_main, train_sft
 
 # --- RFT --------------------------------------------------------------------------------------------------------------
 
@@ -192,7 +192,8 @@ def stage_grpo(cfg: RunConfig, run: RunDir) -> dict:
                           train_dataset=dataset, processing_class=tokenizer)
     resume = last_complete_checkpoint(work_dir)
     start = time.time()
-    result = trainer.train(resume_from_checkpoint=resume)
+    with no_half_checkpoint_on_a_full_disk(work_dir):
+        result = trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - start
     save_on_main(trainer, tokenizer, out_dir, work_dir)
     run.write_rows(f"grpo/{g.name}/rewards.parquet", reward.log)  # rank 0's completions (see the module docstring)
