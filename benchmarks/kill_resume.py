@@ -3,6 +3,7 @@ uninterrupted run's?
 
     python benchmarks/kill_resume.py --config smoke --kills 20          # minutes
     python benchmarks/kill_resume.py --config demo --kills 10           # hours: each resumed run finishes the demo
+    python benchmarks/kill_resume.py --config smoke -- --rounds 2 --posterior.mode forward_kl   # config overrides
 
 One uninterrupted reference run first (its wall time sets the window), then for each kill: a fresh folder, the run
 started in a new process and SIGKILLed at a uniform random moment of the window (several kills per folder with
@@ -26,11 +27,12 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(config: str, out: Path, kill_after: float | None = None, threads: int = 0) -> tuple[bool, float]:
+def run(config: str, out: Path, kill_after: float | None = None, threads: int = 0,
+        overrides: tuple[str, ...] = ()) -> tuple[bool, float]:
     """One `varreason run` in a new process; SIGKILL after `kill_after` s. (killed, wall seconds)."""
     start = time.time()
     command = [sys.executable, "-m", "varreason", "run", "--config", config, "--output-dir", str(out),
-               "--num_threads", str(threads)]
+               "--num_threads", str(threads), *overrides]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         proc.wait(timeout=kill_after)
@@ -69,36 +71,40 @@ def main() -> None:
     ap.add_argument("--num-threads", type=int, default=0,
                     help="torch threads of every run (0 = all cores); the reference runs with the same count, since "
                          "float sums, and so the artifacts, depend on it")
+    ap.add_argument("overrides", nargs="*", help="config overrides for every run, after `--`")
     args = ap.parse_args()
+    overrides = tuple(args.overrides)
+    name = "".join([args.config, *(f"_{o.lstrip('-').replace('.', '-')}" for o in overrides)])
     rng = random.Random(args.seed)
-    root = Path(args.root) / f"{args.config}-threads{args.num_threads}"
+    root = Path(args.root) / f"{name}-threads{args.num_threads}"
     reference = root / "reference"
     timing = root / "reference-wall-seconds.json"
     if not (reference / "eval/summary.json").exists() or not timing.exists():
         # the reference run, in a new process with imports, is also the window the kills are drawn from
-        _, wall = run(args.config, reference, threads=args.num_threads)
+        _, wall = run(args.config, reference, threads=args.num_threads, overrides=overrides)
         timing.write_text(json.dumps({"wall_seconds": wall}) + "\n")
     window = json.loads(timing.read_text())["wall_seconds"]
-    path = ROOT / "benchmarks" / "results" / f"kill_resume_{args.config}.json"
+    path = ROOT / "benchmarks" / "results" / f"kill_resume_{name}.json"
     results, kills = [], 0
     while kills < args.kills:
         out = root / f"killed-{len(results):03d}"
         moments = []
         for _ in range(min(args.kills_per_run, args.kills - kills)):
             after = rng.uniform(0.5, window)
-            killed, _ = run(args.config, out, kill_after=after, threads=args.num_threads)
+            killed, _ = run(args.config, out, kill_after=after, threads=args.num_threads, overrides=overrides)
             if not killed:
                 break
             kills += 1
             stages = list(json.loads((out / "manifest.json").read_text())["stages"]) if (
                 out / "manifest.json").exists() else []
             moments.append({"after_s": round(after, 2), "stages_done": stages})
-        run(args.config, out, threads=args.num_threads)
+        run(args.config, out, threads=args.num_threads, overrides=overrides)
         diffs = differences(out, reference)
         results.append({"folder": out.name, "kills": moments, "differences": diffs})
         print(f"{out.name}: killed at {[m['after_s'] for m in moments]} s -> {len(diffs)} differing artifacts",
               flush=True)
-        report = {"config": args.config, "num_threads": args.num_threads, "window_seconds": round(window, 1),
+        report = {"config": args.config, "overrides": list(overrides), "num_threads": args.num_threads,
+                  "window_seconds": round(window, 1),
                   "kills": kills, "folders": len(results),
                   "differing_folders": sum(bool(r["differences"]) for r in results), "runs": results}
         path.write_text(json.dumps(report, indent=1) + "\n")  # after every folder: a stopped benchmark keeps its part

@@ -22,7 +22,7 @@ json_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allo
                          st.text(max_size=20))
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=3)
                            | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
-columns = st.sampled_from(["question", "trace", "answer", "difficulty", "id", "choices", "tests", "x"])
+columns = st.sampled_from(["question", "trace", "answer", "difficulty", "solution", "id", "choices", "tests", "x"])
 rows = st.lists(st.dictionaries(columns, json_values, max_size=6), max_size=5)
 
 
@@ -51,9 +51,10 @@ def test_wrong_json_types_empty_and_duplicate_rows(tmp_path, records, duplicate,
     path = tmp_path / ("d.json" if as_json else "d.jsonl")
     text = json.dumps(records) if as_json else "\n".join(json.dumps(r) for r in records)  # NaN/Infinity literals too
     path.write_text(text)
-    problems = _only_input_errors(load_user_problems, str(path), difficulty_column="difficulty")
+    problems = _only_input_errors(load_user_problems, str(path), difficulty_column="difficulty",
+                                  solution_column="solution")
     for p in problems or []:
-        assert p.question.strip() and p.trace.strip() and str(p.answer).strip()
+        assert p.question.strip() and p.trace.strip() and str(p.answer).strip() and p.meta["solution"].strip()
     if problems is not None:
         assert len(problems) == len(records)  # never a silently dropped row
     _only_input_errors(load_benchmark, str(path))
@@ -93,14 +94,28 @@ def test_hostile_yaml_configs(tmp_path, text):
         assert all(math.isfinite(v) for v in (cfg.initial.learning_rate, cfg.sample.temperature, cfg.sample.top_p))
 
 
+KEYS = ["sample.temperature", "initial.learning_rate", "task.n_train", "seed", "task.families", "build.mode",
+        "eval.top_p", "rollout.num_generations", "rounds", "posterior.mode", "posterior.hint", "posterior.num_generations",
+        "build.weighted_batch", "weights.num_traces", "final.sft_paper", "task.solution_column"]
+VALUES = [".nan", "inf", "-1", "0", "1", "3", "9", "1e400", "[", "{a: 1}", "true", "forward_kl", "solution", "scaled"]
+
+
 @FUZZ
-@given(key=st.one_of(st.sampled_from(["sample.temperature", "initial.learning_rate", "task.n_train", "seed",
-                                      "task.families", "build.mode", "eval.top_p", "rollout.num_generations"]),
-                     st.text(max_size=20)),
-       value=st.one_of(st.text(max_size=20), st.sampled_from([".nan", "inf", "-1", "0", "1e400", "[", "{a: 1}"])))
+@given(key=st.one_of(st.sampled_from(KEYS), st.text(max_size=20)),
+       value=st.one_of(st.text(max_size=20), st.sampled_from(VALUES)))
 def test_command_line_overrides(key, value):
     cfg = RunConfig()
     _only_input_errors(set_value, cfg, key, value)
+
+
+@FUZZ
+@given(pairs=st.lists(st.tuples(st.sampled_from(KEYS), st.sampled_from(VALUES)), min_size=1, max_size=4))
+def test_override_combinations_are_validated_together(pairs):
+    """Cross-field rules (num_traces <= K, forward_kl needs rollouts, sft_paper's halvable batch...) as one line too."""
+    cfg = _only_input_errors(load_config, "smoke", pairs)
+    if cfg is not None:
+        assert (cfg.weights.num_traces or 0) <= cfg.sample.num_generations
+        assert all(math.isfinite(v) for v in (cfg.initial.learning_rate, cfg.sample.temperature, cfg.eval.top_p))
 
 
 @pytest.mark.parametrize("line", [b"x" * 2_000_000, b'{"question": "' + b"9" * 1_000_000 + b'"}'])

@@ -175,6 +175,38 @@ def test_full_disk_is_one_line_from_the_cli(tmp_path, capsys, monkeypatch):
     assert not list((out / "data").glob("*")) if (out / "data").exists() else True
 
 
+def test_disk_failure_finds_the_full_disk_behind_a_library_error(tmp_path, monkeypatch):
+    from varreason.errors import LOW_SPACE, disk_failure
+
+    class SafetensorError(Exception):  # how safetensors reports ENOSPC: no OSError, only the text
+        pass
+
+    assert disk_failure(ValueError("a bug"), tmp_path) is None  # a roomy disk: a bug stays a bug
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")  # a failed close: no file name
+        except OSError as inner:
+            raise RuntimeError("save failed") from inner
+    except RuntimeError as outer:
+        found = disk_failure(outer, tmp_path / "models")
+    assert (found.errno, found.filename) == (errno.ENOSPC, str(tmp_path / "models"))
+    text = SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    assert disk_failure(text, tmp_path).errno == errno.ENOSPC
+    assert disk_failure(OSError(errno.ENOENT, "gone"), tmp_path) is None
+
+    class Full:  # what statvfs says of a disk with one block left, or of a read-only mount
+        f_bavail, f_frsize, f_flag = 1, 4096, 0
+
+    class ReadOnly(Full):
+        f_bavail, f_flag = 10**9, os.ST_RDONLY
+
+    assert Full.f_bavail * Full.f_frsize < LOW_SPACE
+    monkeypatch.setattr(os, "statvfs", lambda path: Full)
+    assert disk_failure(RuntimeError("unexpected pos 136128 vs 136020"), tmp_path / "new").errno == errno.ENOSPC
+    monkeypatch.setattr(os, "statvfs", lambda path: ReadOnly)
+    assert disk_failure(RuntimeError("anything"), tmp_path).errno == errno.EROFS
+
+
 # --- determinism ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.slow

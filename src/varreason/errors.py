@@ -35,6 +35,8 @@ def disk_failure(exc: BaseException, folder: str | Path | None) -> OSError | Non
     seen, hops = exc, 0
     while seen is not None and hops < 16:
         if isinstance(seen, OSError) and seen.errno in WRITE_ERRORS:
+            if seen.filename is None and folder is not None:  # a failed close names no file: name the folder
+                return OSError(seen.errno, seen.strerror, str(folder))
             return seen
         seen, hops = seen.__cause__ or seen.__context__, hops + 1
     if folder is None:
