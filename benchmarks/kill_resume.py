@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -71,11 +72,12 @@ def main() -> None:
     ap.add_argument("--num-threads", type=int, default=0,
                     help="torch threads of every run (0 = all cores); the reference runs with the same count, since "
                          "float sums, and so the artifacts, depend on it")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the folders of a stopped benchmark with the same settings (its results file) and go on")
     ap.add_argument("overrides", nargs="*", help="config overrides for every run, after `--`")
     args = ap.parse_args()
     overrides = tuple(args.overrides)
     name = "".join([args.config, *(f"_{o.lstrip('-').replace('.', '-')}" for o in overrides)])
-    rng = random.Random(args.seed)
     root = Path(args.root) / f"{name}-threads{args.num_threads}"
     reference = root / "reference"
     timing = root / "reference-wall-seconds.json"
@@ -86,8 +88,16 @@ def main() -> None:
     window = json.loads(timing.read_text())["wall_seconds"]
     path = ROOT / "benchmarks" / "results" / f"kill_resume_{name}.json"
     results, kills = [], 0
+    if args.resume and path.exists():  # folders a stopped benchmark finished count; an unfinished one is redone
+        previous = json.loads(path.read_text())
+        if (previous["config"], previous.get("overrides", []), previous.get("num_threads")) == (
+                args.config, list(overrides), args.num_threads):
+            results, kills = previous["runs"], previous["kills"]
     while kills < args.kills:
         out = root / f"killed-{len(results):03d}"
+        if out.exists():
+            shutil.rmtree(out)  # a folder the stopped benchmark did not finish
+        rng = random.Random(f"{args.seed}:{len(results)}")  # the same moments whether or not the benchmark resumed
         moments = []
         for _ in range(min(args.kills_per_run, args.kills - kills)):
             after = rng.uniform(0.5, window)

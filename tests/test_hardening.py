@@ -129,6 +129,44 @@ def test_a_killed_holder_never_blocks(tmp_path):
         assert (out / ".lock").read_text().startswith(f"pid {os.getpid()}")
 
 
+# --- the run folder itself: not a folder, or changed from outside ------------------------------------------------------
+
+@pytest.mark.parametrize("where", ["afile", "afile/run"])
+def test_an_output_dir_that_is_a_file_is_one_line(tmp_path, capsys, where):
+    (tmp_path / "afile").write_text("mine")
+    assert main(["data", "--config", "smoke", "--output-dir", str(tmp_path / where)]) == 2
+    assert "is a file, not a folder" in _error_line(capsys)
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_damaged_or_missing_artifacts_are_one_line_naming_the_file(tmp_path, capsys):
+    out = tmp_path / "run"
+    for stage in ("data", "base"):
+        assert main([stage, "--config", "smoke", "--output-dir", str(out)]) == 0
+    capsys.readouterr()
+    manifest = (out / "manifest.json").read_bytes()
+    (out / "manifest.json").write_text('{"stages": ')  # edited by hand, half saved
+    assert main(["data", "--config", "smoke", "--output-dir", str(out)]) == 2
+    line = _error_line(capsys)
+    assert f"{out / 'manifest.json'}: damaged, not readable (JSONDecodeError" in line and "remove it" in line
+    (out / "manifest.json").write_bytes(manifest)
+
+    train = (out / "data/train.parquet").read_bytes()
+    (out / "data/train.parquet").write_bytes(train[:100])  # cut short from outside (artifacts are written whole)
+    assert main(["initial", "--config", "smoke", "--output-dir", str(out)]) == 2
+    assert f"{out / 'data/train.parquet'}: damaged, not readable (ArrowInvalid" in _error_line(capsys)
+    (out / "data/train.parquet").unlink()
+    assert main(["initial", "--config", "smoke", "--output-dir", str(out)]) == 2
+    assert f"{out / 'data/train.parquet'}: not there: run the stage that writes it first" in _error_line(capsys)
+    (out / "data/train.parquet").write_bytes(train)
+
+    weights = out / "models/base/model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert main(["initial", "--config", "smoke", "--output-dir", str(out)]) == 2
+    assert f"{out / 'models/base'}: cannot load model (Error while deserializing header" in _error_line(capsys)
+    assert not (out / "models/initial").exists()
+
+
 # --- failed writes leave nothing partial -----------------------------------------------------------------------------
 
 def test_a_temporary_file_left_by_a_killed_writer_is_removed_on_the_next_write(tmp_path):

@@ -491,6 +491,12 @@ def validate(cfg: RunConfig) -> RunConfig:
         if getattr(cfg, section).max_steps == 0:
             raise InputError(f"'{section}.max_steps' must be -1 (from the epochs, or pi0's / the final model's "
                              "steps where documented) or a positive number, got 0")
+    out = Path(cfg.output_dir)
+    for folder in (out, *out.parents):  # the nearest part that exists must be a folder
+        if folder.exists():
+            if not folder.is_dir():
+                raise InputError(f"'{folder}' is a file, not a folder", field="output_dir")
+            break
     for name, share in cfg.task.style_mix.items():
         if share < 0:  # finite already: every float is checked when it is read
             raise InputError(f"'task.style_mix.{name}' must be a finite number >= 0, got {share!r}")

@@ -139,9 +139,11 @@ def load_model(name_or_path: str | Path, device: torch.device | None = None, dty
     register_attention()
     device = device or default_device()
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    from safetensors import SafetensorError
+
     try:
         model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a damaged weights file
         raise InputError(f"cannot load model ({str(exc).splitlines()[0][:200]})", file=str(name_or_path)) from None
     if device.type == "cpu" and model.config._attn_implementation == "sdpa":
         model.set_attn_implementation(SDPA_GQA)

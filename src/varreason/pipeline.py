@@ -22,7 +22,6 @@ writes artifacts and the manifest; every stage ends with a barrier.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from collections.abc import Callable
@@ -244,10 +243,9 @@ def run_all(cfg: RunConfig, stages_to_run: list[str] | None = None, force: bool 
 
 def print_results(run: RunDir, wall: float | None = None) -> None:
     """Accuracy of every evaluated model, overall and by difficulty, as a table on stdout."""
-    path = run.path / "eval" / "summary.json"
-    if not path.exists():
+    summary = run.read_json("eval/summary.json")
+    if summary is None:
         return
-    summary = json.loads(path.read_text())
     levels = sorted({d for m in summary.values() for d in m["by_difficulty"]}, key=lambda d: (len(d), d))
     table = Table(title=f"Held-out accuracy ({run.path})")
     table.add_column("model")

@@ -172,9 +172,7 @@ class RunDir:
 
     # --- manifest ----------------------------------------------------------------------------------------------
     def manifest(self) -> dict:
-        if not self.manifest_path.exists():
-            return {"stages": {}}
-        return json.loads(self.manifest_path.read_text())
+        return self.read_json("manifest.json", {"stages": {}})
 
     def is_done(self, stage: str, config_hash: str, outputs: list[str]) -> bool:
         entry = self.manifest()["stages"].get(stage)
@@ -242,9 +240,33 @@ class RunDir:
         return self.path / rel
 
     def read_rows(self, rel: str) -> list[dict]:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        return pq.read_table(self.path / rel).to_pylist()
+        try:
+            return pq.read_table(self.path / rel).to_pylist()
+        except FileNotFoundError:
+            raise InputError("not there: run the stage that writes it first (`varreason run` runs every stage in "
+                             "order)", file=str(self.path / rel)) from None
+        except pa.ArrowInvalid as exc:
+            raise self._damaged(rel, exc) from None
+
+    def read_json(self, rel: str, default=None):
+        """A JSON file of the folder, or `default` when it is not there."""
+        path = self.path / rel
+        if not path.exists():
+            return default
+        try:
+            return json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise self._damaged(rel, exc) from None
+
+    def _damaged(self, rel: str, exc: Exception) -> InputError:
+        """Artifacts are written whole (`_atomic`), so an unreadable one was changed from outside: say which."""
+        redo = ("remove it to redo every stage" if rel == "manifest.json"
+                else "remove it (or rerun the stage that writes it with --force)")
+        return InputError(f"damaged, not readable ({type(exc).__name__}: {str(exc)[:200]}); {redo}",
+                          file=str(self.path / rel))
 
     # --- resumable work in shards ------------------------------------------------------------------------------
     def sharded(self, rel_dir: str, items: list, chunk_size: int, work, desc: str = "") -> list[dict]:

@@ -57,14 +57,14 @@ def evaluate_benchmark(model_dir: str, benchmark: str, out_dir: str | Path, n: i
         settings = _settings(model_dir, spec, items, n, e, seed, max_tokens, backend, vllm)
         key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         pinned = run.path / "eval_config.json"
-        if pinned.exists() and json.loads(pinned.read_text()) != settings:
+        if pinned.exists() and run.read_json("eval_config.json") != settings:
             if not force:
                 raise InputError("holds an evaluation with other settings; use another --output-dir or --force",
                                  file=str(run.path))
             if not run.ranks.shard_job:  # other shard jobs may be writing shards of the new settings
                 run.drop_shards("")
         elif pinned.exists() and (run.path / "results.json").exists() and not force:
-            return json.loads((run.path / "results.json").read_text())  # done with these settings
+            return run.read_json("results.json")  # done with these settings
         if not run.ranks.shard_job:  # shard jobs of one evaluation may start together; the merge pins it
             run.write_json("eval_config.json", settings)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from varreason.runs import RunDir
 
 
@@ -169,10 +167,9 @@ def _variational_section(run: RunDir, plots) -> list[str]:
 
 def write_report(run: RunDir) -> str | None:
     """Tables of accuracy overall / by difficulty / by task, the loss curve of each trained model, plots."""
-    path = run.path / "eval" / "summary.json"
-    if not path.exists():
+    summary = run.read_json("eval/summary.json")
+    if summary is None:
         return None
-    summary = json.loads(path.read_text())
     stages = run.manifest()["stages"]
     plots = run.path / "plots"
     plots.mkdir(exist_ok=True)

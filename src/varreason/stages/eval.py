@@ -58,9 +58,8 @@ def stage_eval(cfg: RunConfig, run: RunDir) -> dict:
 
 def evaluate_if_changed(cfg: RunConfig, run: RunDir, model_name: str, force: bool = False) -> dict:
     """The model's metrics: the stored ones when its weights and the eval settings are unchanged, else a new eval."""
-    metrics_path = run.path / "eval" / model_name / "metrics.json"
     fingerprint = eval_fingerprint(cfg, run.path / "models" / model_name)
-    previous = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    previous = run.read_json(f"eval/{model_name}/metrics.json", {})
     stored = previous.get("fingerprint") == fingerprint and not force
     metrics = previous if stored else evaluate_model(cfg, run, model_name, fingerprint)
     record_summary(run, model_name, metrics)  # also when a kill fell between metrics.json and summary.json
@@ -69,8 +68,7 @@ def evaluate_if_changed(cfg: RunConfig, run: RunDir, model_name: str, force: boo
 
 def record_summary(run: RunDir, model_name: str, metrics: dict) -> None:
     """The model's entry in eval/summary.json (models in `reasoning_models` order), written only when it changed."""
-    path = run.path / "eval" / "summary.json"
-    summary = json.loads(path.read_text()) if path.exists() else {}
+    summary = run.read_json("eval/summary.json", {})
     entry = json.loads(json.dumps({k: metrics[k] for k in ("accuracy", "ci_low", "ci_high", "n", "by_difficulty",
                                                              "by_task")}))  # as it reads back from the file
     if summary.get(model_name) == entry:
