@@ -84,10 +84,13 @@ yaml_text = st.one_of(
 
 
 @FUZZ
-@given(text=yaml_text)
+@given(text=st.one_of(yaml_text, st.binary(max_size=200)))
 def test_hostile_yaml_configs(tmp_path, text):
     path = tmp_path / "c.yaml"
-    path.write_text(text)
+    if isinstance(text, bytes):
+        path.write_bytes(text)  # random bytes: invalid UTF-8 too
+    else:
+        path.write_text(text)
     cfg = _only_input_errors(load_config, str(path))
     if cfg is not None:
         assert isinstance(cfg, RunConfig)

@@ -45,6 +45,15 @@ def test_bad_config_values_stop_before_any_work(tmp_path, capsys, override, expe
     assert not out.exists()  # nothing written, nothing trained
 
 
+def test_a_config_file_with_invalid_utf8_or_a_folder_is_one_line(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"seed: 1\ntask:\n  n_train: \x8a\n")
+    assert main(["config", "--config", str(path)]) == 2
+    assert f"{path}: not valid UTF-8 (line 3, byte 25: b'\\x8a')" in _error_line(capsys)
+    assert main(["config", "--config", str(tmp_path)]) == 2  # a folder: not a file, so read as a preset name
+    assert "unknown preset" in _error_line(capsys)
+
+
 def test_yaml_nan_in_a_config_file(tmp_path, capsys):
     path = tmp_path / "c.yaml"
     path.write_text("initial:\n  learning_rate: .nan\n")

@@ -622,9 +622,13 @@ def load_config(path: str | Path | None = None, overrides: list[tuple[str, str]]
     cfg = RunConfig()
     path = resolve_config_path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
     except yaml.YAMLError as exc:
         raise InputError(f"not valid YAML ({str(exc).splitlines()[0]})", file=str(path)) from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise InputError(f"not valid UTF-8 (line {line}, byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})",
+                         file=str(path)) from None
     _apply(cfg, data, "", str(path))
     for key, value in overrides or []:
         set_value(cfg, key, value)
