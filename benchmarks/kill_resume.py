@@ -46,6 +46,16 @@ def run(config: str, out: Path, kill_after: float | None = None, threads: int = 
     return False, time.time() - start
 
 
+def stages_done(out: Path) -> list[str]:
+    """The stages a killed folder had finished: the run's, then each later round's as `round<t>:<stage>`."""
+    done = []
+    for manifest in [out / "manifest.json", *sorted((out / "rounds").glob("*/manifest.json"))]:
+        if manifest.exists():
+            prefix = "" if manifest.parent == out else f"round{manifest.parent.name}:"
+            done += [prefix + stage for stage in json.loads(manifest.read_text())["stages"]]
+    return done
+
+
 def differences(out: Path, reference: Path) -> list[str]:
     diffs = []
     for ref in sorted(reference.rglob("*.parquet")):
@@ -105,8 +115,7 @@ def main() -> None:
             if not killed:
                 break
             kills += 1
-            stages = list(json.loads((out / "manifest.json").read_text())["stages"]) if (
-                out / "manifest.json").exists() else []
+            stages = stages_done(out)
             moments.append({"after_s": round(after, 2), "stages_done": stages})
         run(args.config, out, threads=args.num_threads, overrides=overrides)
         diffs = differences(out, reference)
