@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -49,7 +50,8 @@ def run(config: str, out: Path, kill_after: float | None = None, threads: int = 
 def stages_done(out: Path) -> list[str]:
     """The stages a killed folder had finished: the run's, then each later round's as `round<t>:<stage>`."""
     done = []
-    for manifest in [out / "manifest.json", *sorted((out / "rounds").glob("*/manifest.json"))]:
+    rounds = sorted((out / "rounds").glob("*/manifest.json"), key=lambda m: int(m.parent.name))
+    for manifest in [out / "manifest.json", *rounds]:
         if manifest.exists():
             prefix = "" if manifest.parent == out else f"round{manifest.parent.name}:"
             done += [prefix + stage for stage in json.loads(manifest.read_text())["stages"]]
@@ -87,7 +89,8 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="config overrides for every run, after `--`")
     args = ap.parse_args()
     overrides = tuple(args.overrides)
-    name = "".join([args.config, *(f"_{o.lstrip('-').replace('.', '-')}" for o in overrides)])
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", "".join([args.config, *(f"_{o.lstrip('-').replace('.', '-')}"
+                                                                   for o in overrides)]))
     root = Path(args.root) / f"{name}-threads{args.num_threads}"
     reference = root / "reference"
     timing = root / "reference-wall-seconds.json"
@@ -100,8 +103,9 @@ def main() -> None:
     results, kills = [], 0
     if args.resume and path.exists():  # folders a stopped benchmark finished count; an unfinished one is redone
         previous = json.loads(path.read_text())
-        if (previous["config"], previous.get("overrides", []), previous.get("num_threads")) == (
-                args.config, list(overrides), args.num_threads):
+        if (previous["config"], previous.get("overrides", []), previous.get("num_threads"), previous.get("seed"),
+                previous.get("kills_per_run")) == (args.config, list(overrides), args.num_threads, args.seed,
+                                                   args.kills_per_run):
             results, kills = previous["runs"], previous["kills"]
     while kills < args.kills:
         out = root / f"killed-{len(results):03d}"
@@ -123,6 +127,7 @@ def main() -> None:
         print(f"{out.name}: killed at {[m['after_s'] for m in moments]} s -> {len(diffs)} differing artifacts",
               flush=True)
         report = {"config": args.config, "overrides": list(overrides), "num_threads": args.num_threads,
+                  "seed": args.seed, "kills_per_run": args.kills_per_run,
                   "window_seconds": round(window, 1),
                   "kills": kills, "folders": len(results),
                   "differing_folders": sum(bool(r["differences"]) for r in results), "runs": results}

@@ -65,7 +65,7 @@ DISK_SIZES = ("200k", "800k", "1000k")
 @needs_mounts
 @pytest.mark.slow
 def test_a_disk_that_fills_up_is_one_line_leaves_nothing_partial_and_resumes(tmp_path, smoke_reference):
-    failed_at = {}
+    failed_at, lines = {}, []
     for size in DISK_SIZES:
         keep = tmp_path / size
         keep.mkdir()
@@ -81,6 +81,7 @@ def test_a_disk_that_fills_up_is_one_line_leaves_nothing_partial_and_resumes(tmp
         assert (keep / "rc").read_text().strip() == "2", err
         [line] = _error_lines(err)
         assert "cannot write: " in line and "No space left on device" in line and "rerun to resume" in line
+        lines.append(line)
         failed = keep / "failed"
         _nothing_partial(failed)
         failed_at[size] = list(json.loads((failed / "manifest.json").read_text())["stages"])[-1:]
@@ -91,6 +92,8 @@ def test_a_disk_that_fills_up_is_one_line_leaves_nothing_partial_and_resumes(tmp
                 == json.loads((smoke_reference / "eval/summary.json").read_text())), size
         assert [p for p in resumed.rglob("*") if ".tmp" in p.name or p.name.endswith(".work")] == []
     print("last stage done when the disk filled:", failed_at)
+    assert len({tuple(v) for v in failed_at.values()}) >= 2, failed_at  # the disk filled at different points
+    assert any(".work" in line for line in lines), lines  # at least one cut a training checkpoint short
 
 
 @needs_mounts

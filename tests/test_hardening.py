@@ -49,7 +49,7 @@ def test_a_config_file_with_invalid_utf8_or_a_folder_is_one_line(tmp_path, capsy
     path = tmp_path / "c.yaml"
     path.write_bytes(b"seed: 1\ntask:\n  n_train: \x8a\n")
     assert main(["config", "--config", str(path)]) == 2
-    assert f"{path}: not valid UTF-8 (line 3, byte 25: b'\\x8a')" in _error_line(capsys)
+    assert f"{path}: not valid UTF-8 (line 3, byte 11: b'\\x8a')" in _error_line(capsys)
     assert main(["config", "--config", str(tmp_path)]) == 2  # a folder: not a file, so read as a preset name
     assert "unknown preset" in _error_line(capsys)
 
@@ -250,8 +250,17 @@ def test_disk_failure_finds_the_full_disk_behind_a_library_error(tmp_path, monke
     assert Full.f_bavail * Full.f_frsize < LOW_SPACE
     monkeypatch.setattr(os, "statvfs", lambda path: Full)
     assert disk_failure(RuntimeError("unexpected pos 136128 vs 136020"), tmp_path / "new").errno == errno.ENOSPC
+    assert disk_failure(TypeError("a bug"), tmp_path) is None  # a bug stays a bug, even on a full disk
     monkeypatch.setattr(os, "statvfs", lambda path: ReadOnly)
-    assert disk_failure(RuntimeError("anything"), tmp_path).errno == errno.EROFS
+    assert disk_failure(SafetensorError("Error while serializing"), tmp_path).errno == errno.EROFS
+    assert disk_failure(KeyError("a bug"), tmp_path) is None
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise ValueError("handled, then another error") from None  # the disk error is not its cause
+    except ValueError as suppressed:
+        assert disk_failure(suppressed, None) is None
 
 
 # --- determinism ---------------------------------------------------------------------------------------------------

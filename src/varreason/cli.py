@@ -16,6 +16,7 @@ every n-th chunk of one sharded stage; the same command without `--shard` merges
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -154,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.output_dir:
             overrides.append(("output_dir", args.output_dir))
         cfg = load_config(args.config, overrides)
-        output_dir = cfg.output_dir
+        if not (args.command == "eval" and getattr(args, "model", None)):  # eval --model writes to its own folder
+            output_dir = cfg.output_dir
         if args.command == "config":
             print(dump_config(cfg), end="")
             return 0
@@ -189,8 +191,12 @@ def main(argv: list[str] | None = None) -> int:
         if failure is None:
             raise
         where = f": {failure.filename}" if failure.filename else ""
-        print(f"varreason: error: cannot write{where}: {failure.strerror} (nothing partial was kept; free space or "
-              "choose a writable --output-dir, then rerun to resume)", file=sys.stderr)
+        if failure.errno in (errno.EACCES, errno.EPERM):  # a read or a write: the permissions are the user's to fix
+            print(f"varreason: error: no permission{where}: {failure.strerror}", file=sys.stderr)
+            return 2
+        said = "" if failure is exc else f" [{type(exc).__name__}]"  # what the library called it
+        print(f"varreason: error: cannot write{where}: {failure.strerror}{said} (nothing partial was kept; free space "
+              "or choose a writable --output-dir, then rerun to resume)", file=sys.stderr)
         return 2
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from varreason.errors import InputError
+from varreason.errors import InputError, decode_utf8, existing_ancestor
 
 
 def option(default: Any, help: str, *, choices: tuple | None = None, ge: float | None = None,
@@ -491,12 +491,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         if getattr(cfg, section).max_steps == 0:
             raise InputError(f"'{section}.max_steps' must be -1 (from the epochs, or pi0's / the final model's "
                              "steps where documented) or a positive number, got 0")
-    out = Path(cfg.output_dir)
-    for folder in (out, *out.parents):  # the nearest part that exists must be a folder
-        if folder.exists():
-            if not folder.is_dir():
-                raise InputError(f"'{folder}' is a file, not a folder", field="output_dir")
-            break
+    nearest = existing_ancestor(cfg.output_dir)  # the nearest part that exists must be a folder
+    if not nearest.is_dir():
+        raise InputError(f"'{nearest}' is a file, not a folder", field="output_dir")
     for name, share in cfg.task.style_mix.items():
         if share < 0:  # finite already: every float is checked when it is read
             raise InputError(f"'task.style_mix.{name}' must be a finite number >= 0, got {share!r}")
@@ -622,13 +619,9 @@ def load_config(path: str | Path | None = None, overrides: list[tuple[str, str]]
     cfg = RunConfig()
     path = resolve_config_path(path)
     try:
-        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+        data = yaml.safe_load(decode_utf8(path.read_bytes(), str(path))) or {}
     except yaml.YAMLError as exc:
         raise InputError(f"not valid YAML ({str(exc).splitlines()[0]})", file=str(path)) from None
-    except UnicodeDecodeError as exc:
-        line = exc.object[:exc.start].count(b"\n") + 1
-        raise InputError(f"not valid UTF-8 (line {line}, byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})",
-                         file=str(path)) from None
     _apply(cfg, data, "", str(path))
     for key, value in overrides or []:
         set_value(cfg, key, value)

@@ -24,13 +24,37 @@ class InputError(Exception):
         return text.replace("\r", "\\r").replace("\n", "\\n")  # one line, whatever the user's input held
 
 
+def decode_utf8(raw: bytes, source: str, row: int | None = None, line_no: int | None = None) -> str:
+    """Bytes as UTF-8 text, or an InputError naming the file (row), line and the first bad byte's offset in its line."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        start = raw.rfind(b"\n", 0, exc.start) + 1
+        line_no = line_no if line_no is not None else raw.count(b"\n", 0, exc.start) + 1
+        raise InputError(f"not valid UTF-8 (line {line_no}, byte {exc.start - start}: "
+                         f"{raw[exc.start:exc.start + 1]!r})", file=source, row=row) from None
+
+
+def existing_ancestor(path: str | Path) -> Path:
+    """The path itself if it exists, else its nearest parent that does."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+# How libraries word a write cut short when they do not raise an OSError: safetensors ("os error 28" is ENOSPC,
+# "os error 30" EROFS) and torch.save's zip writer.
+LIBRARY_WRITE_FAILURES = ("SafetensorError", "PytorchStreamWriter", "unexpected pos", "inline_container")
+
+
 def disk_failure(exc: BaseException, folder: str | Path | None) -> OSError | None:
     """The full or read-only disk behind a failed write, as an OSError the CLI prints as one line; None when the
-    failure has another cause.
+    failure has another cause (then it stays a traceback).
 
-    Why more than `isinstance(exc, OSError)`: safetensors and torch.save report a full disk as errors of their own
-    (`SafetensorError: ... os error 28`, `RuntimeError: unexpected pos ...`), so past the exception chain the
-    filesystem of `folder` is asked whether it is read-only or out of space.
+    An OSError with a disk errno in the exception chain is the answer. Past it, only a library's own report of a
+    failed write (`LIBRARY_WRITE_FAILURES`) asks the filesystem of `folder` whether it is read-only or out of space;
+    any other error is a bug, whatever the disk holds.
     """
     seen, hops = exc, 0
     while seen is not None and hops < 16:
@@ -38,18 +62,17 @@ def disk_failure(exc: BaseException, folder: str | Path | None) -> OSError | Non
             if seen.filename is None and folder is not None:  # a failed close names no file: name the folder
                 return OSError(seen.errno, seen.strerror, str(folder))
             return seen
-        seen, hops = seen.__cause__ or seen.__context__, hops + 1
-    if folder is None:
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+        hops += 1
+    text = f"{type(exc).__name__}: {exc}"
+    if folder is None or not any(marker in text for marker in LIBRARY_WRITE_FAILURES):
         return None
-    path = Path(folder)
-    while not path.exists() and path != path.parent:
-        path = path.parent
     try:
-        fs = os.statvfs(path)
+        fs = os.statvfs(existing_ancestor(folder))
     except OSError:
         return None
-    if fs.f_flag & os.ST_RDONLY:
+    if fs.f_flag & os.ST_RDONLY or "os error 30" in text:
         return OSError(errno.EROFS, os.strerror(errno.EROFS), str(folder))
-    if fs.f_bavail * fs.f_frsize < LOW_SPACE or "os error 28" in str(exc):
+    if fs.f_bavail * fs.f_frsize < LOW_SPACE or "os error 28" in text:
         return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
     return None

@@ -172,7 +172,10 @@ class RunDir:
 
     # --- manifest ----------------------------------------------------------------------------------------------
     def manifest(self) -> dict:
-        return self.read_json("manifest.json", {"stages": {}})
+        manifest = self.read_json("manifest.json", {"stages": {}})
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("stages"), dict):
+            raise self._damaged("manifest.json", ValueError("no 'stages' mapping"))
+        return manifest
 
     def is_done(self, stage: str, config_hash: str, outputs: list[str]) -> bool:
         entry = self.manifest()["stages"].get(stage)
@@ -248,7 +251,7 @@ class RunDir:
         except FileNotFoundError:
             raise InputError("not there: run the stage that writes it first (`varreason run` runs every stage in "
                              "order)", file=str(self.path / rel)) from None
-        except pa.ArrowInvalid as exc:
+        except pa.ArrowException as exc:  # ArrowInvalid, or an ArrowIOError (an OSError with no errno) mid-file
             raise self._damaged(rel, exc) from None
 
     def read_json(self, rel: str, default=None):

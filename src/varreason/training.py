@@ -223,7 +223,7 @@ def no_half_checkpoint_on_a_full_disk(work_dir: str | Path):
         last_complete_checkpoint(work_dir)  # removes the half-written ones
         if failure is exc:
             raise
-        raise failure from exc
+        raise OSError(failure.errno, failure.strerror, failure.filename) from exc
 
 
 def train_sft(

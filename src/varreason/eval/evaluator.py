@@ -57,7 +57,7 @@ def evaluate_benchmark(model_dir: str, benchmark: str, out_dir: str | Path, n: i
         settings = _settings(model_dir, spec, items, n, e, seed, max_tokens, backend, vllm)
         key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         pinned = run.path / "eval_config.json"
-        if pinned.exists() and run.read_json("eval_config.json") != settings:
+        if run.read_json("eval_config.json", settings) != settings:
             if not force:
                 raise InputError("holds an evaluation with other settings; use another --output-dir or --force",
                                  file=str(run.path))

@@ -23,27 +23,17 @@ import json
 import math
 from pathlib import Path
 
-from varreason.errors import InputError
+from varreason.errors import InputError, decode_utf8
 from varreason.tasks.base import Problem
 from varreason.tasks.stratos import is_stratos, stratos_problem
 
 USER_TASK = "user"
 
 
-def _decode(raw: bytes, source: str, row: int | None, line_no: int | None = None) -> str:
-    """Bytes as UTF-8 text, or an InputError naming the file, row and the first bad byte."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        where = f"line {line_no}, " if line_no is not None else ""
-        raise InputError(f"not valid UTF-8 ({where}byte {exc.start}: {raw[exc.start:exc.start + 1]!r})", file=source,
-                         row=row) from None
-
-
 def _parse_lines(data: bytes, source: str) -> list[dict]:
     rows = []
     for line_no, raw in enumerate(data.split(b"\n"), start=1):
-        line = _decode(raw, source, len(rows), line_no)
+        line = decode_utf8(raw, source, len(rows), line_no)
         if not line.strip():
             continue
         try:
@@ -65,7 +55,7 @@ def _read_jsonl(path: Path, source: str) -> list[dict]:
 def _read_json(path: Path, source: str) -> list[dict]:
     data = path.read_bytes()
     try:
-        parsed = json.loads(_decode(data, source, None))
+        parsed = json.loads(decode_utf8(data, source, None))
     except (json.JSONDecodeError, RecursionError):
         return _parse_lines(data, source)  # JSON lines saved as .json
     if isinstance(parsed, dict) and isinstance(parsed.get("data"), list):
