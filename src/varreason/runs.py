@@ -125,7 +125,6 @@ class RunDir:
         self.ranks = ranks or Ranks()
         if self.ranks.main:
             self.path.mkdir(parents=True, exist_ok=True)
-        self.manifest_path = self.path / "manifest.json"
         self.shard_key: str | None = None  # the running stage's config hash: keys its resumable shards
         self.round = 1  # Algorithm 1's round this folder holds (rounds/<t>/ of a run: t; see pipeline.round_folder)
 

@@ -56,14 +56,14 @@ def evaluate_benchmark(model_dir: str, benchmark: str, out_dir: str | Path, n: i
     with run.lock(), contextlib.ExitStack() as stack:
         settings = _settings(model_dir, spec, items, n, e, seed, max_tokens, backend, vllm)
         key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-        pinned = run.path / "eval_config.json"
-        if run.read_json("eval_config.json", settings) != settings:
+        pinned = run.read_json("eval_config.json")
+        if pinned is not None and pinned != settings:
             if not force:
                 raise InputError("holds an evaluation with other settings; use another --output-dir or --force",
                                  file=str(run.path))
             if not run.ranks.shard_job:  # other shard jobs may be writing shards of the new settings
                 run.drop_shards("")
-        elif pinned.exists() and (run.path / "results.json").exists() and not force:
+        elif pinned is not None and (run.path / "results.json").exists() and not force:
             return run.read_json("results.json")  # done with these settings
         if not run.ranks.shard_job:  # shard jobs of one evaluation may start together; the merge pins it
             run.write_json("eval_config.json", settings)
