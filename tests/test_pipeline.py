@@ -36,12 +36,15 @@ def test_smoke_run_end_to_end(tmp_path, capsys):
     assert len(samples) == len(test)
     assert "Held-out accuracy" in capsys.readouterr().out
 
-    # a second run with the same config skips every stage; a changed eval setting redoes only eval
+    # a second run with the same config skips every stage; a changed eval setting is refused without --overwrite,
+    # and with it redoes only eval
     assert main(["run", "--config", "smoke", "--output-dir", str(out)]) == 0
     again = json.loads((out / "manifest.json").read_text())["stages"]
     assert all(again[s]["finished_at"] == manifest[s]["finished_at"] for s in manifest if s != "eval")
     assert again["eval"]["counts"] == manifest["eval"]["counts"]  # eval always runs, but evaluates nothing new
-    assert main(["eval", "--config", "smoke", "--output-dir", str(out), "--eval.max_completion_length", "8"]) == 0
+    assert main(["eval", "--output-dir", str(out), "--eval.max_completion_length", "8"]) == 2
+    assert "eval.max_completion_length 48 -> 8" in capsys.readouterr().err
+    assert main(["eval", "--output-dir", str(out), "--eval.max_completion_length", "8", "--overwrite"]) == 0
     third = json.loads((out / "manifest.json").read_text())["stages"]
     assert third["initial"]["finished_at"] == manifest["initial"]["finished_at"]
     assert third["eval"]["config_hash"] != manifest["eval"]["config_hash"]

@@ -23,7 +23,8 @@ from rich.table import Table
 
 from varreason.config import RunConfig, dump_config, set_value, validate
 from varreason.errors import InputError
-from varreason.pipeline import STAGES, VARIATIONAL_STAGES, round_model, run_rounds, run_stage
+from varreason.pipeline import (STAGES, VARIATIONAL_STAGES, refuse_replacing, round_model, run_rounds, run_stage,
+                                write_folder_config)
 from varreason.report import bias
 from varreason.runs import RunDir
 from varreason.stages.eval import evaluate_if_changed
@@ -109,14 +110,16 @@ def _link_target(rel: str) -> str:
     return str(Path(*parts[:2])) if parts[0] == "models" and len(parts) > 2 else rel
 
 
-def adopt(run: RunDir, stage: str, config_hash: str, donors: list[RunDir], expected: list[str]) -> bool:
-    """Link a finished stage of a donor run into `run` when its config hash is the same and the donor has every
-    output this config expects (`expected`); True if adopted."""
+def adopt(run: RunDir, stage: str, cfg: RunConfig, donors: list[RunDir]) -> bool:
+    """Link a finished stage of a donor run into `run` when the donor made it with the same settings, from the very
+    artifacts this folder holds (its inputs' run ids), and has every output this config expects; True if adopted."""
+    key, config_hash, expected = STAGES[stage].key(cfg), STAGES[stage].config_hash(cfg), STAGES[stage].outputs(cfg)
+    made_from = STAGES[stage].made_from(cfg, run)
     for donor in donors:
         if donor.path.resolve() == run.path.resolve():
             continue
-        entry = donor.manifest()["stages"].get(stage)
-        if not entry or entry.get("config_hash") != config_hash:
+        entry = donor.entry(key)
+        if not entry or entry.get("config_hash") != config_hash or entry.get("made_from", made_from) != made_from:
             continue
         outputs = sorted(set(entry["outputs"]) | set(expected))
         if not all((donor.path / o).exists() for o in outputs):
@@ -130,34 +133,40 @@ def adopt(run: RunDir, stage: str, config_hash: str, donors: list[RunDir], expec
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.symlink(src, dest)
         manifest = run.manifest()
-        manifest["stages"][stage] = {**entry, "adopted_from": str(donor.path.resolve())}
+        manifest["stages"][key] = {**entry, "adopted_from": str(donor.path.resolve())}
         run.write_json("manifest.json", manifest)
         return True
     return False
 
 
+def adopt_or_run(stage: str, cfg: RunConfig, run: RunDir, donors: list[RunDir], force: bool = False) -> None:
+    """A stage of a method's folder: done already, adopted from a donor that made it the same way, or run here."""
+    s = STAGES[stage]
+    done = run.is_done(s.key(cfg), s.config_hash(cfg), s.outputs(cfg), s.made_from(cfg, run))
+    if not force and not done and adopt(run, stage, cfg, donors):
+        console.print(f"[dim]- {stage}: adopted (same config) from {run.entry(s.key(cfg))['adopted_from']}[/dim]")
+        return
+    run_stage(stage, cfg, run, force=force)
+
+
 # --- running ----------------------------------------------------------------------------------------------------------
 
-def run_method(name: str, method: Method, cfg: RunConfig, donors: list[RunDir], force: bool = False) -> dict:
+def run_method(name: str, method: Method, cfg: RunConfig, donors: list[RunDir], force: bool = False,
+               overwrite: bool = False) -> dict:
     """Run (or adopt) every stage of one method in its own folder, then evaluate its model."""
     run = RunDir(cfg.output_dir)
+    stages = list(PI0_STAGES + method.stages)
     with run.lock():
-        run.write_text("config.yaml", dump_config(cfg))
+        write_folder_config(cfg, run, stages, overwrite)
         console.rule(f"[bold]{name}[/bold]: {method.description}")
-        for stage in PI0_STAGES + method.stages:
-            config_hash, outputs = STAGES[stage].config_hash(cfg), STAGES[stage].outputs(cfg)
-            if (not (force and stage in method.stages) and not run.is_done(stage, config_hash, outputs)
-                    and adopt(run, stage, config_hash, donors, outputs)):
-                donor = run.manifest()["stages"][stage]["adopted_from"]
-                console.print(f"[dim]- {stage}: adopted (same config) from {donor}[/dim]")
-                continue
-            run_stage(stage, cfg, run, force=force and stage in method.stages)
+        for stage in stages:
+            adopt_or_run(stage, cfg, run, donors, force=force and stage in method.stages)
         if method.kind in ("variational", "no-hint") and cfg.rounds > 1:
             run_rounds(cfg, run, force=force, evaluate=False)
         model = model_name(cfg, method)
         metrics = evaluate_if_changed(cfg, run, model, force=force)
-    stages = run.manifest()["stages"]
-    wall = {s: stages[s]["wall_seconds"] for s in PI0_STAGES + method.stages if s in stages}
+    entries = {s: run.entry(STAGES[s].key(cfg)) for s in stages}
+    wall = {s: e["wall_seconds"] for s, e in entries.items() if e}
     return {"method": method.kind, "model": model, "run_dir": str(run.path), "accuracy": metrics["accuracy"],
             "ci_low": metrics["ci_low"], "ci_high": metrics["ci_high"], "n": metrics["n"],
             "by_difficulty": metrics["by_difficulty"], "wall_seconds": sum(wall.values()),
@@ -177,13 +186,12 @@ def difficulty_source(cfg: RunConfig, root: Path, configs: dict[str, RunConfig],
     pcfg.output_dir = str(root / "methods" / "_pi0-samples")
     run = RunDir(pcfg.output_dir)
     for stage in PI0_STAGES + ("sample",):
-        config_hash, outputs = STAGES[stage].config_hash(pcfg), STAGES[stage].outputs(pcfg)
-        if not run.is_done(stage, config_hash, outputs) and not adopt(run, stage, config_hash, donors, outputs):
-            run_stage(stage, pcfg, run)
+        adopt_or_run(stage, pcfg, run, donors)
     return bias.pi0_accuracy(run.read_rows("samples/posterior.parquet"))
 
 
-def run_compare(cfg: RunConfig, out_dir: str | Path, reuse: list[str] | None = None, force: bool = False) -> dict:
+def run_compare(cfg: RunConfig, out_dir: str | Path, reuse: list[str] | None = None, force: bool = False,
+                overwrite: bool = False) -> dict:
     """Train and evaluate every method; write summary.json, bias.json, report.md and plots under `out_dir`."""
     root = Path(out_dir)
     methods = resolve_methods(cfg)
@@ -191,6 +199,10 @@ def run_compare(cfg: RunConfig, out_dir: str | Path, reuse: list[str] | None = N
     for path in reuse or []:
         if not (Path(path) / "manifest.json").exists():
             raise InputError("--reuse needs a run folder with a manifest.json", file=str(path))
+    if not overwrite:  # a method folder made with other settings: refused before any method runs
+        for name, m in methods.items():
+            if (Path(configs[name].output_dir) / "manifest.json").exists():
+                refuse_replacing(configs[name], RunDir(configs[name].output_dir), list(PI0_STAGES + m.stages))
     top = RunDir(root)
     with top.lock():
         top.write_text("config.yaml", dump_config(cfg))
@@ -198,8 +210,8 @@ def run_compare(cfg: RunConfig, out_dir: str | Path, reuse: list[str] | None = N
         start = time.time()
         results: dict = {}
         for name, m in methods.items():
-            results[name] = run_method(name, m, configs[name], donors + [RunDir(c.output_dir) for c in configs.values()
-                                                                        if Path(c.output_dir).exists()], force=force)
+            folders = [RunDir(c.output_dir) for c in configs.values() if Path(c.output_dir).exists()]
+            results[name] = run_method(name, m, configs[name], donors + folders, force=force, overwrite=overwrite)
             top.write_json("summary.json", {n: _public(r) for n, r in results.items()})
         p_of = difficulty_source(cfg, root, configs, donors + [RunDir(r["run_dir"]) for r in results.values()])
         curves = {}

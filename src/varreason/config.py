@@ -368,6 +368,11 @@ class RunConfig:
     def section_hash(self, *sections: str, engines: bool = True) -> str:
         """A short hash of the named sections: a stage is redone when the config it depends on changes. `engines`:
         the stage (or one upstream of it) samples or scores in those sections, so the engine that did is hashed."""
+        payload = self.section_settings(*sections, engines=engines)
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def section_settings(self, *sections: str, engines: bool = True) -> dict:
+        """The settings `section_hash` hashes (recorded in the manifest, so a refusal can name the fields)."""
         data = self.to_dict()
         payload = {name: data[name] for name in sections}
         for section, key in HASH_OMIT_AT_DEFAULT:  # options added later: at their default they change no hash
@@ -377,7 +382,7 @@ class RunConfig:
             del payload[section]["backend"]
             if engines and self.backend_of(section) == "vllm":  # hf: no key, as in the hashes of older runs
                 payload[section]["backend"] = {"vllm": self.vllm.output_settings()}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        return payload
 
 
 # Fields added after runs existed whose default reproduces the old behaviour: left out of the stage hashes at their
@@ -491,6 +496,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         if getattr(cfg, section).max_steps == 0:
             raise InputError(f"'{section}.max_steps' must be -1 (from the epochs, or pi0's / the final model's "
                              "steps where documented) or a positive number, got 0")
+    if not cfg.output_dir.strip():
+        raise InputError("must name a folder, got an empty path", field="output_dir")
     nearest = existing_ancestor(cfg.output_dir)  # the nearest part that exists must be a folder
     if not nearest.is_dir():
         raise InputError(f"'{nearest}' is a file, not a folder", field="output_dir")

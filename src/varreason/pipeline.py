@@ -44,22 +44,40 @@ class Stage:
     name: str
     fn: Callable[[RunConfig, RunDir], dict]
     sections: tuple[str, ...]  # config sections this stage (and everything upstream of it) depends on
-    inputs: tuple[str, ...]  # artifacts it reads (recorded in the manifest)
+    reads: tuple[str, ...]  # the stages whose artifacts it reads: it is redone when one of them was made anew
     outputs: Callable[[RunConfig], list[str]]  # artifacts that must exist for it to count as done, for this config
     parallel: str = ""  # how a process group shares it: "train" | "split" | "" (rank 0 alone); see the docstring
     always: bool = False  # run every time (the stage caches its own work)
     engines: bool = True  # reads samples / scores made by a sampling engine (grpo samples with TRL: False)
+    model: str = ""  # the config section naming the model it trains (final, rft, grpo): one entry per name
+
+    def key(self, cfg: RunConfig) -> str:
+        """Its manifest entry: the stage's name, with the model's name when that is not the default one, so a
+        variant (`--final.name final-acc`) is recorded beside the model it does not replace."""
+        name = getattr(cfg, self.model).name if self.model else self.name
+        return self.name if name == self.name else f"{self.name}:{name}"
+
+    def hashed_sections(self, cfg: RunConfig) -> tuple[str, ...]:
+        if "posterior" in self.sections and cfg.posterior.mode == "forward_kl":  # q is trained on pi's traces
+            return tuple(dict.fromkeys(self.sections + ("sample", "rollout", "weights")))
+        return self.sections
+
+    def settings(self, cfg: RunConfig) -> dict:
+        """What its hash covers, recorded with its artifacts (a refusal names the fields that differ)."""
+        return cfg.section_settings(*self.hashed_sections(cfg), engines=self.engines)
 
     def config_hash(self, cfg: RunConfig, round: int = 1) -> str:
-        sections = self.sections
-        if "posterior" in sections and cfg.posterior.mode == "forward_kl":  # q is trained on pi's sampled traces
-            sections = tuple(dict.fromkeys(sections + ("sample", "rollout", "weights")))
-        own = cfg.section_hash(*sections, engines=self.engines)
+        own = cfg.section_hash(*self.hashed_sections(cfg), engines=self.engines)
         if round == 1:
             return own
         # round t >= 2 starts from round t-1's final model, so it depends on everything that model depends on
         upstream = STAGES["final"].config_hash(cfg)
         return hashlib.sha256(f"{upstream}:{own}:round{round}".encode()).hexdigest()[:16]
+
+    def made_from(self, cfg: RunConfig, run: RunDir) -> dict:
+        """The run ids of the artifacts it reads, as the folder holds them now."""
+        return {name: run.run_id(STAGES[name].key(cfg)) for name in self.reads
+                if STAGES[name].key(cfg) in run.manifest()["stages"]}
 
 
 PI0 = ("seed", "task", "format", "model", "initial")  # every stage after pi0 depends on these
@@ -81,35 +99,33 @@ def _rollout_outputs(cfg: RunConfig) -> list[str]:
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("data", pi0.stage_data, ("seed", "task"), (),
           lambda c: ["data/train.parquet", "data/test.parquet"]),
-    Stage("base", pi0.stage_base, ("seed", "task", "format", "model"), ("data/train.parquet",),
+    Stage("base", pi0.stage_base, ("seed", "task", "format", "model"), ("data",),
           lambda c: ["models/base/config.json"] if _base_is_built(c) else []),
-    Stage("initial", pi0.stage_initial, PI0, ("data/train.parquet",),
+    Stage("initial", pi0.stage_initial, PI0, ("data", "base"),
           lambda c: ["models/initial/config.json"], "train"),
-    Stage("posterior", variational.stage_posterior, PI0 + ("posterior",), ("data/train.parquet",),
+    Stage("posterior", variational.stage_posterior, PI0 + ("posterior",), ("data", "base", "initial"),
           lambda c: [] if c.sample.proposal == "prior" else ["models/posterior/config.json"], "train"),
-    Stage("sample", variational.stage_sample, SAMPLED, ("models/posterior",),
+    Stage("sample", variational.stage_sample, SAMPLED, ("data", "initial", "posterior"),
           lambda c: ["samples/posterior.parquet"], "split"),
-    Stage("score", variational.stage_score, SAMPLED + ("score",),
-          ("samples/posterior.parquet", "models/initial", "models/posterior"), lambda c: ["scores/scores.parquet"],
-          "split"),
-    Stage("rollout", variational.stage_rollout, SAMPLED + ("rollout",), ("samples/posterior.parquet", "models/initial"),
+    Stage("score", variational.stage_score, SAMPLED + ("score",), ("sample", "initial", "posterior"),
+          lambda c: ["scores/scores.parquet"], "split"),
+    Stage("rollout", variational.stage_rollout, SAMPLED + ("rollout",), ("data", "sample", "initial"),
           _rollout_outputs, "split"),
     Stage("weights", variational.stage_weights, SAMPLED + ("score", "rollout", "weights"),
-          ("scores/scores.parquet", "scores/rollouts.parquet", "samples/posterior.parquet"),
-          lambda c: ["weights.parquet"]),
+          ("sample", "score", "rollout"), lambda c: ["weights.parquet"]),
     Stage("build", variational.stage_build, SAMPLED + ("score", "rollout", "weights", "build"),
-          ("weights.parquet", "samples/posterior.parquet"), lambda c: ["train/final.parquet"]),
+          ("data", "sample", "rollout", "weights"), lambda c: ["train/final.parquet"]),
     Stage("final", variational.stage_final, SAMPLED + ("score", "rollout", "weights", "build", "final"),
-          ("train/final.parquet",), lambda c: [f"models/{c.final.name}/config.json"], "train"),
-    Stage("matched", variational.stage_matched, PI0 + ("final",), ("data/train.parquet",),
+          ("base", "initial", "build"), lambda c: [f"models/{c.final.name}/config.json"], "train", model="final"),
+    Stage("matched", variational.stage_matched, PI0 + ("final",), ("data", "base", "initial"),
           lambda c: (["models/sft-matched/config.json"] if c.final.sft_matched else [])
           + (["models/sft-paper/config.json"] if c.final.sft_paper else []), "train"),
-    Stage("rft", baselines.stage_rft, SAMPLED + ("final", "rft"), ("samples/posterior.parquet", "models/initial"),
-          lambda c: [f"train/{c.rft.name}.parquet", f"models/{c.rft.name}/config.json"], "train"),
-    Stage("grpo", baselines.stage_grpo, PI0 + ("sample", "grpo"), ("data/train.parquet", "models/initial"),
+    Stage("rft", baselines.stage_rft, SAMPLED + ("final", "rft"), ("data", "base", "initial", "sample"),
+          lambda c: [f"train/{c.rft.name}.parquet", f"models/{c.rft.name}/config.json"], "train", model="rft"),
+    Stage("grpo", baselines.stage_grpo, PI0 + ("sample", "grpo"), ("data", "initial"),
           lambda c: [f"models/{c.grpo.name}/config.json", f"grpo/{c.grpo.name}/rewards.parquet"], "train",
-          engines=False),
-    Stage("eval", stage_eval, ("seed", "task", "format", "eval"), ("models/*", "data/test.parquet"),
+          engines=False, model="grpo"),
+    Stage("eval", stage_eval, ("seed", "task", "format", "eval"), (),
           lambda c: ["eval/summary.json"], "split", always=True),
 ]}
 ORDER = [n for n in STAGES if n not in ("rft", "grpo")]  # `varreason run`; baselines run alone or via `compare`
@@ -118,14 +134,16 @@ ROUND_STAGES = VARIATIONAL_STAGES  # what a round t >= 2 redoes
 
 
 def run_stage(name: str, cfg: RunConfig, run: RunDir, force: bool = False) -> dict:
-    """Run one stage unless its artifact is complete for the same config (every rank of a group calls this)."""
+    """Run one stage unless its artifacts are there, made with the same settings from the very artifacts it would
+    read now (every rank of a group calls this)."""
     stage = STAGES[name]
-    config_hash = stage.config_hash(cfg, run.round)
-    outputs = stage.outputs(cfg)
+    key, config_hash, outputs = stage.key(cfg), stage.config_hash(cfg, run.round), stage.outputs(cfg)
+    made_from = stage.made_from(cfg, run)
     say = console.print if run.ranks.main else (lambda *a, **k: None)
-    if not force and not stage.always and run.is_done(name, config_hash, outputs):
+    if not force and not stage.always and run.is_done(key, config_hash, outputs, made_from):
         say(f"[dim]- {name}: done for this config, skipped[/dim]")
-        return run.manifest()["stages"][name]["counts"]
+        run.drop_finished_shards(config_hash)  # a kill may have come between its record and its shards' removal
+        return run.entry(key)["counts"]
     say(f"[bold]- {name}[/bold]" + ("" if run.ranks.count == 1 else f" ({run.ranks})"))
     start = time.time()
     counts: dict = {}
@@ -139,9 +157,87 @@ def run_stage(name: str, cfg: RunConfig, run: RunDir, force: bool = False) -> di
         return {"missing": done.missing}
     run.ranks.wait()
     if run.ranks.main:
-        run.record(name, config_hash, outputs, list(stage.inputs), counts, time.time() - start)
+        run.record(key, config_hash, outputs, made_from, counts, time.time() - start, stage.settings(cfg))
+        run.drop_finished_shards(config_hash)
     run.ranks.wait()
-    return counts if run.ranks.main else run.manifest()["stages"][name]["counts"]
+    return counts if run.ranks.main else run.entry(key)["counts"]
+
+
+# --- nothing finished is replaced silently ------------------------------------------------------------------------
+
+def _flat(settings: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in settings.items():
+        if isinstance(v, dict) and k not in ("style_mix", "variants"):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def differing_fields(recorded: dict, now: dict) -> list[str]:
+    """`field old -> new` for every setting that differs between a recorded entry and this command."""
+    old, new = _flat(recorded), _flat(now)
+    return [f"{k} {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}" for k in sorted(old.keys() | new.keys())
+            if old.get(k) != new.get(k)]
+
+
+def is_stale(stage: Stage, entry: dict, cfg: RunConfig, run: RunDir) -> bool:
+    """Made from artifacts that are no longer in the folder (an upstream stage was made anew since)."""
+    return "made_from" in entry and entry["made_from"] != stage.made_from(cfg, run)
+
+
+def stale_artifacts(cfg: RunConfig, run: RunDir) -> list[str]:
+    """Artifacts made from inputs that the folder no longer holds (`--overwrite` replaced an upstream stage), each
+    with the stage it waits for: the report flags them until their stage runs again."""
+    out = []
+    for key, entry in run.manifest()["stages"].items():
+        stage = STAGES.get(key.split(":")[0])
+        if stage is None or stage.always or not is_stale(stage, entry, cfg, run):
+            continue
+        changed = [u for u, rid in entry["made_from"].items() if run.run_id(STAGES[u].key(cfg)) != rid]
+        there = [_artifact(o) for o in entry.get("outputs", []) if (run.path / o).exists()]
+        if there:
+            out.append(f"{', '.join(there)} (made before {', '.join(changed)} was made anew; "
+                       f"`varreason {stage.name}` updates it)")
+    return out
+
+
+def replaced_artifacts(cfg: RunConfig, run: RunDir, names: list[str]) -> list[str]:
+    """What running `names` with `cfg` would replace that was made with other settings, one description each. A
+    stage's artifacts made from inputs since replaced (stale) are not counted: they describe nothing in the folder."""
+    found = []
+    for name in names:
+        stage = STAGES[name]
+        entry = run.entry(stage.key(cfg))
+        if not entry or entry.get("config_hash") == stage.config_hash(cfg, run.round) or is_stale(stage, entry, cfg, run):
+            continue
+        there = [o for o in entry.get("outputs", []) if (run.path / o).exists()]
+        if name == "eval":
+            there = ["eval/"] if there else []
+        if there:
+            fields = differing_fields(entry.get("settings", {}), stage.settings(cfg)) if entry.get("settings") else []
+            shown = ", ".join(fields[:4]) + (f", ... {len(fields) - 4} more" if len(fields) > 4 else "")
+            found.append(f"{', '.join(_artifact(o) for o in there)} ({shown or 'settings not recorded'})")
+    return found
+
+
+def _artifact(rel: str) -> str:
+    parts = rel.split("/")
+    return "/".join(parts[:2]) if parts[0] == "models" else rel
+
+
+def refuse_replacing(cfg: RunConfig, run: RunDir, names: list[str]) -> None:
+    """One line before any work when a command would replace finished artifacts made with other settings."""
+    from varreason.errors import InputError
+
+    found = replaced_artifacts(cfg, run, names)
+    if found:
+        more = f"; and {len(found) - 3} more stages" if len(found) > 3 else ""
+        raise InputError(f"would replace artifacts made with other settings: {'; '.join(found[:3])}{more}. Keep "
+                         "the folder's settings (a command without --config uses its config.yaml), give a new model "
+                         "its own name (--final.name NEW), choose another --output-dir, or add --overwrite to "
+                         "replace them", file=str(run.path))
 
 
 def _link(path, target) -> None:
@@ -171,6 +267,9 @@ def round_folder(cfg: RunConfig, run: RunDir, t: int) -> RunDir:
         for stage in ("data", "initial"):  # pi0's step count (final.max_steps -1) and the data, as compare adopts
             if stage in top:  # always the run's current entry: a retrained pi0 must not leave a stale step count
                 manifest["stages"][stage] = {**top[stage], "adopted_from": str(run.path.resolve())}
+        if "initial" in manifest["stages"]:  # what models/initial holds here: round t-1's final model
+            previous_final = RunDir(previous, run.ranks).run_id(STAGES["final"].key(cfg))
+            manifest["stages"]["initial"]["run_id"] = previous_final
         folder.write_json("manifest.json", manifest)
     run.ranks.wait()
     return folder
@@ -211,10 +310,25 @@ def _check_engines_fit_ranks(cfg: RunConfig, stages_to_run: list[str], ranks: Ra
                              "--backend hf", field="backend")
 
 
+def write_folder_config(cfg: RunConfig, run: RunDir, stages_to_run: list[str], overwrite: bool = False) -> None:
+    """config.yaml describes the folder's artifacts: it is written unless a recorded stage that this command does not
+    run was made with other settings (a variant such as `final --final.name v2 --final.learning_rate 1e-3` then
+    keeps the folder's config.yaml; every stage's own settings are in manifest.json)."""
+    others = [n for n in STAGES if n not in stages_to_run]
+    differing = [] if overwrite else replaced_artifacts(cfg, run, others)
+    if differing and (run.path / "config.yaml").exists():
+        if run.ranks.main:
+            console.print(f"[dim]config.yaml kept (it describes {differing[0].split(' (')[0]}, made with other "
+                          "settings); this command's settings are in manifest.json[/dim]")
+        return
+    run.write_text("config.yaml", dump_config(cfg))
+
+
 def run_all(cfg: RunConfig, stages_to_run: list[str] | None = None, force: bool = False,
-            ranks: Ranks | None = None) -> dict:
+            ranks: Ranks | None = None, overwrite: bool = False) -> dict:
     """The stages in order (default: ORDER) in this process's share (`ranks`: one process, a torchrun group, or
-    a `--shard i/n` job, which does its part of one sharded stage and stops)."""
+    a `--shard i/n` job, which does its part of one sharded stage and stops). Artifacts made with other settings
+    are replaced only with `overwrite`; otherwise the command is refused before any work."""
     from varreason.errors import InputError
 
     run = RunDir(cfg.output_dir, ranks)
@@ -225,16 +339,18 @@ def run_all(cfg: RunConfig, stages_to_run: list[str] | None = None, force: bool 
                          "without it", field="shard")
     _check_engines_fit_ranks(cfg, stages_to_run, run.ranks)
     with run.lock():
+        if not overwrite:
+            refuse_replacing(cfg, run, stages_to_run)
         run.ranks.wait()  # no rank starts before rank 0 holds the folder
         if whole:
-            run.write_text("config.yaml", dump_config(cfg))
+            write_folder_config(cfg, run, stages_to_run, overwrite)
         start = time.time()
         for name in stages_to_run:
             run_stage(name, cfg, run, force=force)
         if stages_to_run == ORDER and cfg.rounds > 1:
             run_rounds(cfg, run, force=force)
         wall = time.time() - start
-        if whole and run.ranks.main and write_report(run):
+        if whole and run.ranks.main and write_report(run, stale_artifacts(cfg, run)):
             console.print(f"report: {run.path / 'report.md'}")
     if whole and run.ranks.main:
         print_results(run, wall)

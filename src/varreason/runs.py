@@ -176,17 +176,36 @@ class RunDir:
             raise self._damaged("manifest.json", ValueError("no 'stages' mapping"))
         return manifest
 
-    def is_done(self, stage: str, config_hash: str, outputs: list[str]) -> bool:
-        entry = self.manifest()["stages"].get(stage)
-        return bool(entry and entry.get("config_hash") == config_hash
-                    and all((self.path / o).exists() for o in outputs))
+    def entry(self, key: str) -> dict | None:
+        """A stage's manifest entry (`Stage.key`: the stage's name, with the model name for named models)."""
+        return self.manifest()["stages"].get(key)
 
-    def record(self, stage: str, config_hash: str, outputs: list[str], inputs: list[str], counts: dict,
-               wall_seconds: float) -> None:
+    def run_id(self, key: str) -> str | None:
+        """Identifies the making of a stage's artifacts: a stage records the ids of what it read (`made_from`)."""
+        return (self.entry(key) or {}).get("run_id")
+
+    def is_done(self, key: str, config_hash: str, outputs: list[str], made_from: dict | None = None) -> bool:
+        """Done: made with the same settings, its outputs there, and made from the very artifacts it would read now
+        (an entry from before `made_from` was recorded counts as made from them)."""
+        entry = self.entry(key)
+        return bool(entry and entry.get("config_hash") == config_hash
+                    and all((self.path / o).exists() for o in outputs)
+                    and (made_from is None or entry.get("made_from", made_from) == made_from))
+
+    def record(self, key: str, config_hash: str, outputs: list[str], made_from: dict, counts: dict,
+               wall_seconds: float, settings: dict | None = None) -> None:
+        """The stage's entry: its settings, what it read (`made_from`: run ids) and a new run id of its own. An entry
+        of another key whose artifacts these outputs replaced is dropped: each artifact has one maker."""
+        import uuid
+
         manifest = self.manifest()
-        manifest["stages"][stage] = {
-            "config_hash": config_hash, "inputs": inputs, "outputs": outputs, "counts": counts,
-            "wall_seconds": round(wall_seconds, 3), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        stages = manifest["stages"]
+        for other in [k for k, e in stages.items() if k != key and set(e.get("outputs", ())) & set(outputs)]:
+            del stages[other]
+        stages[key] = {
+            "config_hash": config_hash, "run_id": uuid.uuid4().hex[:12], "made_from": made_from, "outputs": outputs,
+            "settings": settings or {}, "counts": counts, "wall_seconds": round(wall_seconds, 3),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "processes": self.ranks.count if self.ranks.group else 1, "versions": library_versions(),
         }
         self.write_json("manifest.json", manifest)
@@ -308,4 +327,15 @@ class RunDir:
         if not self.ranks.main:
             return
         for folder in (self.path / rel_dir).glob(".shards-*"):
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def drop_finished_shards(self, key: str) -> None:
+        """Shards of work under `key` once that work is finished. Called where finished work is recognised (a stage
+        recorded or skipped, an evaluation stored or reused), so a kill between writing the merged artifact and
+        dropping its shards leaves nothing behind for good."""
+        import shutil
+
+        if not self.ranks.main or not self.path.exists():
+            return
+        for folder in self.path.rglob(f".shards-{key}"):
             shutil.rmtree(folder, ignore_errors=True)

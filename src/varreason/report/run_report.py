@@ -165,8 +165,9 @@ def _variational_section(run: RunDir, plots) -> list[str]:
     return lines
 
 
-def write_report(run: RunDir) -> str | None:
-    """Tables of accuracy overall / by difficulty / by task, the loss curve of each trained model, plots."""
+def write_report(run: RunDir, stale: list[str] = ()) -> str | None:
+    """Tables of accuracy overall / by difficulty / by task, the loss curve of each trained model, plots; first, the
+    artifacts made from inputs the folder no longer holds (`stale`), so no number is read beside the wrong data."""
     summary = run.read_json("eval/summary.json")
     if summary is None:
         return None
@@ -175,7 +176,11 @@ def write_report(run: RunDir) -> str | None:
     plots.mkdir(exist_ok=True)
     plot_accuracy_by_difficulty(summary, plots / "accuracy_by_difficulty.png")
     levels = _levels(summary)
-    lines = [f"# Run report: {run.path.name}", "", "## Held-out accuracy", "",
+    lines = [f"# Run report: {run.path.name}", ""]
+    if stale:
+        lines += ["**Stale**: made from artifacts since replaced, so their numbers do not describe this folder's "
+                  "current data: " + "; ".join(stale) + ".", ""]
+    lines += ["## Held-out accuracy", "",
              "| model | overall | 95% CI | " + " | ".join(f"d={d}" for d in levels) + " |",
              "|---|---|---|" + "---|" * len(levels)]
     for name, m in summary.items():

@@ -63,6 +63,7 @@ def evaluate_if_changed(cfg: RunConfig, run: RunDir, model_name: str, force: boo
     stored = previous.get("fingerprint") == fingerprint and not force
     metrics = previous if stored else evaluate_model(cfg, run, model_name, fingerprint)
     record_summary(run, model_name, metrics)  # also when a kill fell between metrics.json and summary.json
+    run.drop_finished_shards(fingerprint)  # and between metrics.json and the removal of its shards
     return metrics
 
 
