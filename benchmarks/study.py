@@ -61,11 +61,16 @@ SETS = {"core": (CORE_METHODS, CORE_VARIANTS),
 BASELINES = ("sft", "sft-matched", "sft-paper", "matched-2x", "rft")  # plotted blue; no-hint green; q's methods orange
 
 
+# The study's rollouts (the demo preset has none since its GML estimator reads none): the accuracy estimator, the
+# forward-KL phi-phase and q's rate of ending at a correct answer read them; the study's numbers were made with these.
+ROLLOUTS = ["--rollout.num_generations", "4", "--rollout.prior_samples", "1"]
+
+
 def run_seed(seed: int, root: Path, which: str, config: str, extra: list[str]) -> float:
     methods, variants = SETS[which]
     cmd = [sys.executable, "-m", "varreason", "compare", "--config", config, "--output-dir", str(root / f"seed{seed}"),
            "--seed", str(seed), "--final.sft_paper", "true", "--compare.methods", json.dumps(methods),
-           "--compare.variants", json.dumps(variants)] + extra
+           "--compare.variants", json.dumps(variants)] + ROLLOUTS + extra
     print("+", " ".join(cmd), flush=True)
     start = time.time()
     subprocess.run(cmd, check=True)

@@ -87,9 +87,10 @@ def main() -> int:
         out = str(root / f"seed{seed}")
         for i, name in enumerate(args.variants):
             cmd = exe + ["run", "--config", args.config, "--output-dir", out, "--seed", str(seed),
-                         "--final.name", name] + VARIANTS[name] + extra
-            if i > 0:
-                cmd += ["--final.sft_matched", "false"]  # sft-matched depends only on the init and the steps
+                         "--final.name", name, "--rollout.num_generations", "4", "--rollout.prior_samples", "1"
+                         ] + VARIANTS[name] + extra  # the rollouts these numbers were made with (the demo has none now)
+            if i > 0:  # the variants share the folder's samples and scores; each replaces weights and training set
+                cmd += ["--final.sft_matched", "false", "--overwrite"]  # sft-matched: only the init and the steps
             walls[(seed, name)] = run(cmd)
 
     table: dict = {}

@@ -135,3 +135,27 @@ def test_shards_left_by_a_kill_after_the_artifact_are_removed_on_the_rerun(smoke
         (folder / "part-00000.parquet").write_bytes(b"left by a kill")
     assert main(["run", "--output-dir", str(out)]) == 0
     assert [p for p in out.rglob(".shards-*")] == []
+
+
+def _stages_started(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("- ")]
+
+
+@pytest.mark.parametrize("case", ["data", "model", "long row"])
+def test_bad_input_is_refused_before_the_first_stage(tmp_path, capsys, tiny_model_dir, case):
+    """Finding 7: a data error came after `- data` started, a model path after `- base`, an over-long row after
+    `- initial`."""
+    argv = ["run", "--config", "smoke", "--output-dir", str(tmp_path / "run")]
+    if case == "data":
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text('{"question": "1+1?", "trace": "1+1=2", "answer": "2"}\n{"question": "2+2?", "answer": "4"}\n')
+        argv += ["--task.source", str(bad)]
+    elif case == "model":
+        argv += ["--model.name_or_path", str(tmp_path / "no-such-model")]
+    else:
+        argv += ["--model.name_or_path", str(tiny_model_dir), "--initial.max_length", "8"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert _stages_started(err) == [], err
+    assert len([line for line in err.splitlines() if line.startswith("varreason: error")]) == 1
+    assert not (tmp_path / "run" / "manifest.json").exists()

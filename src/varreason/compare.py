@@ -141,10 +141,8 @@ def adopt(run: RunDir, stage: str, cfg: RunConfig, donors: list[RunDir]) -> bool
 
 def adopt_or_run(stage: str, cfg: RunConfig, run: RunDir, donors: list[RunDir], force: bool = False) -> None:
     """A stage of a method's folder: done already, adopted from a donor that made it the same way, or run here."""
-    s = STAGES[stage]
-    done = run.is_done(s.key(cfg), s.config_hash(cfg), s.outputs(cfg), s.made_from(cfg, run))
-    if not force and not done and adopt(run, stage, cfg, donors):
-        console.print(f"[dim]- {stage}: adopted (same config) from {run.entry(s.key(cfg))['adopted_from']}[/dim]")
+    if not force and not STAGES[stage].is_done(cfg, run) and adopt(run, stage, cfg, donors):
+        console.print(f"[dim]- {stage}: adopted (same config) from {run.entry(STAGES[stage].key(cfg))['adopted_from']}[/dim]")
         return
     run_stage(stage, cfg, run, force=force)
 

@@ -74,6 +74,10 @@ class Stage:
         upstream = STAGES["final"].config_hash(cfg)
         return hashlib.sha256(f"{upstream}:{own}:round{round}".encode()).hexdigest()[:16]
 
+    def is_done(self, cfg: RunConfig, run: RunDir) -> bool:
+        """Its artifacts are there, made with these settings from the very artifacts it would read now."""
+        return run.is_done(self.key(cfg), self.config_hash(cfg, run.round), self.outputs(cfg), self.made_from(cfg, run))
+
     def made_from(self, cfg: RunConfig, run: RunDir) -> dict:
         """The run ids of the artifacts it reads, as the folder holds them now."""
         return {name: run.run_id(STAGES[name].key(cfg)) for name in self.reads
@@ -140,7 +144,7 @@ def run_stage(name: str, cfg: RunConfig, run: RunDir, force: bool = False) -> di
     key, config_hash, outputs = stage.key(cfg), stage.config_hash(cfg, run.round), stage.outputs(cfg)
     made_from = stage.made_from(cfg, run)
     say = console.print if run.ranks.main else (lambda *a, **k: None)
-    if not force and not stage.always and run.is_done(key, config_hash, outputs, made_from):
+    if not force and not stage.always and stage.is_done(cfg, run):
         say(f"[dim]- {name}: done for this config, skipped[/dim]")
         run.drop_finished_shards(config_hash)  # a kill may have come between its record and its shards' removal
         return run.entry(key)["counts"]
@@ -341,6 +345,8 @@ def run_all(cfg: RunConfig, stages_to_run: list[str] | None = None, force: bool 
     with run.lock():
         if not overwrite:
             refuse_replacing(cfg, run, stages_to_run)
+        todo = [n for n in stages_to_run if force or not STAGES[n].is_done(cfg, run)]
+        pi0.check_inputs(cfg, run, todo)  # bad data or model: one line before the first stage
         run.ranks.wait()  # no rank starts before rank 0 holds the folder
         if whole:
             write_folder_config(cfg, run, stages_to_run, overwrite)

@@ -22,8 +22,25 @@ from varreason.training import train_sft
 
 def stage_data(cfg: RunConfig, run: RunDir) -> dict:
     """Train / test problems (question, answer, teacher trace, task, difficulty) as Parquet."""
+    train, test = load_splits(cfg)
+    run.write_rows("data/train.parquet", [p.to_row() for p in train])
+    run.write_rows("data/test.parquet", [p.to_row() for p in test])
+    return {"train": len(train), "test": len(test), "styles": _count(train, "style"),
+            "difficulties": _count(train, "difficulty")}
+
+
+_SPLITS: dict[str, tuple] = {}  # one load per process: `check_inputs` reads the data before the first stage
+
+
+def load_splits(cfg: RunConfig) -> tuple[list[Problem], list[Problem]]:
+    """The train and test problems of `task` (built-in, or the user's file, every row checked)."""
+    import json
+
     from varreason import tasks
 
+    key = json.dumps([cfg.seed, cfg.to_dict()["task"], cfg.posterior.hint], sort_keys=True)
+    if key in _SPLITS:
+        return _SPLITS[key]
     t = cfg.task
     if t.source == "builtin":
         train, test = tasks.build_splits(t.families, t.n_train, t.n_test, cfg.seed, t.difficulties, t.style_mix)
@@ -42,10 +59,39 @@ def stage_data(cfg: RunConfig, run: RunDir) -> dict:
             train, test = split_user_problems(rows, t.test_fraction, cfg.seed)
         train, test = train[: t.n_train], test[: t.n_test]
     check_hints(cfg, train, cfg.task.source, file_rows=True)  # before any artifact: the posterior would need a solution per problem
-    run.write_rows("data/train.parquet", [p.to_row() for p in train])
-    run.write_rows("data/test.parquet", [p.to_row() for p in test])
-    return {"train": len(train), "test": len(test), "styles": _count(train, "style"),
-            "difficulties": _count(train, "difficulty")}
+    _SPLITS.clear()
+    _SPLITS[key] = (train, test)
+    return train, test
+
+
+def check_inputs(cfg: RunConfig, run: RunDir, stages: list[str]) -> None:
+    """The input checks of the stages about to run (not those done already), before the first of them: the data (every row), the user's model
+    and tokenizer, and the teacher rows against `initial.max_length` once a tokenizer exists (a tiny model's
+    tokenizer is trained by `base`: then that check runs as `initial` starts)."""
+    from varreason.models import is_gguf
+    from varreason.training import tokenize_examples
+
+    if not {"data", "base", "initial"} & set(stages):
+        return
+    if "data" in stages:
+        train = load_splits(cfg)[0]
+    else:
+        train = load_problems(run, "train") if (run.path / "data/train.parquet").exists() else None
+    user_model = cfg.model.name_or_path and not is_gguf(cfg.model.name_or_path)
+    tokenizer = None
+    if user_model and any(s in stages for s in ("base", "initial")):
+        from transformers import AutoConfig
+
+        try:
+            AutoConfig.from_pretrained(cfg.model.name_or_path)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot load model ({str(exc).splitlines()[0][:200]})",
+                             file=cfg.model.name_or_path) from None
+        tokenizer = load_tokenizer(cfg.model.name_or_path)
+    elif (run.path / "models/base/tokenizer.json").exists():
+        tokenizer = load_tokenizer(run.path / "models/base")
+    if tokenizer is not None and "initial" in stages and train is not None:
+        tokenize_examples(sft_rows(train, Templates(cfg.format, tokenizer)), tokenizer, cfg.initial.max_length)
 
 
 def split_user_problems(problems: list[Problem], test_fraction: float, seed: int):

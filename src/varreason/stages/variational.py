@@ -265,6 +265,8 @@ def stage_rollout(cfg: RunConfig, run: RunDir) -> dict:
     from varreason.backends import open_engine
 
     o = cfg.rollout
+    if o.num_generations == 0 and o.prior_samples == 0:  # nothing asked for (the demo's GML estimator reads none)
+        return {"rollouts": 0, "correct": 0, "prior_samples": 0, "prior_correct": 0}
     with open_engine(cfg.backend_of("rollout"), model_dir(run, "initial"), batch_size=o.batch_size, vllm=cfg.vllm,
                      seed=cfg.seed) as engine:
         return _rollout(cfg, run, engine)
