@@ -23,8 +23,15 @@ from rich.table import Table
 
 from varreason.config import RunConfig, dump_config, set_value, validate
 from varreason.errors import InputError
-from varreason.pipeline import (STAGES, VARIATIONAL_STAGES, refuse_replacing, round_model, run_rounds, run_stage,
-                                write_folder_config)
+from varreason.pipeline import (
+    STAGES,
+    VARIATIONAL_STAGES,
+    refuse_replacing,
+    round_model,
+    run_rounds,
+    run_stage,
+    write_folder_config,
+)
 from varreason.report import bias
 from varreason.runs import RunDir
 from varreason.stages.eval import evaluate_if_changed

@@ -65,9 +65,9 @@ def load_splits(cfg: RunConfig) -> tuple[list[Problem], list[Problem]]:
 
 
 def check_inputs(cfg: RunConfig, run: RunDir, stages: list[str]) -> None:
-    """The input checks of the stages about to run (not those done already), before the first of them: the data (every row), the user's model
-    and tokenizer, and the teacher rows against `initial.max_length` once a tokenizer exists (a tiny model's
-    tokenizer is trained by `base`: then that check runs as `initial` starts)."""
+    """The input checks of the stages about to run (not those done already), before the first of them: the data
+    (every row), the user's model and tokenizer, and the teacher rows against `initial.max_length` once a tokenizer
+    exists (a tiny model's tokenizer is trained by `base`: then that check runs as `initial` starts)."""
     from varreason.models import is_gguf
     from varreason.training import tokenize_examples
 
