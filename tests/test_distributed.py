@@ -1,5 +1,6 @@
-"""Several processes: a torchrun group (gloo on CPU) trains like one process with the whole batch and runs the
-pipeline end to end; separate `--shard i/n` jobs plus a merge give the artifacts of an unsharded run, row for row."""
+"""Several processes: a torchrun group (gloo on CPU) trains like one process with the whole batch (through the CLI
+too, for every length-grouping, packing and accumulation setting) and runs the pipeline end to end; separate
+`--shard i/n` jobs plus a merge give the artifacts of an unsharded run, row for row."""
 
 import json
 import os
@@ -77,6 +78,46 @@ def test_two_processes_with_batch_b_train_like_one_with_batch_2b(tmp_path, tiny_
     assert moved > 1e-3, "training changed the weights"
     for k in one_p:
         assert torch.allclose(two[k], one_p[k], atol=2e-5, rtol=1e-4), (k, (two[k] - one_p[k]).abs().max().item())
+
+
+@pytest.fixture(scope="module")
+def smoke_base(tmp_path_factory):
+    """The smoke preset's data and base model, made once; each comparison below trains pi0 on copies of it."""
+    folder = tmp_path_factory.mktemp("smoke") / "base"
+    for stage in ("data", "base"):
+        assert main([stage, "--config", "smoke", "--output-dir", str(folder)]) == 0
+    return folder
+
+
+def batch(per_device: int, accumulation: int = 1) -> list[str]:
+    return ["--initial.per_device_train_batch_size", str(per_device),
+            "--initial.gradient_accumulation_steps", str(accumulation)]
+
+
+@pytest.mark.parametrize(("group_by_length", "padding_free", "two", "one"), [
+    (True, False, batch(8), batch(16)),  # the defaults
+    (True, True, batch(8), batch(16)),
+    (False, False, batch(8), batch(16)),
+    (False, True, batch(8), batch(16)),
+    # 96 examples in steps of 20: the epoch's last step is filled up, and the 6 steps go into a second epoch
+    (True, True, batch(5, accumulation=2), batch(20)),
+], ids=["grouped", "grouped-packed", "random", "random-packed", "grouped-packed-accumulation"])
+def test_torchrun_two_processes_train_pi0_like_one_with_the_global_batch_through_the_cli(
+        tmp_path, smoke_base, group_by_length, padding_free, two, one):
+    """The training order is built in global batches (`training.GlobalBatchSampler`), so the process count does not
+    change which examples an optimiser step sees, whether or not rows are grouped by length or packed."""
+    opts = ["--config", "smoke", "--initial.group_by_length", str(group_by_length).lower(),
+            "--initial.padding_free", str(padding_free).lower()]
+    for name in ("two", "one"):
+        shutil.copytree(smoke_base, tmp_path / name)
+    torchrun(2, "-m", "varreason", "initial", "--output-dir", str(tmp_path / "two"), *opts, *two, cwd=tmp_path)
+    assert main(["initial", "--output-dir", str(tmp_path / "one"), *opts, *one]) == 0
+
+    start = load_file(smoke_base / "models/base/model.safetensors")
+    two_p, one_p = (load_file(tmp_path / name / "models/initial/model.safetensors") for name in ("two", "one"))
+    assert max((one_p[k] - start[k]).abs().max().item() for k in start) > 1e-3, "training changed the weights"
+    difference = max((two_p[k] - one_p[k]).abs().max().item() for k in one_p)
+    assert difference < 1e-5, difference
 
 
 SMALL = ["--eval.batch_size", "8"]  # 3 eval chunks of the 24 test problems, so every rank / shard has some

@@ -95,10 +95,10 @@ def test_train_learns_and_resumes(tiny_model_dir, tmp_path):
 
 
 def test_length_grouped_sampler_batches_similar_lengths_in_random_order():
-    from varreason.training import ShuffledLengthGroupedSampler
+    from varreason.training import GlobalBatchSampler
 
     lengths = [(i * 37) % 101 + 1 for i in range(200)]
-    sampler = ShuffledLengthGroupedSampler(lengths, batch_size=8, seed=3, mega_batches=4)
+    sampler = GlobalBatchSampler(len(lengths), 8, seed=3, lengths=lengths, mega_batches=4)
     first, second = list(sampler), list(sampler)
     assert sorted(first) == list(range(200)) and sorted(second) == list(range(200))  # every example once
     assert first != second  # a new order each epoch

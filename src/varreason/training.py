@@ -121,10 +121,11 @@ class WeightedSFTTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        if self.group_by_length and hasattr(dataset, "features"):
-            lengths = [len(f["input_ids"]) for f in dataset.features]
-            return ShuffledLengthGroupedSampler(lengths, self.args.train_batch_size, seed=self.args.seed)
-        return super()._get_train_sampler(train_dataset)
+        if not hasattr(dataset, "features"):
+            return super()._get_train_sampler(train_dataset)
+        lengths = [len(f["input_ids"]) for f in dataset.features] if self.group_by_length else None
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return GlobalBatchSampler(len(dataset), global_batch_size(self.args), seed=seed, lengths=lengths)
 
     def _get_num_items_in_batch(self, batch_samples, device):
         # always count supervised tokens (the parent only does when the model computes the loss itself)
@@ -179,7 +180,7 @@ def _training_arguments(cfg: SFTConfig, work_dir: Path, seed: int) -> TrainingAr
         bf16=cfg.bf16 and on_gpu,
         use_cpu=not on_gpu,
         **({_CHECKPOINTING: True} if cfg.gradient_checkpointing else {}),
-        train_sampling_strategy="random",  # length grouping is ours: see ShuffledLengthGroupedSampler
+        train_sampling_strategy="random",  # the order is ours: see GlobalBatchSampler
         remove_unused_columns=False,
         dataloader_num_workers=cfg.dataloader_num_workers,
         seed=seed,
@@ -309,39 +310,68 @@ def save_on_main(trainer, tokenizer, out_dir: str | Path, work_dir: str | Path |
     trainer.accelerator.wait_for_everyone()
 
 
-class ShuffledLengthGroupedSampler(torch.utils.data.Sampler):
-    """Batches of similar length (little padding), visited in random order.
+def global_batch_size(args: TrainingArguments) -> int:
+    """Examples per optimiser step over all processes: the unit the training order is built in."""
+    return args.train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
 
-    Why not HF's `group_by_length`: its sampler sorts each mega-batch longest first, so training sweeps from
-    long to short examples every few dozen steps. Where length follows the kind of problem (products are longer
-    than sums here), that sweep is a curriculum cycle, and it stalled learning in our runs (0.0% held-out accuracy
-    vs 2.6% with random batches, same steps). Here each mega-batch is sorted into batches and then all batches of
-    the epoch are shuffled.
+
+def epoch_order(size: int, global_batch: int, generator: torch.Generator, lengths: list[int] | None = None,
+                mega_batches: int = 16) -> list[int]:
+    """One epoch's example indices, a whole number of optimiser steps of `global_batch` examples.
+
+    A random permutation first (the one accelerate's seedable sampler draws from the same generator, so without
+    `lengths` and with whole steps the order is the Trainer's own). With `lengths`, each run of `mega_batches` steps
+    is sorted by length, cut into steps, and the steps are shuffled. The last step is filled up with the epoch's
+    first examples: a short step cannot be dealt out the same way to one process and to several (accelerate would
+    fill each rank's share on its own), and a full one can.
+    """
+    order = torch.randperm(size, generator=generator).tolist()
+    if lengths is not None:
+        span = mega_batches * global_batch
+        order = [i for s in range(0, size, span) for i in sorted(order[s:s + span], key=lengths.__getitem__)]
+    fill = -size % global_batch
+    order += (order * math.ceil(fill / size))[:fill]
+    steps = [order[s:s + global_batch] for s in range(0, len(order), global_batch)]
+    if lengths is not None:
+        shuffled = torch.randperm(len(steps), generator=generator).tolist()
+        steps = [sorted(steps[j], key=lengths.__getitem__) for j in shuffled]
+    return [i for step in steps for i in step]
+
+
+class GlobalBatchSampler(torch.utils.data.Sampler):
+    """The training order, built in optimiser steps of the global batch (per-device batch x accumulation x
+    processes), so that one process with batch B and n processes with batch B/n train on the same examples in
+    every step.
+
+    Why this works: the Trainer cuts the order into micro-batches of the per-device batch, accelerate deals them to
+    the ranks in turn (micro-batch k to rank k mod n), and each rank takes `gradient_accumulation_steps` of them per
+    step; so step s trains on indices [s * G, (s + 1) * G) of the order, however G is split. An order that depends
+    on G alone is then independent of the process count (length groups of the per-device batch were not: 1 x 16 and
+    torchrun 2 x 8 trained the smoke pi0 1.7e-2 apart).
+
+    With `lengths` the steps hold examples of similar length (little padding; each micro-batch is a slice of a
+    length-sorted step) and are visited in random order. Why not HF's `group_by_length`: its sampler sorts each
+    mega-batch longest first, so training sweeps from long to short examples every few dozen steps. Where length
+    follows the kind of problem (products are longer than sums here), that sweep is a curriculum cycle, and it
+    stalled learning in our runs (0.0% held-out accuracy vs 2.6% with random batches, same steps).
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, mega_batches: int = 16):
-        self.lengths, self.batch_size, self.seed, self.mega = lengths, batch_size, seed, mega_batches
+    def __init__(self, size: int, global_batch: int, seed: int = 0, lengths: list[int] | None = None,
+                 mega_batches: int = 16):
+        self.size, self.global_batch, self.seed = size, global_batch, seed
+        self.lengths, self.mega = lengths, mega_batches
         self.epoch = 0
 
     def __len__(self) -> int:
-        return len(self.lengths)
+        return self.size + (-self.size % self.global_batch)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        g = torch.Generator().manual_seed(self.seed + self.epoch)  # as accelerate's SeedableRandomSampler
         self.epoch += 1
-        perm = torch.randperm(len(self.lengths), generator=g).tolist()
-        span = self.mega * self.batch_size
-        full, partial = [], []
-        for start in range(0, len(perm), span):
-            chunk = sorted(perm[start:start + span], key=lambda i: self.lengths[i])
-            for j in range(0, len(chunk), self.batch_size):
-                (full if len(chunk[j:j + self.batch_size]) == self.batch_size else partial).append(
-                    chunk[j:j + self.batch_size])
-        order = torch.randperm(len(full), generator=g).tolist()
-        return iter([i for b in order for i in full[b]] + [i for b in partial for i in b])
+        return iter(epoch_order(self.size, self.global_batch, g, self.lengths, self.mega))
 
 
 class _ListDataset(torch.utils.data.Dataset):
