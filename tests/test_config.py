@@ -70,7 +70,8 @@ def test_stage_hashes_of_hf_runs_are_those_of_before_the_backend_fields():
     # the demo preset as it was then (issue 14 made it faithful and faster)
     then = {"smoke": [], "demo": [("sample.num_questions", "800"), ("sample.batch_size", "64"),
                                   ("sample.chunk_size", "128"), ("score.batch_size", "64"),
-                                  ("rollout.batch_size", "512")]
+                                  ("rollout.batch_size", "512"), ("rollout.num_generations", "4"),
+                                  ("rollout.prior_samples", "1")]  # (issue 23: the demo reads no rollouts)
             + [(f"{section}.padding_free", "false") for section in ("initial", "posterior", "final", "rft")]}
     for preset, hashes in old.items():
         cfg = load_config(preset, then[preset])

@@ -182,7 +182,7 @@ def test_bad_input_writes_nothing_outside_the_run_folder(tmp_path):
                                 tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert len(_error_lines(proc.stderr)) == 1
-    assert sorted(p.name for p in run.iterdir()) == [".lock", "config.yaml"]  # the lock and the config, no artifact
+    assert sorted(p.name for p in run.iterdir()) == [".lock"]  # the lock alone: the data is checked before config.yaml
     outside = _outside(paths, run)
     assert outside - _import_side_effects(outside, tmp_path / "tmp") == set(), sorted(outside)
     assert list(home.rglob("*")) == []

@@ -159,3 +159,20 @@ def test_bad_input_is_refused_before_the_first_stage(tmp_path, capsys, tiny_mode
     assert _stages_started(err) == [], err
     assert len([line for line in err.splitlines() if line.startswith("varreason: error")]) == 1
     assert not (tmp_path / "run" / "manifest.json").exists()
+
+
+@pytest.mark.slow
+def test_skipping_the_rollouts_that_gml_does_not_read_changes_no_number(smoke_run, tmp_path):
+    """Finding 8: the demo skips its rollouts (the GML estimator reads none); the weights, the training set and the
+    evaluated accuracies must be those of the run that made them."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "no-rollouts"
+    assert main(["run", "--config", "smoke", "--output-dir", str(out), "--rollout.num_generations", "0",
+                 "--rollout.prior_samples", "0"]) == 0
+    assert not (out / "scores/rollouts.parquet").exists()
+    with_rollouts = pq.read_table(smoke_run / "weights.parquet").to_pylist()
+    without = pq.read_table(out / "weights.parquet").to_pylist()
+    assert [r["log_rho"] for r in without] == [r["log_rho"] for r in with_rollouts]
+    assert pq.read_table(out / "train/final.parquet").equals(pq.read_table(smoke_run / "train/final.parquet"))
+    assert json.loads((out / "eval/summary.json").read_text()) == json.loads((smoke_run / "eval/summary.json").read_text())

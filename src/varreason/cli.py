@@ -113,7 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", default=None, help="YAML config file or preset name (default: demo)")
         p.add_argument("--output-dir", default=None, help="run directory (default: the config's output_dir)")
         if name != "config":
-            p.add_argument("--force", action="store_true", help="redo the stage(s) even if their artifacts exist")
+            p.add_argument("--force", action="store_true", help="redo the stage(s) even if their artifacts exist "
+                           "(with the same settings; other settings need --overwrite too)")
+            p.add_argument("--overwrite", action="store_true",
+                           help="replace artifacts of the folder made with other settings (without it such a command "
+                                "is refused before any work); the folder's config.yaml becomes this command's")
         if name in SHARDED:
             p.add_argument("--shard", default=None, metavar="I/N",
                            help="do only every N-th chunk starting at I and stop (separate jobs); the same command "
@@ -122,16 +126,30 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--reuse", action="append", default=[], metavar="RUN_DIR",
                            help="a finished run folder whose stages are adopted where the config matches; repeatable")
         if name == "eval":
-            g = p.add_argument_group("benchmark evaluation (with --model)")
+            from varreason.eval.benchmarks import describe_specs
+            from varreason.eval.evaluator import at_least_one
+
+            g = p.add_argument_group("benchmark evaluation (with --model)", (
+                "benchmarks: name, answer type, default n, prompt template (the question goes in as {question}, "
+                "then the\nreasoning format's chat template wraps it; results.json records both; --prompt-template "
+                "replaces it):\n" + describe_specs()))
             g.add_argument("--model", help="HF model folder or hub id to evaluate on benchmarks")
             g.add_argument("--benchmark", action="append", default=[],
-                           help="spec name (math500, aime24, ..., arith) or a .jsonl/.parquet file; repeatable")
-            g.add_argument("--num-samples", "--n", dest="n", type=int, default=None,
-                           help="samples per problem (default: the spec's); under torchrun write --num-samples, since "
-                                "torchrun reads --n as one of its own options")
-            g.add_argument("--data", default=None, help="local file with the benchmark's rows (data not shipped)")
-            g.add_argument("--limit", type=int, default=None, help="evaluate the first N problems only")
-            g.add_argument("--chunk-size", type=int, default=64, help="problems per resumable shard")
+                           help="spec name (listed above) or a .jsonl/.json/.parquet file, e.g. a run's "
+                                "data/test.parquet: its questions as they are, checked as the run's eval checks "
+                                "them; repeatable")
+            g.add_argument("--num-samples", "--n", dest="n", type=at_least_one, default=None,
+                           help="samples per problem, >= 1 (default: the spec's; a file: eval.num_generations); under "
+                                "torchrun write --num-samples, since torchrun reads --n as one of its own options")
+            g.add_argument("--data", default=None,
+                           help="local file with the rows of the one hub spec given (math500, ...: data not shipped); "
+                                "refused for a built-in spec (generated here) or a file benchmark")
+            g.add_argument("--limit", type=at_least_one, default=None, help="evaluate the first N problems only (>= 1)")
+            g.add_argument("--chunk-size", type=at_least_one, default=64, help="problems per resumable shard (>= 1)")
+            g.add_argument("--prompt-template", default=None, metavar="TEMPLATE",
+                           help="the prompt of every --benchmark instead of its spec's: a Python format string with "
+                                "{question} (and {choices} for multiple choice); a literal brace is written twice")
+        p.error = lambda message, parser=p: parser.exit(2, f"varreason: error: {message}\n")  # as main() does
     return parser
 
 
@@ -152,10 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         from varreason.config import dump_config, load_config
 
         overrides = parse_overrides(rest)
-        if args.output_dir:
+        if args.output_dir is not None:
             overrides.append(("output_dir", args.output_dir))
-        cfg = load_config(args.config, overrides)
-        if not (args.command == "eval" and getattr(args, "model", None)):  # eval --model writes to its own folder
+        benchmark = args.command == "eval" and getattr(args, "model", None)
+        cfg = load_config(folder_config(args.config, overrides, benchmark), overrides)
+        if not benchmark:  # eval --model writes to its own folder
             output_dir = cfg.output_dir
         if args.command == "config":
             print(dump_config(cfg), end="")
@@ -168,17 +187,23 @@ def main(argv: list[str] | None = None) -> int:
         set_threads(cfg.num_threads)
         if args.command == "eval" and getattr(args, "model", None):
             return _benchmark_eval(args, cfg, ranks)
-        if args.command == "eval" and args.benchmark:
-            raise InputError("--benchmark needs --model (the model to evaluate)")
+        if args.command == "eval":
+            given = [flag for flag, value, default in (
+                ("--benchmark", args.benchmark, []), ("--num-samples", args.n, None), ("--data", args.data, None),
+                ("--limit", args.limit, None), ("--chunk-size", args.chunk_size, 64),
+                ("--prompt-template", args.prompt_template, None)) if value != default]
+            if given:  # the run's own eval takes its settings from the config: eval.num_generations, ...
+                raise InputError(f"{given[0]} needs --model (the model to evaluate on benchmarks); the run's own eval "
+                                 "takes its settings from the config (--eval.num_generations, ...)")
         if args.command == "compare":
             from varreason.compare import run_compare
 
             if ranks.count > 1:
                 raise InputError("compare runs in one process; launch `varreason run` (or rft, grpo) with torchrun")
-            run_compare(cfg, cfg.output_dir, reuse=args.reuse, force=args.force)
+            run_compare(cfg, cfg.output_dir, reuse=args.reuse, force=args.force, overwrite=args.overwrite)
             return 0
         stages = ORDER if args.command == "run" else [args.command]
-        run_all(cfg, stages, force=args.force, ranks=ranks)
+        run_all(cfg, stages, force=args.force, ranks=ranks, overwrite=args.overwrite)
         return 0
     except InputError as exc:
         print(f"varreason: error: {exc.line()}", file=sys.stderr)
@@ -198,6 +223,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"varreason: error: cannot write{where}: {failure.strerror}{said} (nothing partial was kept; free space "
               "or choose a writable --output-dir, then rerun to resume)", file=sys.stderr)
         return 2
+
+
+def folder_config(config: str | None, overrides: list[tuple[str, str]], benchmark: bool = False) -> str | None:
+    """The config a command starts from: --config when given; else the run folder's own config.yaml when the folder
+    has one (a command on a finished run keeps its settings: the folder remembers what made it); else the demo."""
+    from pathlib import Path
+
+    from varreason.config import load_config
+
+    if config is not None or benchmark:
+        return config
+    given = [value for key, value in overrides if key.replace("-", "_") == "output_dir"]
+    folder = given[-1] if given else load_config(None).output_dir
+    if not str(folder).strip():
+        raise InputError("must name a folder, got an empty path", field="output_dir")
+    saved = Path(folder).expanduser() / "config.yaml"
+    if not saved.is_file():
+        return None
+    print(f"varreason: using the folder's config {saved} (--config to start from another)", file=sys.stderr)
+    return str(saved)
 
 
 def _ranks(args):
@@ -225,7 +270,7 @@ def _benchmark_eval(args, cfg, ranks) -> int:
     out = args.output_dir or str(Path("runs") / "eval" / Path(args.model.rstrip("/")).name)
     evaluate_many(args.model, args.benchmark, out, n=args.n, e=cfg.eval, fmt=cfg.format, seed=cfg.seed,
                   data=args.data, limit=args.limit, chunk_size=args.chunk_size, force=args.force, ranks=ranks,
-                  backend=cfg.backend_of("eval"), vllm=cfg.vllm)
+                  backend=cfg.backend_of("eval"), vllm=cfg.vllm, prompt_template=args.prompt_template)
     return 0
 
 

