@@ -7,6 +7,7 @@ import json
 import pytest
 
 from varreason.cli import main
+from varreason.pipeline import work_key
 
 
 def _manifest(out) -> dict:
@@ -129,7 +130,8 @@ def test_shards_left_by_a_kill_after_the_artifact_are_removed_on_the_rerun(smoke
     """Finding 5: a kill after eval/<model>/metrics.json (or a stage's artifact) and before its shards are dropped."""
     out = _copy(smoke_run, tmp_path / "run")
     fingerprint = json.loads((out / "eval/initial/metrics.json").read_text())["fingerprint"]
-    sample_key = _manifest(out)["sample"]["config_hash"]
+    sample = _manifest(out)["sample"]
+    sample_key = work_key(sample["config_hash"], sample["made_from"])
     for folder in (out / "eval/initial" / f".shards-{fingerprint}", out / "samples" / f".shards-{sample_key}"):
         folder.mkdir()
         (folder / "part-00000.parquet").write_bytes(b"left by a kill")
@@ -176,3 +178,23 @@ def test_skipping_the_rollouts_that_gml_does_not_read_changes_no_number(smoke_ru
     assert [r["log_rho"] for r in without] == [r["log_rho"] for r in with_rollouts]
     assert pq.read_table(out / "train/final.parquet").equals(pq.read_table(smoke_run / "train/final.parquet"))
     assert json.loads((out / "eval/summary.json").read_text()) == json.loads((smoke_run / "eval/summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_shards_made_from_an_earlier_pi0_are_not_merged(smoke_run, tmp_path):
+    """A kill mid-sample, then pi0 retrained with the same settings: the sample shards of the old pi0 must not be
+    reused (they were keyed by the settings alone)."""
+    import pyarrow.parquet as pq
+
+    out = _copy(smoke_run, tmp_path / "run")
+    sample = _manifest(out)["sample"]
+    old_key = work_key(sample["config_hash"], sample["made_from"])
+    assert main(["initial", "--output-dir", str(out), "--force"]) == 0
+    (out / "samples/posterior.parquet").unlink()  # as if the kill came before the merged artifact
+    stale = out / "samples" / f".shards-{old_key}"
+    stale.mkdir()
+    for i in range(8):  # every chunk "done" by the old pi0: a reuse would read these instead of sampling
+        pq.write_table(pq.read_table(smoke_run / "samples/posterior.parquet").slice(0, 1), stale / f"part-{i:05d}.parquet")
+    assert main(["sample", "--output-dir", str(out)]) == 0
+    rows = pq.read_table(out / "samples/posterior.parquet").num_rows
+    assert rows == pq.read_table(smoke_run / "samples/posterior.parquet").num_rows and rows > 8

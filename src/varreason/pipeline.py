@@ -22,6 +22,7 @@ writes artifacts and the manifest; every stage ends with a barrier.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from collections.abc import Callable
@@ -137,22 +138,31 @@ VARIATIONAL_STAGES = ("posterior", "sample", "score", "rollout", "weights", "bui
 ROUND_STAGES = VARIATIONAL_STAGES  # what a round t >= 2 redoes
 
 
+def work_key(config_hash: str, made_from: dict) -> str:
+    """Keys a stage's resumable shards: its settings and the very artifacts it reads, so a shard made from a pi0
+    since retrained (even with the same settings) is never merged into the new artifact."""
+    if not made_from:
+        return config_hash
+    return hashlib.sha256(f"{config_hash}:{json.dumps(made_from, sort_keys=True)}".encode()).hexdigest()[:16]
+
+
 def run_stage(name: str, cfg: RunConfig, run: RunDir, force: bool = False) -> dict:
     """Run one stage unless its artifacts are there, made with the same settings from the very artifacts it would
     read now (every rank of a group calls this)."""
     stage = STAGES[name]
     key, config_hash, outputs = stage.key(cfg), stage.config_hash(cfg, run.round), stage.outputs(cfg)
     made_from = stage.made_from(cfg, run)
+    shards = work_key(config_hash, made_from)
     say = console.print if run.ranks.main else (lambda *a, **k: None)
     if not force and not stage.always and stage.is_done(cfg, run):
         say(f"[dim]- {name}: done for this config, skipped[/dim]")
-        run.drop_finished_shards(config_hash)  # a kill may have come between its record and its shards' removal
+        run.drop_finished_shards(shards)  # a kill may have come between its record and its shards' removal
         return run.entry(key)["counts"]
     say(f"[bold]- {name}[/bold]" + ("" if run.ranks.count == 1 else f" ({run.ranks})"))
     start = time.time()
     counts: dict = {}
     try:
-        with run.running(config_hash):
+        with run.running(shards):
             if stage.parallel or run.ranks.main:
                 counts = stage.fn(cfg, run)
     except ShardFinished as done:  # a --shard job did its part: nothing merged, nothing recorded
@@ -162,7 +172,7 @@ def run_stage(name: str, cfg: RunConfig, run: RunDir, force: bool = False) -> di
     run.ranks.wait()
     if run.ranks.main:
         run.record(key, config_hash, outputs, made_from, counts, time.time() - start, stage.settings(cfg))
-        run.drop_finished_shards(config_hash)
+        run.drop_finished_shards(shards)
     run.ranks.wait()
     return counts if run.ranks.main else run.entry(key)["counts"]
 
