@@ -269,7 +269,8 @@ def _benchmark_eval(args, cfg, ranks) -> int:
         raise InputError("--model needs at least one --benchmark (a spec name or a .jsonl/.parquet file)")
     out = args.output_dir or str(Path("runs") / "eval" / Path(args.model.rstrip("/")).name)
     evaluate_many(args.model, args.benchmark, out, n=args.n, e=cfg.eval, fmt=cfg.format, seed=cfg.seed,
-                  data=args.data, limit=args.limit, chunk_size=args.chunk_size, force=args.force, ranks=ranks,
+                  data=args.data, limit=args.limit, chunk_size=args.chunk_size, force=args.force,
+                  overwrite=args.overwrite, ranks=ranks,
                   backend=cfg.backend_of("eval"), vllm=cfg.vllm, prompt_template=args.prompt_template)
     return 0
 

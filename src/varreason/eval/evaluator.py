@@ -69,7 +69,8 @@ def evaluate_benchmark(model_dir: str, benchmark: str, out_dir: str | Path, n: i
                        e: EvalConfig | None = None, fmt: FormatConfig | None = None, seed: int = 0,
                        data: str | None = None, limit: int | None = None, chunk_size: int = 64,
                        force: bool = False, generator=None, ranks: Ranks | None = None, backend: str = "hf",
-                       vllm: VLLMConfig | None = None, prompt_template: str | None = None) -> dict:
+                       vllm: VLLMConfig | None = None, prompt_template: str | None = None,
+                       overwrite: bool = False) -> dict:
     """Evaluate one model on one benchmark (on `generator`, else an engine of `backend` started for it); returns
     the results dict also written to `results.json`. `prompt_template` replaces the spec's (`describe_specs`)."""
     from varreason.backends.sampling import sample_verified
@@ -90,9 +91,10 @@ def evaluate_benchmark(model_dir: str, benchmark: str, out_dir: str | Path, n: i
         key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         pinned = run.read_json("eval_config.json")
         if pinned is not None and pinned != settings:
-            if not force:
-                raise InputError("holds an evaluation with other settings; use another --output-dir or --force",
-                                 file=str(run.path))
+            if not overwrite:  # --force redoes an evaluation of the same settings; --overwrite replaces other ones
+                changed = sorted(k for k in settings.keys() | pinned.keys() if settings.get(k) != pinned.get(k))
+                raise InputError(f"holds an evaluation with other settings ({', '.join(changed)}); use another "
+                                 "--output-dir or --overwrite to replace it", file=str(run.path))
             if not run.ranks.shard_job:  # other shard jobs may be writing shards of the new settings
                 run.drop_shards("")
         elif pinned is not None and (run.path / "results.json").exists() and not force:
