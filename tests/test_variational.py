@@ -125,7 +125,7 @@ def test_weighted_build_is_proportional_to_rho_tilde(smoke_run, tmp_path):
     out = tmp_path / "w"
     shutil.copytree(smoke_run, out)
     assert main(["build", "--config", "smoke", "--output-dir", str(out), "--build.mode", "weighted",
-                 "--build.mix", "false"]) == 0
+                 "--build.mix", "false", "--overwrite"]) == 0  # replaces the best-mode training set
     built = [r for r in rows(out / "train/final.parquet") if r["source"] == "posterior"]
     weights = {(r["question_id"], r["k"]): r for r in rows(out / "weights.parquet")}
     assert built and len(built) == sum(1 for w in weights.values() if w["rho_tilde"] > 0)
