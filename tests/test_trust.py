@@ -119,9 +119,9 @@ def test_a_stage_is_redone_when_its_input_was_made_anew(smoke_run, tmp_path, cap
 @pytest.mark.slow
 def test_a_same_settings_redo_upstream_makes_the_downstream_stage_run_again(smoke_run, tmp_path, capsys):
     out = _copy(smoke_run, tmp_path / "run")
-    assert main(["weights", "--output-dir", str(out), "--force"]) == 0
+    assert main(["weights", "--config", "smoke", "--output-dir", str(out), "--force"]) == 0
     capsys.readouterr()
-    assert main(["build", "--output-dir", str(out)]) == 0
+    assert main(["build", "--config", "smoke", "--output-dir", str(out)]) == 0  # was: skipped, on its settings alone
     assert "build: done" not in capsys.readouterr().err
 
 
