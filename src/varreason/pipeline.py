@@ -81,8 +81,9 @@ class Stage:
 
     def made_from(self, cfg: RunConfig, run: RunDir) -> dict:
         """The run ids of the artifacts it reads, as the folder holds them now."""
-        return {name: run.run_id(STAGES[name].key(cfg)) for name in self.reads
-                if STAGES[name].key(cfg) in run.manifest()["stages"]}
+        entries = run.manifest()["stages"]  # read once
+        keys = {name: STAGES[name].key(cfg) for name in self.reads}
+        return {name: entries[key].get("run_id") for name, key in keys.items() if key in entries}
 
 
 PI0 = ("seed", "task", "format", "model", "initial")  # every stage after pi0 depends on these
@@ -154,7 +155,7 @@ def run_stage(name: str, cfg: RunConfig, run: RunDir, force: bool = False) -> di
     made_from = stage.made_from(cfg, run)
     shards = work_key(config_hash, made_from)
     say = console.print if run.ranks.main else (lambda *a, **k: None)
-    if not force and not stage.always and stage.is_done(cfg, run):
+    if not force and not stage.always and run.is_done(key, config_hash, outputs, made_from):
         say(f"[dim]- {name}: done for this config, skipped[/dim]")
         run.drop_finished_shards(shards)  # a kill may have come between its record and its shards' removal
         return run.entry(key)["counts"]
