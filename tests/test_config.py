@@ -39,7 +39,8 @@ def test_unknown_key_in_yaml(tmp_path):
     assert str(path) in err.value.line() and "n_trian" in err.value.line()
 
 
-def test_cli_exit_status_2(capsys, tmp_path):
+def test_cli_exit_status_2(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no runs/demo/config.yaml here to start from
     assert main(["config", "--task.n_train", "x"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("varreason: error:")

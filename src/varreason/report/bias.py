@@ -165,7 +165,9 @@ def plot_bias(curves: dict[str, dict], path) -> None:
         tops = ys + [ref] + [b["mean_weight"] for b in c.get("group_bins", [])]
         ax.set_ylim(bottom=0, top=max(tops) * 1.25 + 1e-9)
         ax.set_xlim(-0.03, 1.03)
-        ax.set_title(f"{name} (rel. RMSE {c['relative_rmse']:.2f})", fontsize=9)
+        rmse = c["relative_rmse"]
+        ax.set_title(f"{name} (rel. RMSE {rmse:.2f})" if math.isfinite(rmse) else f"{name} (no 0 < P < 1 to fit)",
+                     fontsize=9)
         ax.set_xlabel("P: pi0's accuracy on the question" if c["x"] == "pi0" else "P: accuracy of the GRPO group",
                       fontsize=8)
         ax.set_ylabel("weight on the question", fontsize=8)
