@@ -79,7 +79,7 @@ def invocation(name: str) -> str:
     if name in SHARDED:
         lines.append(f"  separate jobs: varreason {name} {args} --shard I/N   (I = 0..N-1; then once without --shard)")
     if name == "eval":
-        lines.append("  benchmarks:   varreason eval --model DIR --benchmark math500 --n 4   (also with torchrun / --shard)")
+        lines.append("  benchmarks:   varreason eval --model DIR --benchmark math500 --n 4 --eval.temperature 0.7   (also with torchrun / --shard)")
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -86,6 +87,9 @@ def evaluate_benchmark(model_dir: str, benchmark: str, out_dir: str | Path, n: i
     n = n or spec.default_n or e.num_generations  # a local file: the config's, as the run's eval
     max_tokens = min(e.max_completion_length, spec.max_completion_length)
     run = RunDir(out_dir, ranks)
+    if n > 1 and e.temperature == 0 and run.ranks.main:
+        print(f"varreason: {spec.name}: {n} samples per problem at temperature 0 are {n} copies of the greedy one "
+              "(avg@n = greedy accuracy, pass@k flat); --eval.temperature 0.7 samples", file=sys.stderr)
     with run.lock(), contextlib.ExitStack() as stack:
         settings = _settings(model_dir, spec, items, n, e, seed, max_tokens, fmt, backend, vllm)
         key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]

@@ -124,3 +124,25 @@ def test_wandb_logs_into_the_run_folder(tmp_path, monkeypatch):
                  "--initial.report_to", "[wandb]"]) == 0
     assert list((out / "logs" / "wandb").glob("offline-run-*")), "W&B wrote no run under <output_dir>/logs"
     assert not (tmp_path / "wandb").exists()
+
+
+def test_several_greedy_samples_are_said_to_be_copies(tmp_path, tiny_model_dir, capsys):
+    from varreason.backends.base import Generation
+    from varreason.config import EvalConfig
+    from varreason.eval.evaluator import evaluate_benchmark
+    from varreason.models import load_tokenizer
+
+    rows = tmp_path / "q.jsonl"
+    rows.write_text(json.dumps({"id": "a", "question": "2+2=?", "answer": "4"}) + "\n")
+
+    class Canned:
+        tokenizer = load_tokenizer(tiny_model_dir)
+
+        def generate(self, prompts, n=1, **_):
+            return [[Generation("x</think><answer>4</answer>", [1], True, "eos")] * n for _ in prompts]
+
+    evaluate_benchmark("canned", str(rows), tmp_path / "greedy", n=4, generator=Canned())
+    assert "4 samples per problem at temperature 0 are 4 copies" in capsys.readouterr().err
+    evaluate_benchmark("canned", str(rows), tmp_path / "sampled", n=4, e=EvalConfig(temperature=0.7),
+                       generator=Canned())
+    assert "copies" not in capsys.readouterr().err
