@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from varreason.cli import main
-from varreason.compare import _levels, _measured
+from varreason.compare import _measured
 from varreason.config import load_config
 from varreason.errors import InputError
 
@@ -108,9 +108,7 @@ def test_until_stops_after_the_stage_and_the_same_command_goes_on(tmp_path):
     assert main(["run", "--config", "smoke", "--output-dir", out, "--until", "nope"]) == 2
 
 
-def test_compare_tables_show_no_level_0_and_no_nan():
-    results = {"a": {"by_difficulty": {"0": {}, "2": {}, "10": {}}}}
-    assert _levels(results) == ["2", "10"]
+def test_compare_tables_show_no_nan():
     assert _measured(float("nan"), ".3f") == "-" and _measured(None, ".3g") == "-" and _measured(0.5, ".2f") == "0.50"
 
 
@@ -146,3 +144,12 @@ def test_several_greedy_samples_are_said_to_be_copies(tmp_path, tiny_model_dir, 
     evaluate_benchmark("canned", str(rows), tmp_path / "sampled", n=4, e=EvalConfig(temperature=0.7),
                        generator=Canned())
     assert "copies" not in capsys.readouterr().err
+
+
+def test_a_csv_benchmark_file_is_read_as_a_file(tmp_path):
+    from varreason.eval.benchmarks import load_benchmark
+
+    path = tmp_path / "mine.csv"
+    path.write_bytes("\ufeffid,question,answer\r\na,2+2=?,4\r\nb,3+3=?,6\r\n".encode())
+    spec, items = load_benchmark(str(path))
+    assert [(it.id, it.question, it.answer) for it in items] == [("a", "2+2=?", "4"), ("b", "3+3=?", "6")]

@@ -73,7 +73,7 @@ def test_invalid_utf8_task_source_is_one_line(tmp_path, capsys):
     data = _bad_utf8_jsonl(tmp_path / "data.jsonl")
     assert main(["data", "--config", "smoke", "--output-dir", str(tmp_path / "run"), "--task.source", str(data)]) == 2
     line = _error_line(capsys)
-    assert "not valid UTF-8 (line 2" in line and "row 1" in line and str(data) in line
+    assert f"{data}, line 2: not valid UTF-8 (byte 15: b'\\xff')" in line
 
 
 def test_invalid_utf8_benchmark_file_is_one_line(tmp_path, capsys, tiny_model_dir):
@@ -84,9 +84,9 @@ def test_invalid_utf8_benchmark_file_is_one_line(tmp_path, capsys, tiny_model_di
 
 
 @pytest.mark.parametrize("content, expected", [
-    (b"[1, 2]\n", "must be a JSON object, got list"),
-    (b'{"question": "a"\n', "invalid JSON on line 1"),
-    (b"[" * 100_000 + b"\n", "invalid JSON on line 1"),
+    (b"[1, 2]\n", "line 1: must be a JSON object, got list"),
+    (b'{"question": "a"\n', "line 1: invalid JSON"),
+    (b"[" * 100_000 + b"\n", "line 1: invalid JSON"),
 ])
 def test_malformed_jsonl_rows(tmp_path, content, expected):
     from varreason.tasks.user import read_records

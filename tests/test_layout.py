@@ -83,4 +83,4 @@ def test_stages_do_not_import_the_pipeline_or_each_other():
 
 
 def test_top_level_stays_small():
-    assert len(list(PACKAGE.glob("*.py"))) <= 12
+    assert len(list(PACKAGE.glob("*.py"))) <= 13  # 13th: logs.py (terminal vs the run's log file)

@@ -151,7 +151,7 @@ def test_a_defective_row_is_one_line_naming_file_row_and_field(tmp_path, record,
         load_user_problems(path)
     line = err.value.line()
     assert "\n" not in line and err.value.file == path and err.value.row == 1 and err.value.field == field
-    assert says in line and line.startswith(f"{path}, row 1, field '{field}': ")
+    assert says in line and line.startswith(f"{path}, line 2, field '{field}': ")  # 1-based file line
 
 
 def test_a_row_without_the_conversations_column_is_named(tmp_path):

@@ -59,7 +59,7 @@ def test_user_data_errors_exit_2(tmp_path, capsys):
     assert code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(errors) == 1 and errors[0].startswith("varreason: error:")
-    assert "bad.jsonl" in errors[0] and "row 1" in errors[0] and "'trace'" in errors[0]
+    assert "bad.jsonl, line 2, field 'trace'" in errors[0]
 
 
 def test_user_data_run_builds_disjoint_splits(tmp_path):

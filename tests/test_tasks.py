@@ -401,10 +401,10 @@ def test_user_missing_column_names_file_row_and_field(tmp_path):
         load_user_problems(path, **COLUMNS)
     assert (err.value.file, err.value.row, err.value.field) == (path, 1, "why")
     line = err.value.line()
-    assert path in line and "row 1" in line and "'why'" in line
+    assert path in line and "line 2" in line and "'why'" in line  # 1-based, as an editor counts
     with pytest.raises(InputError) as err:
         load_user_problems(path, **{**COLUMNS, "answer_column": "solution"})
-    assert (err.value.row, err.value.field) == (0, "solution")
+    assert [(e.row, e.field) for e in err.value.errors] == [(0, "solution"), (1, "solution")]  # every bad row
 
 
 @pytest.mark.parametrize("bad, field", [
@@ -430,7 +430,7 @@ def test_user_bad_sources_are_errors(tmp_path, monkeypatch):
     broken.write_text('{"question": "a", "trace": "b", "answer": "c"}\n{not json\n')
     with pytest.raises(InputError) as err:
         load_user_problems(str(broken))
-    assert err.value.row == 1 and "line 2" in err.value.message
+    assert err.value.row == 1 and err.value.line_no == 2 and "line 2: invalid JSON" in err.value.line()
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(InputError, match="no rows"):
         load_user_problems(str(tmp_path / "empty.jsonl"))
@@ -476,7 +476,7 @@ def test_user_solution_column_is_read_and_checked(tmp_path):
     rows[1]["sol"] = ""
     with pytest.raises(InputError) as err:
         load_user_problems(write_jsonl(tmp_path / "e.jsonl", rows), **COLUMNS, solution_column="sol")
-    assert "row 1" in str(err.value) and "sol" in str(err.value)
+    assert "line 2" in str(err.value) and "sol" in str(err.value)
     del rows[1]["sol"]
     with pytest.raises(InputError, match="missing column"):
         load_user_problems(write_jsonl(tmp_path / "f.jsonl", rows), **COLUMNS, solution_column="sol")

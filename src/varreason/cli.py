@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 
+from varreason import logs
 from varreason.errors import InputError, disk_failure
 from varreason.runs import SHARDED
 
@@ -145,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "replaces it):\n" + describe_specs()))
             g.add_argument("--model", help="HF model folder or hub id to evaluate on benchmarks")
             g.add_argument("--benchmark", action="append", default=[],
-                           help="spec name (listed above) or a .jsonl/.json/.parquet file, e.g. a run's "
+                           help="spec name (listed above) or a .jsonl/.json/.csv/.tsv/.parquet file, e.g. a run's "
                                 "data/test.parquet: its questions as they are, checked as the run's eval checks "
                                 "them; repeatable")
             g.add_argument("--num-samples", "--n", dest="n", type=at_least_one, default=None,
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    logs.mark_start(process=argv is None)  # the final "wall time" counts start-up, imports and model loads too
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if int(os.environ.get("RANK", "0")) > 0:
         os.environ.setdefault("TQDM_DISABLE", "1")  # read when tqdm is imported: rank 0 alone shows progress
@@ -305,7 +307,7 @@ def _benchmark_eval(args, cfg, ranks) -> int:
     from varreason.eval.evaluator import evaluate_many
 
     if not args.benchmark:
-        raise InputError("--model needs at least one --benchmark (a spec name or a .jsonl/.parquet file)")
+        raise InputError("--model needs at least one --benchmark (a spec name or a .jsonl/.json/.csv/.tsv/.parquet file)")
     out = args.output_dir or str(Path("runs") / "eval" / Path(args.model.rstrip("/")).name)
     evaluate_many(args.model, args.benchmark, out, n=args.n, e=cfg.eval, fmt=cfg.format, seed=cfg.seed,
                   data=args.data, limit=args.limit, chunk_size=args.chunk_size, force=args.force,

@@ -22,6 +22,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from varreason import logs
 from varreason.config import RunConfig, dump_config, set_value, validate
 from varreason.errors import InputError
 from varreason.pipeline import (
@@ -34,6 +35,7 @@ from varreason.pipeline import (
     write_folder_config,
 )
 from varreason.report import bias
+from varreason.report.run_report import difficulty_label, difficulty_levels
 from varreason.runs import RunDir
 from varreason.stages.eval import evaluate_if_changed
 
@@ -210,7 +212,7 @@ def run_compare(cfg: RunConfig, out_dir: str | Path, reuse: list[str] | None = N
             if (Path(configs[name].output_dir) / "manifest.json").exists():
                 refuse_replacing(configs[name], RunDir(configs[name].output_dir), list(PI0_STAGES + m.stages))
     top = RunDir(root)
-    with top.lock():
+    with top.lock(), logs.run_log(top.path):  # library chatter (TRL, vLLM, HF) into DIR/logs/run.log
         top.write_text("config.yaml", dump_config(cfg))
         donors = [RunDir(p) for p in reuse or []]
         start = time.time()
@@ -240,22 +242,15 @@ def _public(r: dict) -> dict:
 
 # --- output -----------------------------------------------------------------------------------------------------------
 
-def _levels(results: dict) -> list[str]:
-    """The difficulty levels to show as columns; 0 means "not given" (user data without a difficulty column): no
-    column, the overall accuracy says it all."""
-    levels = {d for r in results.values() for d in r["by_difficulty"]} - {"0"}
-    return sorted(levels, key=lambda d: (len(d), d))
-
-
 def _measured(value: float | None, spec: str) -> str:
     """A fitted number, or "-" where nothing was there to fit (e.g. no question with 0 < P < 1 on a small run)."""
     return "-" if value is None or not math.isfinite(value) else format(value, spec)
 
 
 def print_compare(results: dict, wall: float | None = None) -> None:
-    levels = _levels(results)
+    levels = difficulty_levels(results)
     table = Table(title="Held-out accuracy, every method from the same pi0")
-    for col in ["method", "accuracy (95% CI)"] + [f"d={d}" for d in levels] + ["wall s (method)"]:
+    for col in ["method", "accuracy (95% CI)"] + [difficulty_label(d) for d in levels] + ["wall s (method)"]:
         table.add_column(col, justify="left" if col == "method" else "right")
     for name, r in results.items():
         table.add_row(name, f"{r['accuracy']:.1%} [{r['ci_low']:.1%}, {r['ci_high']:.1%}]",
@@ -300,11 +295,11 @@ def write_compare_report(top: RunDir, results: dict, curves: dict, methods: dict
     plots.mkdir(exist_ok=True)
     plot_accuracy(results, plots / "accuracy.png")
     plot_accuracy_by_difficulty(results, plots / "accuracy_by_difficulty.png")
-    levels = _levels(results)
+    levels = difficulty_levels(results)
     lines = [f"# Method comparison: {top.path.name}", "",
              ("Every method starts from the same pi0 and is evaluated on the same held-out problems with the same "
              "sampling. Wall time counts every stage a method needs, pi0 included (method: its own stages)."), "",
-             "| method | accuracy | 95% CI | " + " | ".join(f"d={d}" for d in levels) + " | wall s | method s |",
+             "| method | accuracy | 95% CI | " + " | ".join(difficulty_label(d) for d in levels) + " | wall s | method s |",
              "|---|---|---|" + "---|" * len(levels) + "---|---|"]
     for name, r in results.items():
         cells = [f"{r['by_difficulty'][d]['accuracy']:.1%}" if d in r["by_difficulty"] else "-" for d in levels]

@@ -64,16 +64,26 @@ def _check_ranges(obj: Any, prefix: str = "") -> None:
 class TaskConfig:
     """Where problems come from: the built-in arithmetic suite or a user's file / `datasets` name."""
 
-    source: str = option("builtin", "'builtin', a .jsonl/.json/.parquet file, or a `datasets` name")
+    source: str = option("builtin", "'builtin', a .jsonl/.json/.csv/.tsv/.parquet file, a `save_to_disk` folder, or a "
+                                    "`datasets` name (`~` and $VARS expanded)")
     families: list[str] = option(["sum", "product"], "built-in task families (sum, product, gym:<reasoning-gym name>)")
     difficulties: list[int] = option([1, 2, 3, 4, 5], "built-in difficulty levels to draw from (1 = easiest)")
     n_train: int = option(4000, "training problems (at most; user data is cut to this many)", ge=1)
     n_test: int = option(500, "held-out problems (at most)", ge=1)
     style_mix: dict[str, float] = option({"careful": 0.5, "terse": 0.35, "corrected": 0.15},
                                          "share of each teacher trace style (built-in tasks)")
-    test_source: str | None = option(None, "user data: a held-out file; null = hold out test_fraction of source")
+    test_source: str | None = option(None, "user data: held-out problems (a file, folder or `datasets` name; question "
+                                           "and answer columns suffice); null = hold out test_fraction of source")
     test_fraction: float = option(0.1, "user data without test_source: share of questions held out (hash split)", gt=0.0, lt=1.0)
     split: str = option("train", "user data: the split of a `datasets` name")
+    dataset_config: str | None = option(None, "user data: the config name of a `datasets` name (TRL's dataset_config; "
+                                              "`name=` of load_dataset), for source and test_source")
+    test_split: str = option("test", "user data: the split of a `datasets` name or DatasetDict folder in test_source")
+    allow_overlap: bool = option(False, "user data: accept held-out questions that are also training questions "
+                                        "(same text up to whitespace): a warning instead of an error")
+    long_rows: str = option("refuse", "a training row over initial.max_length tokens (or its posterior row over "
+                                      "posterior.max_length), found before any stage runs: refuse (list them all) | "
+                                      "drop (the data stage leaves them out and counts them)", choices=("refuse", "drop"))
     question_column: str = option("question", "user data: the question column")
     trace_column: str = option("trace", "user data: the teacher trace column")
     answer_column: str = option("answer", "user data: the reference answer column")
@@ -389,6 +399,8 @@ class RunConfig:
 # Fields added after runs existed whose default reproduces the old behaviour: left out of the stage hashes at their
 # default, so finished stages of older run folders are still reused (and `compare --reuse` finds them).
 HASH_OMIT_AT_DEFAULT = {("sample", "proposal"), ("task", "solution_column"), ("posterior", "hint"),
+                        ("task", "dataset_config"), ("task", "test_split"), ("task", "allow_overlap"),
+                        ("task", "long_rows"),
                         ("posterior", "num_generations"), ("weights", "num_traces"), ("build", "weighted_batch"),
                         ("final", "sft_paper")} | {(section, key) for key in ("adam_beta2", "padding_free")
                                                    for section in ("initial", "posterior", "final", "rft")}

@@ -11,17 +11,48 @@ LOW_SPACE = 1 << 20  # bytes: a write failing with less than this free is a full
 
 
 class InputError(Exception):
-    """Bad input from the user (config, data file, model path). Never a bare traceback."""
+    """Bad input from the user (config, data file, model path). Never a bare traceback.
 
-    def __init__(self, message: str, *, file: str | None = None, row: int | None = None, field: str | None = None):
+    Where in a file: `row` is a 0-based record index (as `datasets` and pandas count); a user's data file gives
+    `line` instead, 1-based as an editor counts, in a `unit`: "line" (JSONL / CSV: the line where the record starts),
+    "record" (the N-th object of a JSON array) or "row" (Parquet, `datasets`). When both are given the line is shown.
+    """
+
+    def __init__(self, message: str, *, file: str | None = None, row: int | None = None, field: str | None = None,
+                 line: int | None = None, unit: str = "line"):
         self.message, self.file, self.row, self.field = message, file, row, field
+        self.line_no, self.unit = line, unit
         super().__init__(self.line())
 
+    def place(self) -> str:
+        """Where in the file, without the file: "line 4, field 'trace'" (empty when nothing is known)."""
+        if self.line_no is not None:
+            at = f"{self.unit} {self.line_no}" + (" (1-based)" if self.unit == "row" else "")
+        else:
+            at = None if self.row is None else f"row {self.row}"
+        return ", ".join(part for part in (at, None if self.field is None else f"field '{self.field}'") if part)
+
     def line(self) -> str:
-        where = [part for part in (self.file, None if self.row is None else f"row {self.row}",
-                                   None if self.field is None else f"field '{self.field}'") if part]
-        text = ": ".join([", ".join(where), self.message]) if where else self.message
+        where = ", ".join(part for part in (self.file, self.place()) if part)
+        text = f"{where}: {self.message}" if where else self.message
         return text.replace("\r", "\\r").replace("\n", "\\n")  # one line, whatever the user's input held
+
+
+MAX_REPORTED = 20  # defects listed in one message; the rest are counted
+
+
+def all_in_one(errors: list[InputError], file: str | None, what: str = "bad rows", advice: str = "") -> InputError:
+    """Every defect of a file as one InputError (one line): the first MAX_REPORTED with their places, then "... and N
+    more", so a user fixes them in one pass instead of one run per row; `advice` ends the message."""
+    if len(errors) == 1:
+        e = errors[0]
+        one = InputError(e.message + advice, file=e.file, row=e.row, field=e.field, line=e.line_no, unit=e.unit)
+    else:
+        shown = "; ".join(f"{e.place()}: {e.message}" if e.place() else e.message for e in errors[:MAX_REPORTED])
+        more = f"; ... and {len(errors) - MAX_REPORTED} more" if len(errors) > MAX_REPORTED else ""
+        one = InputError(f"{len(errors)} {what}: {shown}{more}{advice}", file=file)
+    one.errors = errors
+    return one
 
 
 def decode_utf8(raw: bytes, source: str, row: int | None = None, line_no: int | None = None) -> str:

@@ -265,12 +265,12 @@ def convert_gguf(gguf_file: str | Path, out_dir: str | Path) -> Path:
     """An ordinary fp32 HF folder (model + tokenizer + chat template) from a GGUF file, de-quantized by
     transformers' GGUF reader. The loaded model refuses `save_pretrained` ("quantized with gguf and is not
     serializable"), so its weights move into a fresh model built from its config without the quantization."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     gguf_file = Path(gguf_file)
     folder, name = str(gguf_file.parent), gguf_file.name
+    tokenizer = gguf_tokenizer(gguf_file)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(f"cannot read GGUF checkpoint ({str(exc).splitlines()[0][:200]})", file=str(gguf_file)) from None
@@ -283,7 +283,20 @@ def convert_gguf(gguf_file: str | Path, out_dir: str | Path) -> Path:
         raise InputError(f"GGUF weights do not fit {type(model).__name__} (missing {missing[:3]}, unexpected "
                          f"{unexpected[:3]})", file=str(gguf_file))
     model.tie_weights()
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     save_pretrained(model, tokenizer, out_dir)
     return Path(out_dir)
+
+
+def gguf_tokenizer(gguf_file: str | Path):
+    """The tokenizer of a GGUF file, as `convert_gguf` saves it (pad = eos when it has none). Slow: transformers
+    builds it from the file's vocabulary (5-14 s for SmolLM2-135M on 2 busy CPU cores)."""
+    from transformers import AutoTokenizer
+
+    gguf_file = Path(gguf_file)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"cannot read GGUF checkpoint ({str(exc).splitlines()[0][:200]})", file=str(gguf_file)) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
+from varreason import logs
 from varreason.config import RunConfig, dump_config
-from varreason.report.run_report import write_report
+from varreason.report.run_report import difficulty_label, difficulty_levels, write_report
 from varreason.runs import SHARDED, Ranks, RunDir, ShardFinished
 from varreason.stages import baselines, pi0, variational
 from varreason.stages.eval import stage_eval
@@ -51,6 +52,7 @@ class Stage:
     always: bool = False  # run every time (the stage caches its own work)
     engines: bool = True  # reads samples / scores made by a sampling engine (grpo samples with TRL: False)
     model: str = ""  # the config section naming the model it trains (final, rft, grpo): one entry per name
+    fields: Callable[[RunConfig], dict] | None = None  # single fields of other sections it depends on (hashed too)
 
     def key(self, cfg: RunConfig) -> str:
         """Its manifest entry: the stage's name, with the model's name when that is not the default one, so a
@@ -65,10 +67,11 @@ class Stage:
 
     def settings(self, cfg: RunConfig) -> dict:
         """What its hash covers, recorded with its artifacts (a refusal names the fields that differ)."""
-        return cfg.section_settings(*self.hashed_sections(cfg), engines=self.engines)
+        extra = self.fields(cfg) if self.fields else {}
+        return {**cfg.section_settings(*self.hashed_sections(cfg), engines=self.engines), **extra}
 
     def config_hash(self, cfg: RunConfig, round: int = 1) -> str:
-        own = cfg.section_hash(*self.hashed_sections(cfg), engines=self.engines)
+        own = hashlib.sha256(json.dumps(self.settings(cfg), sort_keys=True).encode()).hexdigest()[:16]  # = section_hash
         if round == 1:
             return own
         # round t >= 2 starts from round t-1's final model, so it depends on everything that model depends on
@@ -102,9 +105,20 @@ def _rollout_outputs(cfg: RunConfig) -> list[str]:
         ["scores/prior_samples.parquet"] if cfg.rollout.prior_samples else [])
 
 
+def _dropped_rows_depend_on(cfg: RunConfig) -> dict:
+    """`task.long_rows: drop`: which rows the data stage keeps depends on the tokenizer, the templates and the length
+    limits (`stages.pi0.fit_lengths`), so those fields are the data's settings too; with `refuse` they are not."""
+    if cfg.task.long_rows != "drop":
+        return {}
+    c = cfg.to_dict()
+    return {"long_rows_drop": {"format": c["format"], "model": c["model"], "initial.max_length": cfg.initial.max_length,
+                               "posterior.max_length": cfg.posterior.max_length, "posterior.hint": cfg.posterior.hint,
+                               "sample.proposal": cfg.sample.proposal}}
+
+
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("data", pi0.stage_data, ("seed", "task"), (),
-          lambda c: ["data/train.parquet", "data/test.parquet"]),
+          lambda c: ["data/train.parquet", "data/test.parquet"], fields=_dropped_rows_depend_on),
     Stage("base", pi0.stage_base, ("seed", "task", "format", "model"), ("data",),
           lambda c: ["models/base/config.json"] if _base_is_built(c) else []),
     Stage("initial", pi0.stage_initial, PI0, ("data", "base"),
@@ -160,6 +174,7 @@ def run_stage(name: str, cfg: RunConfig, run: RunDir, force: bool = False) -> di
         run.drop_finished_shards(shards)  # a kill may have come between its record and its shards' removal
         return run.entry(key)["counts"]
     say(f"[bold]- {name}[/bold]" + ("" if run.ranks.count == 1 else f" ({run.ranks})"))
+    logs.route_libraries()  # a library first imported by the previous stage logs to the run log too
     start = time.time()
     counts: dict = {}
     try:
@@ -353,7 +368,8 @@ def run_all(cfg: RunConfig, stages_to_run: list[str] | None = None, force: bool 
         raise InputError(f"--shard works with one of the commands {', '.join(SHARDED)}; run the other stages "
                          "without it", field="shard")
     _check_engines_fit_ranks(cfg, stages_to_run, run.ranks)
-    with run.lock():
+    begun, command_start = time.perf_counter(), logs.take_start()
+    with run.lock(), logs.run_log(run.path, logs.log_name(run.ranks.index, run.ranks.count, run.ranks.group)):
         if not overwrite:
             refuse_replacing(cfg, run, stages_to_run)
         todo = [n for n in stages_to_run if force or not STAGES[n].is_done(cfg, run)]
@@ -361,39 +377,75 @@ def run_all(cfg: RunConfig, stages_to_run: list[str] | None = None, force: bool 
         run.ranks.wait()  # no rank starts before rank 0 holds the folder
         if whole:
             write_folder_config(cfg, run, stages_to_run, overwrite)
-        start = time.time()
+        stage_seconds: dict[str, float] = {}
         for name in stages_to_run:
+            start = time.perf_counter()
             run_stage(name, cfg, run, force=force)
+            stage_seconds[name] = time.perf_counter() - start
         if stages_to_run == ORDER and cfg.rounds > 1:
+            start = time.perf_counter()
             run_rounds(cfg, run, force=force)
-        wall = time.time() - start
+            stage_seconds["rounds"] = time.perf_counter() - start
+        wall = sum(stage_seconds.values())
         if whole and run.ranks.main and write_report(run, stale_artifacts(cfg, run)):
             console.print(f"report: {run.path / 'report.md'}")
-    if whole and run.ranks.main:
-        print_results(run, wall)
+    if run.ranks.main:
+        now = time.perf_counter()
+        wall_time = WallTime(None if command_start is None else now - command_start, now - begun, stage_seconds)
+        print_results(run, wall_time, table=whole)  # a shard job: its wall time only
     return {"wall_seconds": wall}
 
 
-def print_results(run: RunDir, wall: float | None = None) -> None:
-    """Accuracy of every evaluated model, overall and by difficulty, as a table on stdout."""
-    summary = run.read_json("eval/summary.json")
-    if summary is None:
-        return
-    levels = sorted({d for m in summary.values() for d in m["by_difficulty"]}, key=lambda d: (len(d), d))
-    table = Table(title=f"Held-out accuracy ({run.path})")
+@dataclass
+class WallTime:
+    """What the command's time went to: `command` since cli.main began (None without the CLI), `run` since
+    run_all began, `stages` each stage's own time (its model loads included)."""
+    command: float | None
+    run: float
+    stages: dict[str, float]
+
+    def line(self) -> str:
+        """`wall time: 16.2 s = start-up 9.8 s (imports, config) + stages 4.5 s (sample 1.9, initial 1.1) + checks
+        and report 1.9 s`."""
+        stages = sum(self.stages.values())
+        total = self.command if self.command is not None else self.run
+        slowest = sorted(self.stages.items(), key=lambda kv: -kv[1])[:3]
+        parts = []
+        if self.command is not None:
+            parts.append(f"start-up {self.command - self.run:.1f} s (imports, config)")
+        parts.append(f"stages {stages:.1f} s"
+                     + (f" ({', '.join(f'{n} {t:.1f}' for n, t in slowest)})" if len(self.stages) > 1 else ""))
+        parts.append(f"checks and report {max(0.0, self.run - stages):.1f} s")
+        return f"wall time: {total:.1f} s = " + " + ".join(parts)
+
+
+def print_results(run: RunDir, wall: WallTime | float | None = None, table: bool = True) -> None:
+    """Accuracy of every evaluated model, overall and by difficulty, as a table on stdout (when the folder has an
+    evaluation and `table`), then the wall time."""
+    summary = run.read_json("eval/summary.json") if table else None
+    out = Console()
+    if summary is not None:
+        print_table(out, run, summary)
+    if isinstance(wall, WallTime):
+        out.print(wall.line(), highlight=False, soft_wrap=True)
+    elif wall is not None:
+        out.print(f"wall time: {wall:.1f} s", highlight=False)
+
+
+def print_table(out: Console, run: RunDir, summary: dict) -> None:
+    levels = difficulty_levels(summary)
+    table = Table(caption=None if levels else "no difficulty given")
     table.add_column("model")
     table.add_column("overall (95% CI)", justify="right")
     for d in levels:
-        table.add_column(f"d={d}", justify="right")
+        table.add_column(difficulty_label(d), justify="right")
     for name, m in summary.items():
         cells = [f"{m['accuracy']:.1%} [{m['ci_low']:.1%}, {m['ci_high']:.1%}]"]
         cells += [f"{m['by_difficulty'][d]['accuracy']:.1%}" if d in m["by_difficulty"] else "-" for d in levels]
         table.add_row(name, *cells)
-    out = Console()
+    out.print(f"Held-out accuracy ({run.path})", highlight=False, soft_wrap=True)  # a title would wrap a long path
     out.print(table)
     tasks = sorted({t for m in summary.values() for t in m.get("by_task", {})})
     if len(tasks) > 1:
         for name, m in summary.items():
             out.print(f"{name} by task: " + ", ".join(f"{t} {m['by_task'][t]['accuracy']:.1%}" for t in tasks))
-    if wall is not None:
-        out.print(f"wall time: {wall:.1f} s")

@@ -310,7 +310,8 @@ class RunDir:
         mine = [i for i in range(len(chunks)) if i % self.ranks.count == self.ranks.index]
         todo = [i for i in mine if not (self.path / shard[i]).exists()]
         label = (desc or rel_dir) + ("" if self.ranks.count == 1 else f" ({self.ranks})")
-        with tqdm(total=len(mine), initial=len(mine) - len(todo), desc=label, unit="shard") as bar:
+        # disable=None: a bar on a terminal only; a captured log gets the stage lines, not `\r`-joined bar updates
+        with tqdm(total=len(mine), initial=len(mine) - len(todo), desc=label, unit="shard", disable=None) as bar:
             for i in todo:
                 self.write_rows(shard[i], work(chunks[i], i), every_rank=True)
                 bar.update(1)

@@ -14,12 +14,13 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from varreason.config import SFTConfig
 from varreason.errors import InputError, disk_failure
@@ -118,6 +119,7 @@ class WeightedSFTTrainer(Trainer):
             raise ValueError("normalizer 'constant' needs the precomputed constant")
         self.normalizer, self.constant = normalizer, constant
         self.model_accepts_loss_kwargs = False  # we compute the loss; the model must not
+        self._nll = torch.zeros(2, dtype=torch.float64)  # weighted NLL and weighted token count since the last log
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -143,6 +145,8 @@ class WeightedSFTTrainer(Trainer):
             weights = inputs.pop("weight")
             outputs = model(**inputs)
         nll, mask = token_nll(outputs.logits, labels)
+        if model.training:
+            self._count_nll(nll, mask, weights)
         if self.normalizer == "constant":
             norm = self.constant
         else:
@@ -150,6 +154,26 @@ class WeightedSFTTrainer(Trainer):
             norm = torch.clamp(torch.as_tensor(norm, dtype=torch.float32, device=nll.device), min=1.0)
         loss = weighted_sft_loss(nll, mask, weights, norm) * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
+
+    @torch.no_grad()
+    def _count_nll(self, nll: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor) -> None:
+        w = (weights[:, None] if weights.dim() == 1 else weights).to(nll.dtype)
+        step = torch.stack([(w * nll).sum(), (w * mask).sum()]).to(torch.float64)
+        self._nll = self._nll.to(step.device) + step
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Adds `nll_per_token` to each logged loss: the weighted mean NLL of the supervised tokens since the last log
+        (sum_e w_e sum_t CE / sum_e w_e n_e), the objective with each batch's own token count as the normalizer.
+        Why: with the constant normalizer the logged loss scales with how many tokens the batches held, so batches of
+        long and short examples (length-grouped) make it jump while the fit per token improves."""
+        if "loss" in logs:
+            total = self._nll
+            if self.args.world_size > 1:
+                total = self.accelerator.reduce(total.to(self.args.device), reduction="sum")
+            if total[1] > 0:
+                logs["nll_per_token"] = float(total[0] / total[1])
+            self._nll = torch.zeros_like(self._nll)
+        super().log(logs, start_time)
 
 
 # transformers renamed `gradient_checkpointing` to `activation_checkpointing` after 5.19 (the last release that
@@ -185,7 +209,7 @@ def _training_arguments(cfg: SFTConfig, work_dir: Path, seed: int) -> TrainingAr
         dataloader_num_workers=cfg.dataloader_num_workers,
         seed=seed,
         data_seed=seed,
-        disable_tqdm=False,
+        disable_tqdm=True,  # our ProgressLog shows the progress and the metrics (see `trainer_output`)
     )
 
 
@@ -272,6 +296,7 @@ def train_sft(
         group_by_length=cfg.group_by_length,
         callbacks=callbacks,
     )
+    trainer_output(trainer, out_dir.name)
     resume = last_complete_checkpoint(work_dir)
     start = time.time()
     with no_half_checkpoint_on_a_full_disk(work_dir):
@@ -283,6 +308,7 @@ def train_sft(
     save_on_main(trainer, tokenizer, out_dir, work_dir)
     tokens = sum(len(f["input_ids"]) for f in data.features) * (result.global_step * examples_per_step / len(rows))
     history = [h for h in trainer.state.log_history if "loss" in h]
+    nll_history = [(h["step"], h["nll_per_token"]) for h in history if "nll_per_token" in h]
     return {
         "examples": len(rows),
         "truncated": data.truncated,
@@ -294,10 +320,73 @@ def train_sft(
         "train_loss": result.training_loss,
         "final_logged_loss": history[-1]["loss"] if history else None,
         "loss_history": [(h["step"], h["loss"]) for h in history],
+        "nll_per_token_history": nll_history,
         "resumed_from": resume,
         "wall_seconds": wall,
         "tokens_per_second": tokens / wall if wall > 0 else None,
     }
+
+
+def trainer_output(trainer: Trainer, label: str) -> None:
+    """Our terminal output for a Trainer (ours or TRL's, built with `disable_tqdm=True`): the metric dicts that
+    transformers' PrinterCallback prints go to the run log, and `ProgressLog` shows one bar and one line per log."""
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(ProgressLog(label))
+
+
+class ProgressLog(TrainerCallback):
+    """A training stage in the terminal: a resume said plainly, one progress bar of optimiser steps, and one compact
+    line per logging step (main process only); every logged dict goes to the run log (`varreason.logs`).
+
+        initial  step 20/250  loss 1.234  (per token 0.812)  lr 1.9e-03  grad 0.52  4.1 s
+    """
+
+    def __init__(self, label: str):
+        self.label = label
+        self.bar = None
+        self.start = time.perf_counter()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from tqdm.auto import tqdm
+
+        self.start = time.perf_counter()
+        if not state.is_world_process_zero:
+            return
+        if state.global_step:
+            tqdm.write(f"  {self.label}: resumed from checkpoint-{state.global_step} (step {state.global_step} of "
+                       f"{state.max_steps})", file=sys.stderr)
+        self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=self.label, unit="step",
+                        disable=None)  # None: on a terminal only (log files get the lines without the redraws)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = dict(logs or {})
+        logs.pop("total_flos", None)
+        log.info("%s step %d/%d: %s", self.label, state.global_step, state.max_steps, logs)
+        if state.is_world_process_zero and "loss" in logs:
+            line = self.line(state.global_step, state.max_steps, logs, time.perf_counter() - self.start)
+            (self.bar.write if self.bar is not None else print)(line, file=sys.stderr)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def line(self, step: int, max_steps: int, logs: dict, seconds: float) -> str:
+        parts = [f"  {self.label}", f"step {step}/{max_steps}", f"loss {logs['loss']:.4g}"]
+        if "nll_per_token" in logs:
+            parts[-1] += f"  (per token {logs['nll_per_token']:.4g})"
+        if "reward" in logs:  # GRPO's
+            parts.append(f"reward {logs['reward']:.3g}")
+        if "learning_rate" in logs:
+            parts.append(f"lr {logs['learning_rate']:.1e}")
+        if logs.get("grad_norm") is not None:
+            parts.append(f"grad {logs['grad_norm']:.3g}")
+        parts.append(f"{seconds:.1f} s")
+        return "  ".join(parts)
 
 
 def save_on_main(trainer, tokenizer, out_dir: str | Path, work_dir: str | Path | None = None) -> None:

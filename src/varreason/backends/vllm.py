@@ -55,9 +55,12 @@ class VLLMEngine:
                  max_num_seqs: int = 256, enable_prefix_caching: bool = True, enforce_eager: bool = True,
                  seed: int = 0, tokenizer=None):
         import torch
-        from vllm import LLM
 
+        from varreason.logs import output_to_log, route_libraries
         from varreason.models import load_tokenizer
+
+        with output_to_log():  # vLLM's notices on import go to the run log
+            from vllm import LLM
 
         self.tokenizer = tokenizer or load_tokenizer(model_dir)
         if self.tokenizer.eos_token_id is None:
@@ -80,10 +83,12 @@ class VLLMEngine:
         # ("CPU Generator does not use offset" in the worker).
         cpu = {} if torch.cuda.is_available() else {"kv_cache_memory_bytes": int(kv_cache_gib * 2**30),
                                                     "enable_chunked_prefill": False}
-        self.llm = LLM(model=str(model_dir), dtype=dtype, tensor_parallel_size=tensor_parallel_size,
-                       gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-                       max_num_seqs=max_num_seqs, enable_prefix_caching=enable_prefix_caching,
-                       enforce_eager=enforce_eager, seed=seed, generation_config="vllm", **cpu)
+        with output_to_log():  # the engine's processes inherit the descriptors: all they print, for life, goes there
+            self.llm = LLM(model=str(model_dir), dtype=dtype, tensor_parallel_size=tensor_parallel_size,
+                           gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                           max_num_seqs=max_num_seqs, enable_prefix_caching=enable_prefix_caching,
+                           enforce_eager=enforce_eager, seed=seed, generation_config="vllm", **cpu)
+        route_libraries()  # vLLM's logger prints to stdout by itself: its later lines in this process go there too
         self.max_model_len: int = self.llm.llm_engine.model_config.max_model_len
 
     @classmethod

@@ -226,7 +226,7 @@ def infer_answer_type(rows: list[dict]) -> str:
 
 LOCAL_PROMPTS = {"math": QUESTION_PROMPT, "integer": QUESTION_PROMPT, "task": QUESTION_PROMPT,
                  "choice": CHOICE_PROMPT, "code": CODE_PROMPT}  # a file's template per answer type
-FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".tsv")
 
 
 def is_file_name(name: str) -> bool:
@@ -357,7 +357,7 @@ def _rows_from_hub(spec: BenchmarkSpec) -> list[dict]:
         ds = datasets.load_dataset(spec.hf_name, spec.hf_config, split=spec.hf_split)
     except Exception as exc:  # noqa: BLE001 - offline, gated, or renamed: one line for the user
         raise InputError(f"cannot load {spec.hf_name} ({type(exc).__name__}); the data is not shipped: pass "
-                         f"--data FILE (a .jsonl/.parquet of this benchmark)", field="benchmark") from None
+                         f"--data FILE (a .jsonl/.json/.csv/.tsv/.parquet of this benchmark)", field="benchmark") from None
     return list(ds)
 
 

@@ -181,14 +181,17 @@ def evaluate_many(model_dir: str, benchmarks: list[str], out_dir: str | Path, **
     and a table shaped like the paper's."""
     from varreason.backends import open_engine
     from varreason.eval.metrics import macro_average
+    from varreason.logs import log_name, run_log
 
     check_request(benchmarks, kwargs.get("data"), kwargs.get("prompt_template"))  # before a model loads
     check_counts(kwargs.get("n"), kwargs.get("limit"), kwargs.get("chunk_size", 64))
     ranks = kwargs.get("ranks")
     run = RunDir(out_dir, ranks)
     e = kwargs.get("e") or EvalConfig()
-    with run.lock(), open_engine(kwargs.get("backend", "hf"), model_dir, batch_size=e.batch_size,
-                                 vllm=kwargs.get("vllm"), seed=kwargs.get("seed", 0)) as engine:
+    library_log = log_name(run.ranks.index, run.ranks.count, run.ranks.group)  # <out_dir>/logs/run.log
+    with run.lock(), run_log(run.path, library_log), open_engine(
+            kwargs.get("backend", "hf"), model_dir, batch_size=e.batch_size, vllm=kwargs.get("vllm"),
+            seed=kwargs.get("seed", 0)) as engine:
         kwargs.setdefault("generator", engine)
         summary, unfinished = {}, []
         for name in benchmarks:
@@ -217,7 +220,7 @@ def evaluate_many(model_dir: str, benchmarks: list[str], out_dir: str | Path, **
 
 def print_table(summary: dict) -> None:
     names = list(summary["benchmarks"])
-    table = Table(title=f"avg@n (%) — {summary['model']}")
+    table = Table()
     table.add_column("model")
     for name in names:
         b = summary["benchmarks"][name]
@@ -225,4 +228,6 @@ def print_table(summary: dict) -> None:
     table.add_column("avg", justify="right")
     cells = [f"{100 * summary['benchmarks'][n]['avg@n']:.1f}" for n in names]
     table.add_row(Path(summary["model"]).name, *cells, f"{100 * summary['macro_average']:.1f}")
-    Console().print(table)
+    out = Console()
+    out.print(f"avg@n (%): {summary['model']}", highlight=False, soft_wrap=True)  # a title would wrap a long path
+    out.print(table)

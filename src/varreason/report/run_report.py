@@ -5,8 +5,15 @@ from __future__ import annotations
 from varreason.runs import RunDir
 
 
-def _levels(summary: dict) -> list[str]:
-    return sorted({d for m in summary.values() for d in m["by_difficulty"]}, key=lambda d: (len(d), d))
+def difficulty_levels(summary: dict) -> list[str]:
+    """Difficulty levels to show; none when no problem has one (0 means "not given", as in user data without a
+    difficulty column)."""
+    levels = sorted({d for m in summary.values() for d in m["by_difficulty"]}, key=lambda d: (len(d), d))
+    return [] if levels == ["0"] else levels
+
+
+def difficulty_label(level: str) -> str:
+    return "no d" if level == "0" else f"d={level}"
 
 
 def plot_accuracy_by_difficulty(summary: dict, path) -> None:
@@ -15,7 +22,7 @@ def plot_accuracy_by_difficulty(summary: dict, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    levels = _levels(summary)
+    levels = difficulty_levels(summary)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     width = 0.8 / max(1, len(summary))
     for i, (name, m) in enumerate(summary.items()):
@@ -25,7 +32,7 @@ def plot_accuracy_by_difficulty(summary: dict, path) -> None:
                [(b["ci_high"] - b["accuracy"]) if b else 0 for b in blocks]]
         xs = [j + i * width for j in range(len(levels))]
         ax.bar(xs, acc, width, yerr=err, capsize=3, label=name)
-    ax.set_xticks([j + width * (len(summary) - 1) / 2 for j in range(len(levels))], [f"d={d}" for d in levels])
+    ax.set_xticks([j + width * (len(summary) - 1) / 2 for j in range(len(levels))], [difficulty_label(d) for d in levels])
     ax.set_ylim(0, 1)
     ax.set_ylabel("held-out accuracy (95% CI)")
     ax.set_title("Accuracy by difficulty")
@@ -35,16 +42,21 @@ def plot_accuracy_by_difficulty(summary: dict, path) -> None:
     plt.close(fig)
 
 
-def plot_loss(history: list, path, title: str) -> None:
+def plot_loss(history: list, path, title: str, nll_per_token: list | None = None) -> None:
+    """The logged objective and, when recorded, the weighted NLL per supervised token (`training.py`): with the
+    constant normalizer the objective follows the batches' token counts, the per-token NLL the fit."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([s for s, _ in history], [v for _, v in history])
+    ax.plot([s for s, _ in history], [v for _, v in history], label="objective (weighted SFT loss)")
+    if nll_per_token:
+        ax.plot([s for s, _ in nll_per_token], [v for _, v in nll_per_token], label="NLL per supervised token")
+        ax.legend()
     ax.set_xlabel("optimiser step")
-    ax.set_ylabel("weighted SFT loss")
+    ax.set_ylabel("loss")
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -124,11 +136,13 @@ def trace_quality(run: RunDir) -> dict | None:
 def plot_trace_quality(quality: dict, path) -> None:
     plt = _plt()
     levels = sorted(quality, key=lambda d: (d == "all", len(d), d))
+    if levels == ["0", "all"]:  # no difficulty given: the one group is all of them
+        levels = ["all"]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     xs = range(len(levels))
     ax.bar([x - 0.2 for x in xs], [quality[d]["pi0"] for d in levels], 0.4, label="pi0's own traces")
     ax.bar([x + 0.2 for x in xs], [quality[d]["q"] for d in levels], 0.4, label="q's traces (hinted)")
-    ax.set_xticks(list(xs), [d if d == "all" else f"d={d}" for d in levels])
+    ax.set_xticks(list(xs), [d if d == "all" else difficulty_label(d) for d in levels])
     ax.set_ylim(0, 1)
     ax.set_ylabel("share of pi0's answers correct")
     ax.set_title("Traces that lead pi0 to the right answer")
@@ -174,30 +188,35 @@ def write_report(run: RunDir, stale: list[str] = ()) -> str | None:
     stages = run.manifest()["stages"]
     plots = run.path / "plots"
     plots.mkdir(exist_ok=True)
-    plot_accuracy_by_difficulty(summary, plots / "accuracy_by_difficulty.png")
-    levels = _levels(summary)
+    levels = difficulty_levels(summary)
+    if levels:
+        plot_accuracy_by_difficulty(summary, plots / "accuracy_by_difficulty.png")
     lines = [f"# Run report: {run.path.name}", ""]
     if stale:
         lines += ["**Stale**: made from artifacts since replaced, so their numbers do not describe this folder's "
                   "current data: " + "; ".join(stale) + ".", ""]
     lines += ["## Held-out accuracy", "",
-             "| model | overall | 95% CI | " + " | ".join(f"d={d}" for d in levels) + " |",
+             "| model | overall | 95% CI |" + "".join(f" {difficulty_label(d)} |" for d in levels),
              "|---|---|---|" + "---|" * len(levels)]
     for name, m in summary.items():
-        cells = [f"{m['by_difficulty'][d]['accuracy']:.1%}" if d in m["by_difficulty"] else "-" for d in levels]
-        lines.append(f"| {name} | {m['accuracy']:.1%} | [{m['ci_low']:.1%}, {m['ci_high']:.1%}] | "
-                     + " | ".join(cells) + " |")
-    lines += ["", "![accuracy by difficulty](plots/accuracy_by_difficulty.png)", ""]
+        cells = [f" {m['by_difficulty'][d]['accuracy']:.1%} |" if d in m["by_difficulty"] else " - |" for d in levels]
+        lines.append(f"| {name} | {m['accuracy']:.1%} | [{m['ci_low']:.1%}, {m['ci_high']:.1%}] |" + "".join(cells))
+    lines += ["", "![accuracy by difficulty](plots/accuracy_by_difficulty.png)" if levels
+              else "No difficulty given: accuracy overall only.", ""]
     lines += _variational_section(run, plots)
     for name, entry in stages.items():
         history = entry["counts"].get("loss_history") if isinstance(entry.get("counts"), dict) else None
         if history:
-            plot_loss(history, plots / f"loss_{name}.png", f"training loss: {name}")
+            plot_loss(history, plots / f"loss_{name}.png", f"training loss: {name}",
+                      entry["counts"].get("nll_per_token_history"))
             c = entry["counts"]
+            nll = c.get("nll_per_token_history") or []
+            fit = (f" NLL per supervised token {nll[0][1]:.3f} at step {nll[0][0]}, {nll[-1][1]:.3f} at step "
+                   f"{nll[-1][0]}." if len(nll) > 1 else "")
             lines += [f"## Training: {name}", "",
                       (f"{c['examples']} examples, {c['optimizer_steps']} optimiser steps, normalizer "
-                       f"`{c['normalizer']}`, {c['wall_seconds']:.0f} s, {c['tokens_per_second']:.0f} tokens/s."), "",
-                      f"![loss {name}](plots/loss_{name}.png)", ""]
+                       f"`{c['normalizer']}`, {c['wall_seconds']:.0f} s, {c['tokens_per_second']:.0f} tokens/s.{fit}"),
+                      "", f"![loss {name}](plots/loss_{name}.png)", ""]
     lines += ["## Stages", "", "| stage | wall time (s) |", "|---|---|"]
     lines += [f"| {name} | {entry['wall_seconds']:.1f} |" for name, entry in stages.items()]
     text = "\n".join(lines) + "\n"

@@ -45,7 +45,13 @@ from varreason.stages.common import (
 from varreason.tasks import score_problem
 from varreason.tasks.base import Problem
 from varreason.templates import Templates
-from varreason.training import last_complete_checkpoint, no_half_checkpoint_on_a_full_disk, save_on_main, train_sft
+from varreason.training import (
+    last_complete_checkpoint,
+    no_half_checkpoint_on_a_full_disk,
+    save_on_main,
+    train_sft,
+    trainer_output,
+)
 
 # --- RFT --------------------------------------------------------------------------------------------------------------
 
@@ -167,15 +173,18 @@ def grpo_config(cfg: RunConfig, work_dir, log_dir):
         lr_scheduler_type=g.lr_scheduler_type, max_grad_norm=g.max_grad_norm, logging_steps=g.logging_steps,
         save_strategy="steps", save_steps=g.save_steps, save_total_limit=1, report_to=g.report_to or "none",
         bf16=g.bf16 and on_gpu, use_cpu=not on_gpu, gradient_checkpointing=g.gradient_checkpointing,
-        seed=cfg.seed, data_seed=cfg.seed, disable_tqdm=False,
+        seed=cfg.seed, data_seed=cfg.seed, disable_tqdm=True,  # our ProgressLog instead (training.trainer_output)
     )
 
 
 def stage_grpo(cfg: RunConfig, run: RunDir) -> dict:
     """GRPO of pi0 on the sampled training questions; saves models/<grpo.name> and its reward log."""
-    from datasets import Dataset
-    from trl import GRPOTrainer
+    from varreason.logs import output_to_log, route_libraries
 
+    with output_to_log():  # TRL imports vLLM when it is installed: their notices on import go to the run log
+        from datasets import Dataset
+        from trl import GRPOTrainer
+    route_libraries()  # and their loggers' later lines
     g = cfg.grpo
     init = model_dir(run, "initial")
     tokenizer = load_tokenizer(init)
@@ -190,6 +199,7 @@ def stage_grpo(cfg: RunConfig, run: RunDir) -> dict:
     model = load_model(init)
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=grpo_config(cfg, work_dir, run.path / "logs" / g.name),
                           train_dataset=dataset, processing_class=tokenizer)
+    trainer_output(trainer, g.name)
     resume = last_complete_checkpoint(work_dir)
     start = time.time()
     with no_half_checkpoint_on_a_full_disk(work_dir):

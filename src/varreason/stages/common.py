@@ -58,10 +58,12 @@ def check_hints(cfg: RunConfig, problems: list[Problem], source: str, file_rows:
     for i, p in enumerate(problems):
         if not str(p.meta.get("solution") or "").strip():
             row = p.meta.get("row", i) if file_rows else i
+            line = {"line": int(p.meta["line"]), "unit": p.meta.get("unit", "line")} if (
+                file_rows and "line" in p.meta) else {}  # a user's file: its 1-based line (record, row)
             raise InputError("posterior.hint is 'solution' but this problem has no reference solution (the built-in "
                              "sum / product tasks and Bespoke-Stratos rows have one; user data: set "
                              "task.solution_column; a run folder whose data predates solutions: rerun `varreason "
-                             "data --force`)", file=source, row=int(row), field="meta.solution")
+                             "data --force`)", file=source, row=int(row), field="meta.solution", **line)
 
 
 def sft_rows(problems: list[Problem], templates: Templates) -> list[dict]:

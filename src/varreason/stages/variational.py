@@ -23,6 +23,7 @@ Where we depart from the released scripts (see docs/variational.md):
 from __future__ import annotations
 
 import math
+import sys
 from collections import defaultdict
 
 from varreason import objectives
@@ -461,9 +462,9 @@ def build_rows(cfg: RunConfig, run: RunDir, templates: Templates) -> tuple[list[
 def stage_build(cfg: RunConfig, run: RunDir) -> dict:
     rows, counts = build_rows(cfg, run, Templates(cfg.format, load_tokenizer(model_dir(run, "initial"))))
     run.write_rows("train/final.parquet", rows)
-    if counts["fallbacks"]:
-        print(f"build: {counts['fallbacks']} of {counts['questions']} questions had no eligible trace and fell back "
-              "to their teacher trace")
+    if counts["fallbacks"] and run.ranks.main:  # on stderr with the stage lines, not amid the results on stdout
+        print(f"  build: {counts['fallbacks']} of {counts['questions']} questions had no eligible trace and fell back "
+              "to their teacher trace", file=sys.stderr)
     return counts
 
 

@@ -28,7 +28,7 @@ problems (APPS 3,299, TACO 2,096 of 16,710; `reference/original-recipe.md` §0) 
 
 Every defect (a conversation that is not a list, a turn that is not a {"from", "value"} object, a missing user or
 assistant turn, a missing or misplaced marker, an empty section, text outside the sections) is one InputError naming
-the file, the row (0-based) and the field (`conversations[1].value`, ...).
+the file, the row and the field (`conversations[1].value`, ...); `tasks.user` reports it at the row's 1-based line.
 """
 
 from __future__ import annotations
