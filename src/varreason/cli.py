@@ -23,7 +23,7 @@ import sys
 
 from varreason import logs
 from varreason.errors import InputError, disk_failure
-from varreason.runs import SHARDED
+from varreason.stages.graph import SHARDED
 
 # name -> (what it does, the arguments of its invocation after `varreason NAME`)
 COMMANDS = {

@@ -340,9 +340,6 @@ class VLLMConfig:
         return settings
 
 
-ENGINE_SECTIONS = ("sample", "score", "rollout", "eval")  # the sections whose stage samples or scores
-
-
 @dataclass
 class RunConfig:
     output_dir: str = option("runs/demo", "the run folder (every artifact of the run)")
@@ -405,6 +402,9 @@ HASH_OMIT_AT_DEFAULT = {("sample", "proposal"), ("task", "solution_column"), ("p
                         ("final", "sft_paper")} | {(section, key) for key in ("adam_beta2", "padding_free")
                                                    for section in ("initial", "posterior", "final", "rft")}
 _DEFAULTS = RunConfig().to_dict()
+# the sections whose stage samples or scores: the ones with a `backend` field
+ENGINE_SECTIONS = tuple(f.name for f in dataclasses.fields(RunConfig) if dataclasses.is_dataclass(f.default_factory)
+                        and "backend" in {g.name for g in dataclasses.fields(f.default_factory)})
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,21 +1,15 @@
-"""The stage graph: every stage's function, config sections, inputs and outputs in one table; skip-when-done; the
+"""Running the stage table (`stages/graph.py`): skip-when-done, nothing finished replaced silently, rounds, the
 printed results.
-
-    data -> base -> initial -> posterior -> sample -> score -> rollout -> weights -> build -> final -> matched -> eval
-
-and the baselines, run alone (`varreason rft`, `varreason grpo`) or by `varreason compare`: rft (after `sample` with
-`sample.proposal: prior`) and grpo (after `initial`).
 
 Rounds (`rounds: T`, Algorithm 1): round 1 is the run folder itself; round t >= 2 runs posterior -> ... -> final again
 in rounds/<t>/ on round t-1's models (`round_folder`), and its final model joins the run's models as
 <final.name>-round<t>, evaluated after the round.
 
 A stage is skipped when the manifest holds it with the same hash of the config sections it (and everything
-upstream) depends on and its outputs exist. `eval` always runs and skips, model by model, what it already did.
+upstream) depends on, made from the very artifacts it reads, and its outputs exist. `eval` always runs and skips,
+model by model, what it already did.
 
-Several processes (`runs.Ranks`): a stage's `parallel` says how a process group shares it. "train": every rank
-runs it and the HF Trainer makes it data-parallel; "split": every rank runs it and its sharded work (sampling,
-scoring, rollouts, eval) is split across the ranks by chunk; "": rank 0 runs it while the others wait. Only rank 0
+Several processes (`runs.Ranks`): each stage's `parallel` (graph.py) says how a process group shares it. Only rank 0
 writes artifacts and the manifest; every stage ends with a barrier.
 """
 
@@ -25,7 +19,6 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from rich.console import Console
@@ -34,123 +27,19 @@ from rich.table import Table
 from varreason import logs
 from varreason.config import RunConfig, dump_config
 from varreason.report.run_report import difficulty_label, difficulty_levels, write_report
-from varreason.runs import SHARDED, Ranks, RunDir, ShardFinished
-from varreason.stages import baselines, pi0, variational
-from varreason.stages.eval import stage_eval
+from varreason.runs import Ranks, RunDir, ShardFinished
+from varreason.stages import pi0
+from varreason.stages.graph import (  # noqa: F401 - the table's names, as `varreason.pipeline` always gave them
+    BASELINES,
+    ORDER,
+    ROUND_STAGES,
+    SHARDED,
+    STAGES,
+    VARIATIONAL_STAGES,
+    Stage,
+)
 
 console = Console(stderr=True)
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    fn: Callable[[RunConfig, RunDir], dict]
-    sections: tuple[str, ...]  # config sections this stage (and everything upstream of it) depends on
-    reads: tuple[str, ...]  # the stages whose artifacts it reads: it is redone when one of them was made anew
-    outputs: Callable[[RunConfig], list[str]]  # artifacts that must exist for it to count as done, for this config
-    parallel: str = ""  # how a process group shares it: "train" | "split" | "" (rank 0 alone); see the docstring
-    always: bool = False  # run every time (the stage caches its own work)
-    engines: bool = True  # reads samples / scores made by a sampling engine (grpo samples with TRL: False)
-    model: str = ""  # the config section naming the model it trains (final, rft, grpo): one entry per name
-    fields: Callable[[RunConfig], dict] | None = None  # single fields of other sections it depends on (hashed too)
-
-    def key(self, cfg: RunConfig) -> str:
-        """Its manifest entry: the stage's name, with the model's name when that is not the default one, so a
-        variant (`--final.name final-acc`) is recorded beside the model it does not replace."""
-        name = getattr(cfg, self.model).name if self.model else self.name
-        return self.name if name == self.name else f"{self.name}:{name}"
-
-    def hashed_sections(self, cfg: RunConfig) -> tuple[str, ...]:
-        if "posterior" in self.sections and cfg.posterior.mode == "forward_kl":  # q is trained on pi's traces
-            return tuple(dict.fromkeys(self.sections + ("sample", "rollout", "weights")))
-        return self.sections
-
-    def settings(self, cfg: RunConfig) -> dict:
-        """What its hash covers, recorded with its artifacts (a refusal names the fields that differ)."""
-        extra = self.fields(cfg) if self.fields else {}
-        return {**cfg.section_settings(*self.hashed_sections(cfg), engines=self.engines), **extra}
-
-    def config_hash(self, cfg: RunConfig, round: int = 1) -> str:
-        own = hashlib.sha256(json.dumps(self.settings(cfg), sort_keys=True).encode()).hexdigest()[:16]  # = section_hash
-        if round == 1:
-            return own
-        # round t >= 2 starts from round t-1's final model, so it depends on everything that model depends on
-        upstream = STAGES["final"].config_hash(cfg)
-        return hashlib.sha256(f"{upstream}:{own}:round{round}".encode()).hexdigest()[:16]
-
-    def is_done(self, cfg: RunConfig, run: RunDir) -> bool:
-        """Its artifacts are there, made with these settings from the very artifacts it would read now."""
-        return run.is_done(self.key(cfg), self.config_hash(cfg, run.round), self.outputs(cfg), self.made_from(cfg, run))
-
-    def made_from(self, cfg: RunConfig, run: RunDir) -> dict:
-        """The run ids of the artifacts it reads, as the folder holds them now."""
-        entries = run.manifest()["stages"]  # read once
-        keys = {name: STAGES[name].key(cfg) for name in self.reads}
-        return {name: entries[key].get("run_id") for name, key in keys.items() if key in entries}
-
-
-PI0 = ("seed", "task", "format", "model", "initial")  # every stage after pi0 depends on these
-SAMPLED = PI0 + ("posterior", "sample")
-
-
-def _base_is_built(cfg: RunConfig) -> bool:
-    """models/base is written by the base stage: a tiny model from scratch, or a GGUF checkpoint converted."""
-    from varreason.models import is_gguf
-
-    return not cfg.model.name_or_path or is_gguf(cfg.model.name_or_path)
-
-
-def _rollout_outputs(cfg: RunConfig) -> list[str]:
-    return (["scores/rollouts.parquet"] if cfg.rollout.num_generations else []) + (
-        ["scores/prior_samples.parquet"] if cfg.rollout.prior_samples else [])
-
-
-def _dropped_rows_depend_on(cfg: RunConfig) -> dict:
-    """`task.long_rows: drop`: which rows the data stage keeps depends on the tokenizer, the templates and the length
-    limits (`stages.pi0.fit_lengths`), so those fields are the data's settings too; with `refuse` they are not."""
-    if cfg.task.long_rows != "drop":
-        return {}
-    c = cfg.to_dict()
-    return {"long_rows_drop": {"format": c["format"], "model": c["model"], "initial.max_length": cfg.initial.max_length,
-                               "posterior.max_length": cfg.posterior.max_length, "posterior.hint": cfg.posterior.hint,
-                               "sample.proposal": cfg.sample.proposal}}
-
-
-STAGES: dict[str, Stage] = {s.name: s for s in [
-    Stage("data", pi0.stage_data, ("seed", "task"), (),
-          lambda c: ["data/train.parquet", "data/test.parquet"], fields=_dropped_rows_depend_on),
-    Stage("base", pi0.stage_base, ("seed", "task", "format", "model"), ("data",),
-          lambda c: ["models/base/config.json"] if _base_is_built(c) else []),
-    Stage("initial", pi0.stage_initial, PI0, ("data", "base"),
-          lambda c: ["models/initial/config.json"], "train"),
-    Stage("posterior", variational.stage_posterior, PI0 + ("posterior",), ("data", "base", "initial"),
-          lambda c: [] if c.sample.proposal == "prior" else ["models/posterior/config.json"], "train"),
-    Stage("sample", variational.stage_sample, SAMPLED, ("data", "initial", "posterior"),
-          lambda c: ["samples/posterior.parquet"], "split"),
-    Stage("score", variational.stage_score, SAMPLED + ("score",), ("sample", "initial", "posterior"),
-          lambda c: ["scores/scores.parquet"], "split"),
-    Stage("rollout", variational.stage_rollout, SAMPLED + ("rollout",), ("data", "sample", "initial"),
-          _rollout_outputs, "split"),
-    Stage("weights", variational.stage_weights, SAMPLED + ("score", "rollout", "weights"),
-          ("sample", "score", "rollout"), lambda c: ["weights.parquet"]),
-    Stage("build", variational.stage_build, SAMPLED + ("score", "rollout", "weights", "build"),
-          ("data", "sample", "rollout", "weights"), lambda c: ["train/final.parquet"]),
-    Stage("final", variational.stage_final, SAMPLED + ("score", "rollout", "weights", "build", "final"),
-          ("base", "initial", "build"), lambda c: [f"models/{c.final.name}/config.json"], "train", model="final"),
-    Stage("matched", variational.stage_matched, PI0 + ("final",), ("data", "base", "initial"),
-          lambda c: (["models/sft-matched/config.json"] if c.final.sft_matched else [])
-          + (["models/sft-paper/config.json"] if c.final.sft_paper else []), "train"),
-    Stage("rft", baselines.stage_rft, SAMPLED + ("final", "rft"), ("data", "base", "initial", "sample"),
-          lambda c: [f"train/{c.rft.name}.parquet", f"models/{c.rft.name}/config.json"], "train", model="rft"),
-    Stage("grpo", baselines.stage_grpo, PI0 + ("sample", "grpo"), ("data", "initial"),
-          lambda c: [f"models/{c.grpo.name}/config.json", f"grpo/{c.grpo.name}/rewards.parquet"], "train",
-          engines=False, model="grpo"),
-    Stage("eval", stage_eval, ("seed", "task", "format", "eval"), (),
-          lambda c: ["eval/summary.json"], "split", always=True),
-]}
-ORDER = [n for n in STAGES if n not in ("rft", "grpo")]  # `varreason run`; baselines run alone or via `compare`
-VARIATIONAL_STAGES = ("posterior", "sample", "score", "rollout", "weights", "build", "final")  # q's traces -> final
-ROUND_STAGES = VARIATIONAL_STAGES  # what a round t >= 2 redoes
 
 
 def work_key(config_hash: str, made_from: dict) -> str:
@@ -180,7 +69,7 @@ def run_stage(name: str, cfg: RunConfig, run: RunDir, force: bool = False) -> di
     try:
         with run.running(shards):
             if stage.parallel or run.ranks.main:
-                counts = stage.fn(cfg, run)
+                counts = stage.function()(cfg, run)
     except ShardFinished as done:  # a --shard job did its part: nothing merged, nothing recorded
         say(f"  {done}; `varreason {name}` without --shard merges the shards"
             + (" (and does the missing chunks)" if done.missing else ""))

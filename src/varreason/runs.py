@@ -26,7 +26,6 @@ from pathlib import Path
 
 from varreason.errors import InputError
 
-SHARDED = ("sample", "score", "rollout", "eval")  # the stages (commands) a `--shard i/n` job can do its part of
 
 
 @dataclass(frozen=True)
