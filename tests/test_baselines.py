@@ -19,6 +19,7 @@ from varreason.objectives import (
 )
 from varreason.report import bias
 from varreason.stages.baselines import VerifierReward, rft_rows
+from varreason.stages.methods import METHODS
 from varreason.tasks.base import Problem
 from varreason.templates import Templates
 
@@ -193,12 +194,12 @@ def test_bias_measure_of_a_grpo_log_follows_the_formula(tmp_path):
     cfg = RunConfig()
     run = RunDir(tmp_path)
     run.write_rows("grpo/grpo/rewards.parquet", log)
-    curve = bias.measure("grpo", cfg, run, {})
+    curve = bias.measure(METHODS["grpo"].bias, cfg, run, {})
     assert curve["formula"] == "grpo" and curve["relative_rmse"] == pytest.approx(0.0, abs=1e-9)
     at = {b["p"]: b["mean_weight"] for b in curve["bins"]}
     assert at[0.0] == 0.0 and at[1.0] == 0.0 and at[0.5] == pytest.approx(math.sqrt(7 / 8))
     # against pi0's P: q0 and q9 both have pi0 P = 0.25; their mean group weight is binned there
-    curve = bias.measure("grpo", cfg, run, {"q0": 0.25, "q9": 0.25, "q4": 0.5})
+    curve = bias.measure(METHODS["grpo"].bias, cfg, run, {"q0": 0.25, "q9": 0.25, "q4": 0.5})
     assert curve["x"] == "pi0" and curve["points"] == 3 and curve["groups"] == 11
     at = {b["p"]: b["mean_weight"] for b in curve["bins"]}
     assert at[0.25] == pytest.approx((0.0 + 0.25 / math.sqrt(0.25 * 0.75 * 8 / 7)) / 2)
@@ -206,7 +207,7 @@ def test_bias_measure_of_a_grpo_log_follows_the_formula(tmp_path):
     assert curve["group_relative_rmse"] == pytest.approx(0.0, abs=1e-9)
     cfg.grpo.reward, cfg.grpo.scale_rewards = "debiased", "none"
     run.write_rows("grpo/grpo/rewards.parquet", dlog)
-    curve = bias.measure("grpo", cfg, run, {})
+    curve = bias.measure(METHODS["grpo"].bias, cfg, run, {})
     assert curve["formula"] == "variational" and curve["relative_rmse"] == pytest.approx(0.0, abs=1e-9)
     assert curve["scale"] == pytest.approx(1.0)
 
@@ -232,6 +233,6 @@ def test_compare_config_errors_are_one_line(tmp_path):
                                 ("compare.variants", "{rft-norm: {method: rft, rft.mode: normalized}}")])
     methods = resolve_methods(cfg)
     assert list(methods) == ["sft", "rft-norm"]
-    assert methods["rft-norm"].overrides["rft.name"] == "rft-norm"
+    assert methods["rft-norm"].overrides()["rft.name"] == "rft-norm"
     with pytest.raises(InputError, match="name"):
         load_config("smoke", [("grpo.name", "initial")])

@@ -16,7 +16,6 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
@@ -25,74 +24,31 @@ from rich.table import Table
 from varreason import logs
 from varreason.config import RunConfig, dump_config, set_value, validate
 from varreason.errors import InputError
-from varreason.pipeline import (
-    STAGES,
-    VARIATIONAL_STAGES,
-    refuse_replacing,
-    round_model,
-    run_rounds,
-    run_stage,
-    write_folder_config,
-)
+from varreason.pipeline import STAGES, refuse_replacing, run_rounds, run_stage, write_folder_config
 from varreason.report import bias
 from varreason.report.run_report import difficulty_label, difficulty_levels
 from varreason.runs import RunDir
 from varreason.stages.eval import evaluate_if_changed
+from varreason.stages.methods import METHODS, PI0_STAGES, Method
 
 console = Console(stderr=True)
-PI0_STAGES = ("data", "base", "initial")
-
-
-@dataclass(frozen=True)
-class Method:
-    kind: str  # sft | sft-matched | sft-paper | variational | no-hint | rft | grpo: how the model is made and measured
-    stages: tuple[str, ...]  # after data, base and initial
-    overrides: dict = field(default_factory=dict)  # section.field -> value, on top of the compare config
-    description: str = ""
-
-
-BUILTIN: dict[str, Method] = {
-    "sft": Method("sft", (), {}, "pi0: SFT on the teacher traces"),
-    "sft-matched": Method("sft-matched", ("matched",), {"final.sft_matched": True},
-                          "pi0's recipe continued with the final model's init, steps and batch"),
-    "sft-paper": Method("sft-paper", ("matched",), {"final.sft_paper": True},
-                        "the paper's baseline: as sft-matched with half the final model's batch (its 192 vs 96)"),
-    "variational": Method("variational", VARIATIONAL_STAGES, {"sample.proposal": "posterior"},
-                          "q's hinted traces, importance-weighted (the method)"),
-    "no-hint": Method("no-hint", VARIATIONAL_STAGES[1:], {"sample.proposal": "prior", "final.name": "no-hint"},
-                      "the paper's w/o y': pi0's own traces, the same estimator and build"),
-    "rft": Method("rft", ("sample", "rft"), {"sample.proposal": "prior"},
-                  "pi0's own traces, verified; correct ones kept; SFT"),
-    "grpo": Method("grpo", ("grpo",), {"grpo.reward": "binary", "grpo.name": "grpo"},
-                   "TRL GRPO from pi0, verifier reward"),
-    "grpo-debiased": Method("grpo", ("grpo",), {"grpo.reward": "debiased", "grpo.scale_rewards": "none",
-                                                "grpo.name": "grpo-debiased"},
-                            "GRPO with the paper's debiased reward 1(correct)/P̂ (§4; untested in the paper)"),
-}
-NAME_FIELD = {"variational": "final.name", "no-hint": "final.name", "rft": "rft.name", "grpo": "grpo.name"}
-
-
 def resolve_methods(cfg: RunConfig) -> dict[str, Method]:
-    """The methods to run, in order: `compare.methods` (built-in names) then `compare.variants`."""
+    """The methods to run, in order: `compare.methods` (declared in stages/methods.py) then `compare.variants`."""
     out: dict[str, Method] = {}
     for name in cfg.compare.methods:
-        if name not in BUILTIN:
-            close = difflib.get_close_matches(name, list(BUILTIN) + list(cfg.compare.variants), n=1)
+        if name not in METHODS:
+            close = difflib.get_close_matches(name, list(METHODS) + list(cfg.compare.variants), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise InputError(f"unknown method '{name}' in compare.methods{hint}; built-in: {', '.join(BUILTIN)}")
-        out[name] = BUILTIN[name]
+            raise InputError(f"unknown method '{name}' in compare.methods{hint}; built-in: {', '.join(METHODS)}")
+        out[name] = METHODS[name]
     for name, spec in cfg.compare.variants.items():
         spec = dict(spec or {})
         base = spec.pop("method", None)
-        if base not in BUILTIN:
-            raise InputError(f"compare.variants.{name}: 'method' must be one of {', '.join(BUILTIN)}, got {base!r}")
+        if base not in METHODS:
+            raise InputError(f"compare.variants.{name}: 'method' must be one of {', '.join(METHODS)}, got {base!r}")
         if name in out:
             raise InputError(f"compare.variants.{name}: the name is taken by a built-in method")
-        m = BUILTIN[base]
-        overrides = {**m.overrides, **{k: v for k, v in spec.items()}}
-        if m.kind in NAME_FIELD:
-            overrides[NAME_FIELD[m.kind]] = name
-        out[name] = Method(m.kind, m.stages, overrides, f"{base} with {spec}")
+        out[name] = METHODS[base].variant(name, spec)
     if not out:
         raise InputError("compare.methods and compare.variants are both empty: nothing to compare")
     return out
@@ -100,16 +56,10 @@ def resolve_methods(cfg: RunConfig) -> dict[str, Method]:
 
 def method_config(cfg: RunConfig, name: str, method: Method, root: Path) -> RunConfig:
     mc = copy.deepcopy(cfg)
-    for key, value in method.overrides.items():
+    for key, value in method.overrides().items():
         set_value(mc, key, value if isinstance(value, str) else json.dumps(value), source=f"compare method {name}")
     mc.output_dir = str(root / "methods" / name)
     return validate(mc)
-
-
-def model_name(cfg: RunConfig, method: Method) -> str:
-    final = round_model(cfg, cfg.rounds)  # the last round's final model
-    return {"sft": "initial", "sft-matched": "sft-matched", "sft-paper": "sft-paper", "variational": final,
-            "no-hint": final, "rft": cfg.rft.name, "grpo": cfg.grpo.name}[method.kind]
 
 
 # --- adopting finished stages from other run folders ------------------------------------------------------------------
@@ -169,13 +119,13 @@ def run_method(name: str, method: Method, cfg: RunConfig, donors: list[RunDir], 
         console.rule(f"[bold]{name}[/bold]: {method.description}")
         for stage in stages:
             adopt_or_run(stage, cfg, run, donors, force=force and stage in method.stages)
-        if method.kind in ("variational", "no-hint") and cfg.rounds > 1:
+        if method.training.rounds and cfg.rounds > 1:
             run_rounds(cfg, run, force=force, evaluate=False)
-        model = model_name(cfg, method)
+        model = method.model(cfg)
         metrics = evaluate_if_changed(cfg, run, model, force=force)
     entries = {s: run.entry(STAGES[s].key(cfg)) for s in stages}
     wall = {s: e["wall_seconds"] for s, e in entries.items() if e}
-    return {"method": method.kind, "model": model, "run_dir": str(run.path), "accuracy": metrics["accuracy"],
+    return {"method": method.base or method.name, "model": model, "run_dir": str(run.path), "accuracy": metrics["accuracy"],
             "ci_low": metrics["ci_low"], "ci_high": metrics["ci_high"], "n": metrics["n"],
             "by_difficulty": metrics["by_difficulty"], "wall_seconds": sum(wall.values()),
             "method_wall_seconds": sum(v for s, v in wall.items() if s not in PI0_STAGES),
@@ -224,7 +174,7 @@ def run_compare(cfg: RunConfig, out_dir: str | Path, reuse: list[str] | None = N
         p_of = difficulty_source(cfg, root, configs, donors + [RunDir(r["run_dir"]) for r in results.values()])
         curves = {}
         for name, m in methods.items():
-            curve = bias.measure(m.kind, configs[name], RunDir(configs[name].output_dir), p_of)
+            curve = bias.measure(m.bias, configs[name], RunDir(configs[name].output_dir), p_of) if m.bias else None
             if curve:
                 curves[name] = curve
         top.write_json("bias.json", curves)

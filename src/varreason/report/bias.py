@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from varreason import objectives
 from varreason.runs import RunDir
+
+if TYPE_CHECKING:
+    from varreason.stages.methods import Bias
 
 FORMULA_LABEL = {"rft": "∝ P", "grpo": "∝ √(P/(1−P))", "variational": "∝ 1"}
 
@@ -73,34 +77,17 @@ def binned(points: list[tuple[float, float]]) -> list[dict]:
     return out
 
 
-def method_formula(kind: str, cfg) -> str:
-    """Which of the paper's curves the method should follow, given its settings."""
-    if kind == "rft":
-        return "variational" if cfg.rft.mode == "normalized" else "rft"
-    if kind == "grpo":
-        if cfg.grpo.reward == "debiased":
-            return "variational"
-        return "grpo" if cfg.grpo.scale_rewards == "group" else "rft"
-    return "variational"
-
-
-def measure(kind: str, cfg, run: RunDir, p_of: dict[str, float]) -> dict | None:
-    """The measured curve of one method: bins, fitted scale of its formula and the relative RMS error of that fit
-    (fitted on 0 < P < 1; the weights at P = 0 and 1 are reported in the bins)."""
-    extra: dict = {}  # GRPO only: the same weights binned by each group's own P
-    if kind in ("variational", "no-hint"):
-        if not (run.path / "train/final.parquet").exists():
+def measure(source: Bias, cfg, run: RunDir, p_of: dict[str, float]) -> dict | None:
+    """The measured curve of one method (its declaration's `bias`): bins, fitted scale of its formula and the relative
+    RMS error of that fit (fitted on 0 < P < 1; the weights at P = 0 and 1 are reported in the bins)."""
+    extra: dict = {}  # rollout groups only: the same weights binned by each group's own P
+    if source.rows is not None:
+        if not (run.path / source.rows(cfg)).exists():
             return None
-        weights = sft_question_weights(run.read_rows("train/final.parquet"), ("posterior", "fallback"), p_of)
+        weights = sft_question_weights(run.read_rows(source.rows(cfg)), source.sources, p_of)
         points, x_source = [(p_of[q], w) for q, w in weights.items()], "pi0"
-    elif kind == "rft":
-        path = f"train/{cfg.rft.name}.parquet"
-        if not (run.path / path).exists():
-            return None
-        weights = sft_question_weights(run.read_rows(path), ("rft",), p_of)
-        points, x_source = [(p_of[q], w) for q, w in weights.items()], "pi0"
-    elif kind == "grpo":
-        path = f"grpo/{cfg.grpo.name}/rewards.parquet"
+    else:
+        path = source.rewards(cfg)
         if not (run.path / path).exists():
             return None
         groups = grpo_group_weights(run.read_rows(path), cfg.grpo.scale_rewards)
@@ -113,11 +100,9 @@ def measure(kind: str, cfg, run: RunDir, p_of: dict[str, float]) -> dict | None:
         extra = {"group_bins": binned([(p, w) for p, w, _ in groups]), "groups": len(groups)}
         if not points:  # no question with a known pi0 accuracy: fall back to the group's own P
             points, x_source, extra = [(p, w) for p, w, _ in groups], "group", {}
-    else:
-        return None
     if not points:
         return None
-    formula = method_formula("no-hint" if kind == "no-hint" else kind, cfg)
+    formula = source.formula(cfg)
     bins = binned(points)
     inner = [b for b in bins if 0.0 < b["p"] < 1.0]  # P = 0 or 1: no method has a contrast to learn from there
     scale, rel = objectives.fit_implied_scale([b["p"] for b in inner], [b["mean_weight"] for b in inner], formula)
