@@ -325,6 +325,38 @@ def forward_kl_weights(correct_counts: Sequence[int], totals: int | Sequence[int
     return acc / total, False
 
 
+# --- the training set: which traces enter it, with which weight ----------------------------------------------------
+
+def select_traces(rho_tilde: Sequence[float], best: Sequence[bool], mode: str, min_weight: float = 0.0,
+                  ) -> tuple[list[tuple[int, float]], int, float]:
+    """The traces of one question that enter the final training set, as (index, row weight) pairs, and the count and
+    weight mass of those dropped below `min_weight`. `best`: the trace flagged best, weight 1 (the 17K recipe);
+    `weighted`: every trace with rho~ > 0, weight rho~ (the 1K recipe), except those under `min_weight`."""
+    if mode == "best":
+        return [(i, 1.0) for i, b in enumerate(best) if b], 0, 0.0
+    if mode != "weighted":
+        raise ValueError(f"mode must be 'best' or 'weighted', got {mode!r}")
+    chosen, dropped, mass = [], 0, 0.0
+    for i, w in enumerate(rho_tilde):
+        if w <= 0.0:
+            continue
+        if w < min_weight:
+            dropped, mass = dropped + 1, mass + w
+            continue
+        chosen.append((i, float(w)))
+    return chosen, dropped, mass
+
+
+def mean_one(weights: Sequence[float], questions: int) -> list[float]:
+    """Row weights scaled by rows / questions. Each question's weights sum to 1 (normalised rho~, forward-KL's w_m, a
+    fallback row's 1), so the mean row weight becomes 1 and the learning rate means what it means for SFT, while
+    within a question the weights stay exactly proportional."""
+    if questions <= 0:
+        raise ValueError(f"questions must be > 0, got {questions}")
+    scale = len(weights) / questions
+    return [w * scale for w in weights]
+
+
 # --- baselines: RFT and GRPO weights, and the measured per-question weight (the bias diagnostic) -----------------
 
 def rft_weights(num_correct: int, mode: str = "keep") -> list[float]:

@@ -41,6 +41,7 @@ from varreason.stages.common import (
     load_problems,
     model_dir,
     sampled_questions,
+    teacher_row,
 )
 from varreason.tasks import score_problem
 from varreason.tasks.base import Problem
@@ -72,9 +73,7 @@ def rft_rows(cfg: RunConfig, samples: list[dict], problems: dict, templates: Tem
                          "weight": w, "source": "rft", "question_id": qid, "k": s["k"]})
     kept_rows = len(rows)
     if r.mix:
-        for p in problems.values():
-            rows.append({"prompt": templates.prompt(p.question), "completion": templates.completion(p.trace, p.answer),
-                         "weight": 1.0, "source": "teacher", "question_id": p.id, "k": -1})
+        rows += [teacher_row(templates, p, question_id=p.id, k=-1) for p in problems.values()]
     questions = len({s["question_id"] for s in samples})
     return rows, {"questions": questions, "solved_questions": solved, "kept_traces": kept_rows,
                   "sampled_traces": len(samples), "rows": len(rows), "mode": r.mode, "mix": r.mix}

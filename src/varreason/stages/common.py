@@ -66,10 +66,16 @@ def check_hints(cfg: RunConfig, problems: list[Problem], source: str, file_rows:
                              "data --force`)", file=source, row=int(row), field="meta.solution", **line)
 
 
+def teacher_row(templates: Templates, p: Problem, source: str = "teacher", prompt: str | None = None, **extra) -> dict:
+    """A problem's teacher trace and reference answer as a training row (TRL's prompt / completion columns, weight 1):
+    pi0's prompt, or `prompt` (q's, with the hint); `source` says why it is in the set (teacher, fallback, ...)."""
+    return {"prompt": templates.prompt(p.question) if prompt is None else prompt,
+            "completion": templates.completion(p.trace, p.answer), "weight": 1.0, "source": source, **extra}
+
+
 def sft_rows(problems: list[Problem], templates: Templates) -> list[dict]:
     """Teacher data in TRL's prompt / completion columns, weight 1."""
-    return [{"prompt": templates.prompt(p.question), "completion": templates.completion(p.trace, p.answer),
-             "weight": 1.0, "source": "teacher"} for p in problems]
+    return [teacher_row(templates, p) for p in problems]
 
 
 def group_rows(rows: list[dict], *keys: str) -> dict:

@@ -43,6 +43,7 @@ from varreason.stages.common import (
     sampled_questions,
     sft_rows,
     stable_seed,
+    teacher_row,
 )
 from varreason.tasks.base import Problem
 from varreason.templates import Templates
@@ -68,8 +69,7 @@ def stage_posterior(cfg: RunConfig, run: RunDir) -> dict:
         rows, counts = forward_kl_rows(cfg, run, problems)
     else:
         templates = Templates(cfg.format, load_tokenizer(init))
-        rows = [{"prompt": posterior_prompt(cfg, templates, p), "completion": templates.completion(p.trace, p.answer),
-                 "weight": 1.0, "source": "teacher"} for p in problems]
+        rows = [teacher_row(templates, p, prompt=posterior_prompt(cfg, templates, p)) for p in problems]
         counts = {}
     stats = train_sft(init, rows, cfg.posterior, run.path / "models" / "posterior", seed=cfg.seed,
                       log_dir=run.path / "logs" / "posterior")
@@ -407,7 +407,8 @@ def _answers(cfg: RunConfig, p: Problem, k: int, rollouts_by_trace: dict) -> lis
 
 
 def build_rows(cfg: RunConfig, run: RunDir, templates: Templates) -> tuple[list[dict], dict]:
-    """The final training set (prompt, completion, weight, source) and its counts."""
+    """The final training set (prompt, completion, weight, source) and its counts: reads the artifacts; which traces
+    enter and with which weight is `objectives.select_traces` / `objectives.mean_one`."""
     b = cfg.build
     weights = group_rows(run.read_rows("weights.parquet"), "question_id")
     traces = {(r["question_id"], r["k"]): r["trace"] for r in run.read_rows("samples/posterior.parquet")}
@@ -418,24 +419,15 @@ def build_rows(cfg: RunConfig, run: RunDir, templates: Templates) -> tuple[list[
     rows, fallbacks, dropped, dropped_mass = [], 0, 0, 0.0
     for qid, group in weights.items():
         p = problems[qid]
-        teacher = {"prompt": templates.prompt(p.question), "completion": templates.completion(p.trace, p.answer),
-                   "weight": 1.0, "source": "fallback", "question_id": qid, "k": -1, "rho_tilde": None}
         if group[0]["fallback"]:
-            rows.append(teacher)
+            rows.append(teacher_row(templates, p, "fallback", question_id=qid, k=-1, rho_tilde=None))
             fallbacks += 1
             continue
-        if b.mode == "best":
-            chosen = [(r, 1.0) for r in group if r["best"]]
-        else:
-            chosen = []
-            for r in group:
-                if r["rho_tilde"] <= 0.0:
-                    continue
-                if r["rho_tilde"] < b.min_weight:
-                    dropped, dropped_mass = dropped + 1, dropped_mass + r["rho_tilde"]
-                    continue
-                chosen.append((r, r["rho_tilde"]))
-        for r, weight in chosen:
+        chosen, n_dropped, mass = objectives.select_traces([r["rho_tilde"] for r in group], [r["best"] for r in group],
+                                                           b.mode, b.min_weight)
+        dropped, dropped_mass = dropped + n_dropped, dropped_mass + mass
+        for i, weight in chosen:
+            r = group[i]
             for answer, share in _answers(cfg, p, r["k"], rollouts_by_trace):
                 rows.append({"prompt": templates.prompt(p.question),
                              "completion": templates.completion(traces[(qid, r["k"])], answer),
@@ -446,13 +438,10 @@ def build_rows(cfg: RunConfig, run: RunDir, templates: Templates) -> tuple[list[
     if b.mode == "weighted" and not b.mix and rows:
         # Mean row weight 1, so the learning rate means the same as for SFT; within a question the weights stay
         # exactly proportional to rho~ (the paper scales the batch by K instead, which costs K times the compute).
-        scale = len(rows) / questions
-        for r in rows:
-            r["weight"] *= scale
+        for r, w in zip(rows, objectives.mean_one([r["weight"] for r in rows], questions)):
+            r["weight"] = w
     if b.mix:  # the teacher data of every training question (the paper's mix: q covers all of them, so 1:1)
-        for p in problems.values():
-            rows.append({"prompt": templates.prompt(p.question), "completion": templates.completion(p.trace, p.answer),
-                         "weight": 1.0, "source": "teacher", "question_id": p.id, "k": -1, "rho_tilde": None})
+        rows += [teacher_row(templates, p, question_id=p.id, k=-1, rho_tilde=None) for p in problems.values()]
     counts = {"rows": len(rows), "questions": questions, "posterior_rows": posterior_rows,
               "teacher_rows": sum(r["source"] == "teacher" for r in rows), "fallbacks": fallbacks,
               "dropped_below_min_weight": dropped, "dropped_weight_mass": dropped_mass, "mode": b.mode, "mix": b.mix}
