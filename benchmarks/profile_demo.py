@@ -70,7 +70,8 @@ def training_profile(run_dir: Path, steps: int) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from varreason.config import load_config
-    from varreason.models import SDPA_GQA, VARLEN_SDPA, load_model, load_tokenizer
+    from varreason.models import load_model, load_tokenizer
+    from varreason.models.attention import SDPA_GQA, VARLEN_SDPA
     from varreason.runs import RunDir
     from varreason.stages.common import load_problems, sft_rows
     from varreason.templates import Templates
@@ -162,7 +163,8 @@ def sampling_profile(run_dir: Path, questions: int, batch_sizes: list[int]) -> d
 
     from varreason.backends.hf import HFGenerator
     from varreason.config import load_config
-    from varreason.models import SDPA_GQA, load_model, load_tokenizer
+    from varreason.models import load_model, load_tokenizer
+    from varreason.models.attention import SDPA_GQA
     from varreason.runs import RunDir
     from varreason.stages.common import load_problems
     from varreason.templates import Templates

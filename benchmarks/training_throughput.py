@@ -59,7 +59,8 @@ class StepTimer:
 
 def build(args, folder: Path):
     from varreason.config import FormatConfig, ModelConfig
-    from varreason.models import build_tiny, count_parameters, load_model, load_tokenizer
+    from varreason.models import count_parameters, load_model, load_tokenizer
+    from varreason.models.tiny import build_tiny
     from varreason.tasks import build_splits
     from varreason.templates import Templates
 

@@ -41,7 +41,7 @@ def sum_tokenizer(special: list[str]):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     from varreason.config import FormatConfig, ModelConfig
-    from varreason.models import build_tiny
+    from varreason.models.tiny import build_tiny
     from varreason.templates import Templates
 
     fmt = FormatConfig()

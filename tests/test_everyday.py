@@ -151,5 +151,5 @@ def test_a_csv_benchmark_file_is_read_as_a_file(tmp_path):
 
     path = tmp_path / "mine.csv"
     path.write_bytes("\ufeffid,question,answer\r\na,2+2=?,4\r\nb,3+3=?,6\r\n".encode())
-    spec, items = load_benchmark(str(path))
+    _, items = load_benchmark(str(path))
     assert [(it.id, it.question, it.answer) for it in items] == [("a", "2+2=?", "4"), ("b", "3+3=?", "6")]

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from varreason.cli import main
-from varreason.config import REPORT_TO, load_config
+from varreason.config import load_config
 from varreason.errors import InputError
+from varreason.preflight import REPORT_TO, check_machine
 
 
 def _run(argv, capsys) -> tuple[int, str]:
@@ -80,7 +81,7 @@ def test_report_to_a_logger_not_installed_says_what_to_install(tmp_path, capsys,
 @pytest.mark.parametrize("value", ["none", "[]", "[tensorboard]", "tensorboard", "all", "[all]"])
 def test_good_report_to_values_pass(value):
     for section in ("initial", "posterior", "final", "rft", "grpo"):
-        load_config("smoke", [(f"{section}.report_to", value)])
+        check_machine(load_config("smoke", [(f"{section}.report_to", value)]))
 
 
 def test_report_to_table_matches_the_installed_transformers():
@@ -92,4 +93,4 @@ def test_report_to_table_matches_the_installed_transformers():
 def test_report_to_is_checked_in_every_section():
     for section in ("initial", "posterior", "final", "rft", "grpo"):
         with pytest.raises(InputError, match=f"'{section}.report_to': unknown logger"):
-            load_config("smoke", [(f"{section}.report_to", "[tensorbord]")])
+            check_machine(load_config("smoke", [(f"{section}.report_to", "[tensorbord]")]))

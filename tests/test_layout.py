@@ -16,12 +16,12 @@ DEFAULT_HASHES = {
     "posterior": "16d2c339f75f522f", "sample": "3cb55009a21f8231", "score": "3a6fd94fe91cf5c6",
     "rollout": "54a54eba670d3d79", "weights": "b557ce6b565aa69a", "build": "dd71b6bcbd0065c8",
     "final": "69402423b47bf0e3", "matched": "bd16161051a3d473", "rft": "aa5d6ff7d6e851a7",
-    "grpo": "0a5f138b525eb5a8", "eval": "467f1f5610d7dd56",
+    "grpo": "0a5f138b525eb5a8", "eval": "467f1f5610d7dd56", "star": "e14a0ca409376269",  # star: new in issue 25
 }
 NO_HINT_HASHES = {  # sample.proposal prior, final.name no-hint (the no-hint method of `compare`)
     "sample": "405b3df2213b0a6e", "score": "12969bcc6c2422a4", "rollout": "adc6359407cc7dcd",
     "weights": "1dc414479d26e95f", "build": "ee6df049bc15c96e", "final": "204a0feab3f07f8a",
-    "matched": "269360e5d7d671ce", "rft": "79cc892835f566d9", "grpo": "63d36f3c8ed551a3",
+    "matched": "269360e5d7d671ce", "rft": "79cc892835f566d9", "grpo": "63d36f3c8ed551a3", "star": "ef8f8683fad579e8",
 }
 
 
@@ -74,3 +74,74 @@ def test_stages_do_not_import_the_pipeline_or_each_other():
 
 def test_top_level_stays_small():
     assert len(list(PACKAGE.glob("*.py"))) <= 13  # 13th: logs.py (terminal vs the run's log file)
+
+
+def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
+    """module -> the varreason modules it imports, at the top and inside functions alike (an import inside a function
+    hides a cycle, it does not break one). `from pkg import name` counts as importing pkg.name when that is a module."""
+    files = {".".join(p.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in sorted(root.rglob("*.py"))}
+    graph: dict[str, set[str]] = {}
+    for module, path in files.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: `.` is the module's package, each further dot one folder up
+                    parts = package.split(".")
+                    base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+                edges |= {f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names}
+        graph[module] = {m for m in edges if m in files and m != module}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles (a -> b -> ... -> a), shortest first from each module caught in one, so that every such
+    module is named at least once with the imports that lead back to it."""
+    def shortest_way_back(start: str) -> list[str] | None:
+        paths, seen = [[start]], {start}
+        while paths:
+            path = paths.pop(0)
+            for w in sorted(graph[path[-1]]):
+                if w == start:
+                    return [*path, start]
+                if w not in seen:
+                    seen.add(w)
+                    paths.append([*path, w])
+        return None
+
+    cycles: list[list[str]] = []
+    for module in sorted(graph):
+        if not any(module in c for c in cycles) and (cycle := shortest_way_back(module)):
+            cycles.append(cycle)
+    return cycles
+
+
+def test_import_cycle_detector_names_the_cycle(tmp_path):
+    pkg = tmp_path / "varreason"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from varreason.sub import b\n")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "b.py").write_text("def f():\n    from varreason.c import x\n")  # hidden inside a function
+    (pkg / "c.py").write_text("from .a import y\nimport varreason.sub\n")
+    (pkg / "d.py").write_text("from varreason import a, c\n")  # imports into the cycle, not part of it
+    graph = import_graph(pkg)
+    assert graph["varreason.c"] == {"varreason.a", "varreason.sub"}
+    assert import_cycles(graph) == [["varreason.a", "varreason.sub.b", "varreason.c", "varreason.a"]]
+
+
+def test_config_reads_nothing_and_sits_at_the_bottom():
+    """config.py imports no other layer (so every layer can import it) and nothing that asks the machine: those checks
+    are preflight.py's."""
+    assert import_graph()["varreason.config"] <= {"varreason.errors"}
+
+
+def test_no_import_cycles():
+    """Imports run one way (the list under Architecture in docs/DESIGN.md); a cycle, even through an import inside a
+    function, means two modules each need the other: one of them holds something that belongs elsewhere."""
+    cycles = import_cycles(import_graph())
+    assert cycles == [], "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)

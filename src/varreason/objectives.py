@@ -357,6 +357,16 @@ def mean_one(weights: Sequence[float], questions: int) -> list[float]:
     return [w * scale for w in weights]
 
 
+def star_choice(own_kept: Sequence[bool], rationalized_kept: Sequence[bool]) -> tuple[str, list[int]]:
+    """STaR's rows for one question: its own verified traces when it has any ("own"), else its verified
+    rationalizations ("rationalized": written with the answer as a hint, trained without it), else none ("none")."""
+    own = [i for i, ok in enumerate(own_kept) if ok]
+    if own:
+        return "own", own
+    rationalized = [i for i, ok in enumerate(rationalized_kept) if ok]
+    return ("rationalized", rationalized) if rationalized else ("none", [])
+
+
 # --- baselines: RFT and GRPO weights, and the measured per-question weight (the bias diagnostic) -----------------
 
 def rft_weights(num_correct: int, mode: str = "keep") -> list[float]:

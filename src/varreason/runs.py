@@ -9,12 +9,14 @@ Several processes (`Ranks`): under `torchrun` / `accelerate launch` the processe
 `sharded` work is split across them by chunk, every rank writes its own chunks, and only rank 0 writes anything
 else (as the HF Trainer saves only on the main process). Separate jobs (`--shard i/n`) each do every n-th chunk and
 stop (`ShardFinished`); the same command without `--shard` merges the finished chunks and does any that are missing.
-Chunks are seeded from their index, so the merged artifact is the same whatever the number of processes.
+Chunks are seeded from their index (`stable_seed`), so the merged artifact is the same whatever the number of
+processes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -25,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from varreason.errors import InputError
-
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,12 @@ class ShardFinished(Exception):
     def __init__(self, what: str, done: int, missing: int):
         super().__init__(f"{what}: {done} chunk(s) of this shard done; {missing} chunk(s) of the stage still missing")
         self.done, self.missing = done, missing
+
+
+def stable_seed(*parts) -> int:
+    """A 31-bit seed from any parts (what is sampled, the config seed, the chunk index): the same in every run and
+    process, unlike `hash()`."""
+    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
 
 
 def library_versions() -> dict:
@@ -289,15 +296,18 @@ class RunDir:
                           file=str(self.path / rel))
 
     # --- resumable work in shards ------------------------------------------------------------------------------
-    def sharded(self, rel_dir: str, items: list, chunk_size: int, work, desc: str = "") -> list[dict]:
-        """Rows of `work(chunk, chunk_index)` over `items` in chunks, each chunk saved as one Parquet shard.
+    def sharded(self, rel_dir: str, items: list, chunk_size: int, work, *, artifact: str, desc: str = "",
+                keep_shards: bool = False) -> list[dict]:
+        """Rows of `work(chunk, chunk_index)` over `items` in chunks, each chunk saved as one Parquet shard, merged
+        into `artifact`; then every shard folder under `rel_dir` goes. `keep_shards`: they stay until the stage is
+        recorded (`drop_finished_shards`), for a stage with long work after the merge that a kill should not make
+        sample again.
 
         A killed stage resumes from its finished shards: a shard is reused when it exists under the key of the
         running work (`running`), so shards of another config are never mixed in. `work` must be deterministic
-        given (chunk, chunk_index), e.g. seeded from the index: then the rows do not depend on which process did
-        which chunk. This process does the chunks `self.ranks` gives it; in a group every rank then reads all of
-        them; a shard job stops with `ShardFinished`. The caller removes the shard folder once the merged artifact
-        is written (`drop_shards`).
+        given (chunk, chunk_index), e.g. seeded from the index (`stable_seed`): then the rows do not depend on which
+        process did which chunk. This process does the chunks `self.ranks` gives it; in a group every rank then reads
+        all of them and gets the merged rows; a shard job stops with `ShardFinished`.
         """
         from tqdm.auto import tqdm
 
@@ -319,9 +329,13 @@ class RunDir:
         self.ranks.wait()
         rows = [r for rel in shard for r in self.read_rows(rel)]
         self.ranks.wait()  # every rank has read the shards before rank 0 may drop them
+        self.write_rows(artifact, rows)
+        if not keep_shards:
+            self._drop_shards(rel_dir)
         return rows
 
-    def drop_shards(self, rel_dir: str) -> None:
+    def _drop_shards(self, rel_dir: str) -> None:
+        """Every shard folder under `rel_dir` (those of other settings too): its work is merged."""
         import shutil
 
         if not self.ranks.main:

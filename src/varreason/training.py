@@ -24,7 +24,8 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 
 from varreason.config import SFTConfig
 from varreason.errors import InputError, disk_failure
-from varreason.models import SDPA_GQA, VARLEN_SDPA, load_model, load_tokenizer, save_pretrained
+from varreason.models import load_model, load_tokenizer, save_pretrained
+from varreason.models.attention import SDPA_GQA, VARLEN_SDPA
 from varreason.objectives import IGNORE_INDEX, constant_normalizer, token_nll, weighted_sft_loss
 
 log = logging.getLogger(__name__)

@@ -74,7 +74,7 @@ def evaluate_benchmark(model_dir: str, benchmark: str, out_dir: str | Path, n: i
                        overwrite: bool = False) -> dict:
     """Evaluate one model on one benchmark (on `generator`, else an engine of `backend` started for it); returns
     the results dict also written to `results.json`. `prompt_template` replaces the spec's (`describe_specs`)."""
-    from varreason.backends.sampling import sample_verified
+    from varreason.backends.sampling import sampling_work
     from varreason.eval.metrics import benchmark_metrics
     from varreason.templates import Templates
 
@@ -99,8 +99,7 @@ def evaluate_benchmark(model_dir: str, benchmark: str, out_dir: str | Path, n: i
                 changed = sorted(k for k in settings.keys() | pinned.keys() if settings.get(k) != pinned.get(k))
                 raise InputError(f"holds an evaluation with other settings ({', '.join(changed)}); use another "
                                  "--output-dir or --overwrite to replace it", file=str(run.path))
-            if not run.ranks.shard_job:  # other shard jobs may be writing shards of the new settings
-                run.drop_shards("")
+            # the old settings' shards are never read (another key); the merge of the new ones removes them
         elif pinned is not None and (run.path / "results.json").exists() and not force:
             return run.read_json("results.json")  # done with these settings
         if not run.ranks.shard_job:  # shard jobs of one evaluation may start together; the merge pins it
@@ -118,26 +117,28 @@ def evaluate_benchmark(model_dir: str, benchmark: str, out_dir: str | Path, n: i
             predicted, verdict = score_sample(spec, item, text, cut.answer)
             return predicted, bool(verdict.correct), verdict.reason
 
+        def row(item: BenchItem, k: int, v) -> dict:
+            return {"problem_id": item.id, "k": k, "difficulty": item.difficulty, "text": v.generation.text,
+                    "predicted": None if v.predicted is None else str(v.predicted), "correct": v.correct,
+                    "reason": v.reason, "format_ok": v.cut.format_ok, "finished": v.generation.finished,
+                    "completion_tokens": len(v.generation.token_ids)}
+
+        sample = sampling_work(generator, templates, lambda it: templates.prompt(render_question(spec, it)), row,
+                               n=n, settings=dataclasses.replace(e, max_completion_length=max_tokens), tag="eval",
+                               seed=seed, check=check)
+
         def work(chunk: list[BenchItem], c: int) -> list[dict]:
-            outputs = sample_verified(generator, templates, [templates.prompt(render_question(spec, it)) for it in chunk],
-                                      chunk, check=check, n=n, max_new_tokens=max_tokens, temperature=e.temperature,
-                                      top_p=e.top_p, seed=seed * 100_003 + c)
-            records = [{"problem_id": item.id, "k": k, "difficulty": item.difficulty, "text": v.generation.text,
-                        "predicted": None if v.predicted is None else str(v.predicted), "correct": v.correct,
-                        "reason": v.reason, "format_ok": v.cut.format_ok, "finished": v.generation.finished,
-                        "completion_tokens": len(v.generation.token_ids)}
-                       for item, samples in zip(chunk, outputs) for k, v in enumerate(samples)]
+            records = sample(chunk, c)
             done_now["tokens"] += sum(r["completion_tokens"] for r in records)
             done_now["problems"] += len(chunk)
             done_now["chunks"] += 1
             return records
 
         with run.running(key):
-            records = run.sharded("", items, chunk_size, work, desc=f"eval {spec.name}")
+            records = run.sharded("", items, chunk_size, work, artifact="samples.parquet", desc=f"eval {spec.name}")
         chunks = -(-len(items) // chunk_size)
         resumed, evaluated, generated = chunks - done_now["chunks"], done_now["problems"], done_now["tokens"]
         wall = time.time() - start
-        run.write_rows("samples.parquet", records)
         metrics = benchmark_metrics(records)
         results = {"model": str(model_dir), "benchmark": spec.name, "answer_type": spec.answer_type,
                    "prompt_template": spec.prompt_template, "format": dataclasses.asdict(fmt),
@@ -148,7 +149,6 @@ def evaluate_benchmark(model_dir: str, benchmark: str, out_dir: str | Path, n: i
                    "problems_evaluated_now": evaluated, "problems_per_second": evaluated / wall if evaluated else None,
                    "generated_tokens": generated, "versions": library_versions()}
         run.write_json("results.json", results)
-        run.drop_shards("")
         if run.ranks.main:
             _plot_pass_at_k(metrics, run.path / "pass_at_k.png", spec.name)
         return results

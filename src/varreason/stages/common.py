@@ -1,17 +1,16 @@
-"""What several stages share: reading the run's problems and models, the teacher rows, per-chunk seeds, the sampled
-question subset and the final model's step count. Stage modules import from here, never from each other."""
+"""What several stages share: reading the run's problems and models, the teacher rows, the sampled question subset
+and the final model's step count. Stage modules import from here, never from each other."""
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import random
 from collections import defaultdict
 
 from varreason.config import RunConfig, SFTConfig
 from varreason.errors import InputError
-from varreason.runs import RunDir
+from varreason.runs import RunDir, stable_seed
 from varreason.tasks.base import Problem
 from varreason.templates import Templates
 
@@ -86,11 +85,6 @@ def group_rows(rows: list[dict], *keys: str) -> dict:
     return out
 
 
-def stable_seed(*parts) -> int:
-    """A 31-bit seed from any parts (stage name, config seed, shard index): stable across runs and processes."""
-    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
-
-
 def sampled_questions(cfg: RunConfig, run: RunDir) -> list[Problem]:
     """The training questions the posterior samples for: all, or a seeded subset (the paper's 1K setting)."""
     problems = load_problems(run, "train")
@@ -111,3 +105,8 @@ def final_training_config(cfg: RunConfig, run: RunDir) -> SFTConfig:
                              "run `initial` first or set final.max_steps")
         sft.max_steps = int(stats["optimizer_steps"])
     return sft
+
+
+def trains_q(cfg: RunConfig) -> bool:
+    """Whether the run has a posterior q: it proposes the traces, or it rationalizes STaR's failed questions."""
+    return cfg.sample.proposal != "prior" or cfg.star.rationalizer == "q"

@@ -16,7 +16,7 @@ from pathlib import Path
 from varreason.config import RunConfig
 from varreason.eval.metrics import summarize
 from varreason.runs import RunDir, ShardFinished
-from varreason.stages.common import load_problems, stable_seed
+from varreason.stages.common import load_problems
 from varreason.templates import Templates
 
 REASONING_MODELS_FIRST = ("initial", "final", "sft-matched")
@@ -92,7 +92,7 @@ def evaluate_model(cfg: RunConfig, run: RunDir, model_name: str, fingerprint: st
 
 
 def _evaluate(cfg: RunConfig, run: RunDir, model_name: str, fingerprint: str, generator) -> dict:
-    from varreason.backends.sampling import sample_verified
+    from varreason.backends.sampling import sampling_work
 
     model_dir = run.path / "models" / model_name
     templates = Templates(cfg.format, generator.tokenizer)
@@ -100,24 +100,21 @@ def _evaluate(cfg: RunConfig, run: RunDir, model_name: str, fingerprint: str, ge
     e = cfg.eval
     start = time.time()
 
-    def work(chunk: list, index: int) -> list[dict]:
-        outputs = sample_verified(generator, templates, [templates.prompt(p.question) for p in chunk], chunk,
-                                  n=e.num_generations, max_new_tokens=e.max_completion_length,
-                                  temperature=e.temperature, top_p=e.top_p, seed=stable_seed("eval", cfg.seed, index))
-        return [{"question_id": p.id, "k": k, "task": p.task, "difficulty": p.difficulty, "text": v.generation.text,
-                 "predicted": v.cut.answer, "correct": v.correct, "reason": v.reason, "format_ok": v.cut.format_ok,
-                 "format_error": v.cut.error, "finished": v.generation.finished,
-                 "completion_tokens": len(v.generation.token_ids)}
-                for p, samples in zip(chunk, outputs) for k, v in enumerate(samples)]
+    def row(p, k: int, v) -> dict:
+        return {"question_id": p.id, "k": k, "task": p.task, "difficulty": p.difficulty, "text": v.generation.text,
+                "predicted": v.cut.answer, "correct": v.correct, "reason": v.reason, "format_ok": v.cut.format_ok,
+                "format_error": v.cut.error, "finished": v.generation.finished,
+                "completion_tokens": len(v.generation.token_ids)}
 
+    work = sampling_work(generator, templates, lambda p: templates.prompt(p.question), row, n=e.num_generations,
+                         settings=e, tag="eval", seed=cfg.seed)
     with run.running(fingerprint or eval_fingerprint(cfg, model_dir)):  # shards of other weights are never reused
-        records = run.sharded(f"eval/{model_name}", problems, e.batch_size, work, desc=f"eval {model_name}")
+        records = run.sharded(f"eval/{model_name}", problems, e.batch_size, work,
+                              artifact=f"eval/{model_name}/samples.parquet", desc=f"eval {model_name}")
     gen_seconds = time.time() - start
-    run.write_rows(f"eval/{model_name}/samples.parquet", records)
     metrics = summarize(records)
     metrics.update({"model": model_name, "generation_seconds": gen_seconds, "fingerprint": fingerprint,
                     "sampling": {"temperature": e.temperature, "top_p": e.top_p, "n": e.num_generations,
                                  "max_completion_length": e.max_completion_length}})
     run.write_json(f"eval/{model_name}/metrics.json", metrics)
-    run.drop_shards(f"eval/{model_name}")
     return metrics

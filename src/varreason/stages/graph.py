@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from varreason.config import RunConfig
 from varreason.runs import RunDir
+from varreason.stages.common import trains_q
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("initial", "pi0:stage_initial", ("initial",), ("data", "base"),
           lambda c: ["models/initial/config.json"], "train"),
     Stage("posterior", "variational:stage_posterior", ("posterior",), ("data", "base", "initial"),
-          lambda c: [] if c.sample.proposal == "prior" else ["models/posterior/config.json"], "train",
+          lambda c: ["models/posterior/config.json"] if trains_q(c) else [], "train",
           more=_trained_on_pi),
     Stage("sample", "variational:stage_sample", ("sample",), ("data", "initial", "posterior"),
           lambda c: ["samples/posterior.parquet"], "split"),
@@ -137,13 +138,15 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           + (["models/sft-paper/config.json"] if c.final.sft_paper else []), "train"),
     Stage("rft", "baselines:stage_rft", ("final", "rft"), ("data", "base", "initial", "sample"),
           lambda c: [f"train/{c.rft.name}.parquet", f"models/{c.rft.name}/config.json"], "train", model="rft"),
+    Stage("star", "star:stage_star", ("final", "star"), ("data", "base", "initial", "posterior", "sample"),
+          lambda c: [f"train/{c.star.name}.parquet", f"models/{c.star.name}/config.json"], "train", model="star"),
     Stage("grpo", "baselines:stage_grpo", ("sample", "grpo"), ("data", "initial"),
           lambda c: [f"models/{c.grpo.name}/config.json", f"grpo/{c.grpo.name}/rewards.parquet"], "train",
           engines=False, model="grpo"),
     Stage("eval", "eval:stage_eval", ("seed", "task", "format", "eval"), (),
           lambda c: ["eval/summary.json"], "split", always=True),
 ]}
-BASELINES = ("rft", "grpo")  # run alone or by `compare`, not by `varreason run`
+BASELINES = ("rft", "star", "grpo")  # run alone or by `compare`, not by `varreason run`
 ORDER = [n for n in STAGES if n not in BASELINES]  # `varreason run`
 SHARDED = tuple(n for n, s in STAGES.items() if s.parallel == "split")  # what a `--shard i/n` job can do its part of
 VARIATIONAL_STAGES = ("posterior", "sample", "score", "rollout", "weights", "build", "final")  # q's traces -> final

@@ -34,6 +34,9 @@ Q = Part("q", "q(z | x, y') with the hint in its prompt (posterior.hint: answer 
          {"sample.proposal": "posterior"})
 PI0 = Part("pi0", "pi0's own traces, no hint", ("sample",), {"sample.proposal": "prior"})
 PI0_ONLINE = Part("pi0-online", "the policy's own completions, sampled during training (TRL)")
+PI0_GREEDY = Part("pi0-greedy", "pi0's own near-greedy trace, one per question (STaR); `posterior` trains q only when "
+                                "q rationalizes (star.rationalizer: q)", ("posterior", "sample"),
+                  {"sample.proposal": "prior", "sample.num_generations": 1, "sample.temperature": 0.0})
 
 # how a trace is weighted
 UNIFORM = Part("uniform", "every row weight 1")
@@ -48,6 +51,8 @@ FROM_WEIGHTS = Part("from-weights", "build.mode best (argmax rho per question) |
                                     "mix (build.mix)", ("build",))
 KEEP_VERIFIED = Part("keep-verified", "every verified trace, + the teacher mix (rft.mix)")
 ONLINE = Part("online", "no set: the completions of each step")
+RATIONALIZED = Part("rationalized", "every verified trace; a failed question's verified rationalization (written with "
+                                    "the answer as a hint) with the hint removed")
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,7 @@ MATCHED = Training("final", ("matched",), lambda cfg: "sft-matched", sets={"fina
 PAPER_BASELINE = Training("final", ("matched",), lambda cfg: "sft-paper", sets={"final.sft_paper": True})
 RFT = Training("rft", ("rft",), lambda cfg: cfg.rft.name, "rft.name")
 GRPO = Training("grpo", ("grpo",), lambda cfg: cfg.grpo.name, "grpo.name")
+STAR = Training("star", ("star",), lambda cfg: cfg.star.name, "star.name")
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,9 @@ def _grpo_formula(cfg: RunConfig) -> str:
 
 WEIGHTED_ROWS = Bias(lambda cfg: "variational", lambda cfg: "train/final.parquet", ("posterior", "fallback"))
 RFT_ROWS = Bias(_rft_formula, lambda cfg: f"train/{cfg.rft.name}.parquet", ("rft",))
+# one row per question pi0 solved or whose rationalization verified: flat (∝ 1) where rationalization fills the gaps
+STAR_ROWS = Bias(lambda cfg: "variational", lambda cfg: f"train/{cfg.star.name}.parquet",
+                 ("star-own", "star-rationalized"))
 GRPO_REWARDS = Bias(_grpo_formula, rewards=lambda cfg: f"grpo/{cfg.grpo.name}/rewards.parquet")
 
 METHODS: dict[str, Method] = {m.name: m for m in [
@@ -145,6 +154,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            FROM_WEIGHTS, FINAL, {"final.name": "no-hint"}, WEIGHTED_ROWS),
     Method("rft", "pi0's own traces, verified; correct ones kept; SFT", PI0, VERIFIED, KEEP_VERIFIED, RFT,
            bias=RFT_ROWS),
+    Method("star", "STaR: pi0's greedy trace, failures rationalized with the answer as a hint; verified; SFT without "
+                   "the hint", PI0_GREEDY, VERIFIED, RATIONALIZED, STAR, bias=STAR_ROWS),
     Method("grpo", "TRL GRPO from pi0, verifier reward", PI0_ONLINE, REWARD, ONLINE, GRPO,
            {"grpo.reward": "binary", "grpo.name": "grpo"}, GRPO_REWARDS),
     Method("grpo-debiased", "GRPO with the paper's debiased reward 1(correct)/P̂ (§4; untested in the paper)",

@@ -14,16 +14,9 @@ from dataclasses import dataclass, field
 
 from varreason.config import RunConfig
 from varreason.errors import InputError, all_in_one
-from varreason.models import (
-    build_tiny,
-    convert_gguf,
-    count_parameters,
-    gguf_source,
-    gguf_tokenizer,
-    load_model,
-    load_tokenizer,
-    train_tokenizer,
-)
+from varreason.models import count_parameters, load_model, load_tokenizer
+from varreason.models.gguf import convert_gguf, gguf_source, gguf_tokenizer
+from varreason.models.tiny import build_tiny, train_tokenizer
 from varreason.runs import RunDir
 from varreason.stages.common import base_model_path, check_hints, hint, load_problems, sft_rows
 from varreason.tasks.base import Problem

@@ -27,7 +27,7 @@ import sys
 from collections import defaultdict
 
 from varreason import objectives
-from varreason.backends.sampling import sample_verified
+from varreason.backends.sampling import sampling_work
 from varreason.config import RunConfig
 from varreason.errors import InputError
 from varreason.models import load_tokenizer
@@ -42,8 +42,8 @@ from varreason.stages.common import (
     model_dir,
     sampled_questions,
     sft_rows,
-    stable_seed,
     teacher_row,
+    trains_q,
 )
 from varreason.tasks.base import Problem
 from varreason.templates import Templates
@@ -58,7 +58,7 @@ def posterior_prompt(cfg: RunConfig, templates: Templates, p: Problem) -> str:
 def stage_posterior(cfg: RunConfig, run: RunDir) -> dict:
     """q_phi with the hint y' in its prompt (format A or B): SFT on the teacher traces (`mode: teacher`, the released
     recipe), or Algorithm 1's phi-phase (`mode: forward_kl`): weighted SFT on pi's own traces."""
-    if cfg.sample.proposal == "prior":
+    if not trains_q(cfg):
         return {"skipped": "sample.proposal is prior: pi0 proposes the traces, no posterior is trained"}
     previous = run.path / "models" / "previous-posterior"  # round t >= 2: q continues from round t-1's q
     init_name = "previous-posterior" if (previous / "config.json").exists() else cfg.posterior.init
@@ -73,8 +73,6 @@ def stage_posterior(cfg: RunConfig, run: RunDir) -> dict:
         counts = {}
     stats = train_sft(init, rows, cfg.posterior, run.path / "models" / "posterior", seed=cfg.seed,
                       log_dir=run.path / "logs" / "posterior")
-    run.drop_shards("phi/samples")
-    run.drop_shards("phi/rollouts")
     return {**stats, **counts, "init": init_name, "format": cfg.format.posterior_format,
             "mode": cfg.posterior.mode, "hint": cfg.posterior.hint}
 
@@ -86,20 +84,21 @@ def forward_kl_rows(cfg: RunConfig, run: RunDir, problems: list[Problem]) -> tup
     A question none of whose traces led to a correct answer (w undefined: 0/0) falls back to its teacher trace with
     weight 1, as the theta-phase does, and is counted (`phi_teacher_fallbacks`).
 
-    The traces and answers are kept (phi/samples.parquet, phi/rollouts.parquet) and so are their shards
-    until q is trained, so a killed stage does not sample again."""
+    The traces and answers are kept (phi/samples.parquet, phi/rollouts.parquet) and so are their shards until q is
+    trained (`keep_shards`: the pipeline drops them once the stage is recorded), so a killed stage does not sample
+    again."""
     from varreason.backends import open_engine
 
     with open_engine(cfg.backend_of("sample"), model_dir(run, "initial"), batch_size=cfg.sample.batch_size,
                      vllm=cfg.vllm, seed=cfg.seed) as engine:
         templates = Templates(cfg.format, engine.tokenizer)
         samples = sample_traces(cfg, run, engine, problems, lambda p: templates.prompt(p.question),
-                                cfg.posterior.num_generations, "phi/samples", "phi-sample", "phi: sample pi")
-        run.write_rows("phi/samples.parquet", samples)
+                                cfg.posterior.num_generations, shards="phi/samples", artifact="phi/samples.parquet",
+                                tag="phi-sample", desc="phi: sample pi", keep_shards=True)
         rollouts = roll_out(cfg, run, engine.with_batch_size(cfg.rollout.batch_size), samples,
-                            cfg.posterior.num_generations, {p.id: p for p in problems}, "phi/rollouts", "phi-rollout",
-                            "phi: rollout pi")
-        run.write_rows("phi/rollouts.parquet", rollouts)
+                            cfg.posterior.num_generations, {p.id: p for p in problems}, shards="phi/rollouts",
+                            artifact="phi/rollouts.parquet", tag="phi-rollout", desc="phi: rollout pi",
+                            keep_shards=True)
     by_question = group_rows(samples, "question_id")
     correct, totals = rollout_counts(rollouts)
     rows, fallbacks = [], 0
@@ -143,31 +142,24 @@ def stage_sample(cfg: RunConfig, run: RunDir) -> dict:
         return _sample(cfg, run, engine)
 
 
-def sample_traces(cfg: RunConfig, run: RunDir, engine, problems: list[Problem], prompt_of, n: int, shards: str,
-                  seed_tag: str, desc: str) -> list[dict]:
+def sample_traces(cfg: RunConfig, run: RunDir, engine, problems: list[Problem], prompt_of, n: int, *, shards: str,
+                  artifact: str, tag: str, desc: str, keep_shards: bool = False) -> list[dict]:
     """n traces per problem from `engine` on `prompt_of(problem)` with the `sample` settings, in resumable shards
-    under `shards`: one row per trace (its text, the cut trace and its sampled token ids, the answer written after
-    it and its verdict)."""
-    s = cfg.sample
+    under `shards` merged into `artifact`: one row per trace (its text, the cut trace and its sampled token ids, the
+    answer written after it and its verdict)."""
     templates = Templates(cfg.format, engine.tokenizer)
 
-    def work(chunk: list[Problem], index: int) -> list[dict]:
-        outputs = sample_verified(engine, templates, [prompt_of(p) for p in chunk], chunk,
-                                  n=n, max_new_tokens=s.max_completion_length,
-                                  temperature=s.temperature, top_p=s.top_p, seed=stable_seed(seed_tag, cfg.seed, index))
-        rows = []
-        for p, samples in zip(chunk, outputs):
-            for k, v in enumerate(samples):
-                g, cut = v.generation, v.cut
-                trace_ids = templates.trace_token_ids(g.token_ids, cut.trace)
-                rows.append({"question_id": p.id, "k": k, "text": g.text, "trace": cut.trace,
-                             "trace_token_ids": trace_ids, "trace_tokens": len(trace_ids),
-                             "posterior_answer": cut.answer, "correct": v.correct,
-                             "finished": g.finished, "stop_reason": g.stop_reason,
-                             "format_ok": cut.format_ok, "format_error": cut.error})
-        return rows
+    def row(p: Problem, k: int, v) -> dict:
+        g, cut = v.generation, v.cut
+        trace_ids = templates.trace_token_ids(g.token_ids, cut.trace)
+        return {"question_id": p.id, "k": k, "text": g.text, "trace": cut.trace, "trace_token_ids": trace_ids,
+                "trace_tokens": len(trace_ids), "posterior_answer": cut.answer, "correct": v.correct,
+                "finished": g.finished, "stop_reason": g.stop_reason, "format_ok": cut.format_ok,
+                "format_error": cut.error}
 
-    return run.sharded(shards, problems, s.chunk_size, work, desc=desc)
+    work = sampling_work(engine, templates, prompt_of, row, n=n, settings=cfg.sample, tag=tag, seed=cfg.seed)
+    return run.sharded(shards, problems, cfg.sample.chunk_size, work, artifact=artifact, desc=desc,
+                       keep_shards=keep_shards)
 
 
 def _sample(cfg: RunConfig, run: RunDir, engine) -> dict:
@@ -175,9 +167,8 @@ def _sample(cfg: RunConfig, run: RunDir, engine) -> dict:
     templates = Templates(cfg.format, engine.tokenizer)
     problems = sampled_questions(cfg, run)
     rows = sample_traces(cfg, run, engine, problems, lambda p: proposal_prompt(cfg, templates, p), s.num_generations,
-                         "samples", "sample", "sample pi0 (no hint)" if s.proposal == "prior" else "sample q")
-    run.write_rows("samples/posterior.parquet", rows)
-    run.drop_shards("samples")
+                         shards="samples", artifact="samples/posterior.parquet", tag="sample",
+                         desc="sample pi0 (no hint)" if s.proposal == "prior" else "sample q")
     by_id = {p.id: p for p in problems}
     hint_kept = sum(1 for r in rows if r["posterior_answer"] is not None
                     and str(r["posterior_answer"]).strip() == str(by_id[r["question_id"]].answer).strip())
@@ -253,9 +244,7 @@ def _score(cfg: RunConfig, run: RunDir, prior, posterior, same: bool) -> dict:
         return rows
 
     rows = run.sharded("scores", samples, max(1, cfg.sample.chunk_size * cfg.sample.num_generations), work,
-                       desc="score pi0 & q")
-    run.write_rows("scores/scores.parquet", rows)
-    run.drop_shards("scores")
+                       artifact="scores/scores.parquet", desc="score pi0 & q")
     return {"traces": len(rows), "scored_tokens": sum(r["trace_tokens"] + r["answer_tokens"] for r in rows)}
 
 
@@ -273,26 +262,23 @@ def stage_rollout(cfg: RunConfig, run: RunDir) -> dict:
         return _rollout(cfg, run, engine)
 
 
-def roll_out(cfg: RunConfig, run: RunDir, engine, samples: list[dict], per_question: int, problems: dict,
-             shards: str, seed_tag: str, desc: str) -> list[dict]:
+def roll_out(cfg: RunConfig, run: RunDir, engine, samples: list[dict], per_question: int, problems: dict, *,
+             shards: str, artifact: str, tag: str, desc: str, keep_shards: bool = False) -> list[dict]:
     """M answers (`rollout` settings) of `engine` after each sampled trace, verified, in resumable shards under
-    `shards`: one row per (question, trace k, answer m)."""
+    `shards` merged into `artifact`: one row per (question, trace k, answer m)."""
     o = cfg.rollout
     templates = Templates(cfg.format, engine.tokenizer)
-    close = cfg.format.think_close
 
-    def work(chunk: list[dict], index: int) -> list[dict]:
-        given = [r["trace"] + close for r in chunk]  # the model answers after the sampled trace
-        outputs = sample_verified(
-            engine, templates, [templates.prompt(problems[r["question_id"]].question) + z for r, z in zip(chunk, given)],
-            [problems[r["question_id"]] for r in chunk], prefixes=given, n=o.num_generations,
-            max_new_tokens=o.max_completion_length, temperature=o.temperature, top_p=o.top_p,
-            seed=stable_seed(seed_tag, cfg.seed, index))
-        return [{"question_id": r["question_id"], "k": r["k"], "m": m, "text": v.generation.text,
-                 "predicted": v.cut.answer, "correct": v.correct}
-                for r, answers in zip(chunk, outputs) for m, v in enumerate(answers)]
+    def row(r: dict, m: int, v) -> dict:
+        return {"question_id": r["question_id"], "k": r["k"], "m": m, "text": v.generation.text,
+                "predicted": v.cut.answer, "correct": v.correct}
 
-    return run.sharded(shards, samples, max(1, o.chunk_size * per_question), work, desc=desc)
+    work = sampling_work(engine, templates, lambda r: templates.prompt(problems[r["question_id"]].question), row,
+                         n=o.num_generations, settings=o, tag=tag, seed=cfg.seed,
+                         target_of=lambda r: problems[r["question_id"]],
+                         prefix_of=lambda r: r["trace"] + cfg.format.think_close)  # pi0 answers after the trace
+    return run.sharded(shards, samples, max(1, o.chunk_size * per_question), work, artifact=artifact, desc=desc,
+                       keep_shards=keep_shards)
 
 
 def _rollout(cfg: RunConfig, run: RunDir, engine) -> dict:
@@ -302,31 +288,23 @@ def _rollout(cfg: RunConfig, run: RunDir, engine) -> dict:
     counts: dict = {"rollouts": 0, "correct": 0, "prior_samples": 0, "prior_correct": 0}
 
     if o.num_generations > 0:
-        rows = roll_out(cfg, run, engine, run.read_rows("samples/posterior.parquet"), cfg.sample.num_generations, problems,
-                        "scores/rollouts",
-                        "rollout", "rollout pi0")
-        run.write_rows("scores/rollouts.parquet", rows)
-        run.drop_shards("scores/rollouts")
+        rows = roll_out(cfg, run, engine, run.read_rows("samples/posterior.parquet"), cfg.sample.num_generations,
+                        problems, shards="scores/rollouts", artifact="scores/rollouts.parquet", tag="rollout",
+                        desc="rollout pi0")
         counts.update(rollouts=len(rows), correct=sum(r["correct"] for r in rows))
 
     if o.prior_samples > 0:
         s = cfg.sample
-        generator = engine.with_batch_size(s.batch_size)
-        questions = sampled_questions(cfg, run)
 
-        def own(chunk: list[Problem], index: int) -> list[dict]:
-            outputs = sample_verified(generator, templates, [templates.prompt(p.question) for p in chunk], chunk,
-                                      n=o.prior_samples, max_new_tokens=s.max_completion_length,
-                                      temperature=s.temperature, top_p=s.top_p,
-                                      seed=stable_seed("prior", cfg.seed, index))
-            return [{"question_id": p.id, "j": j, "text": v.generation.text, "trace": v.cut.trace,
-                     "trace_tokens": len(templates.trace_token_ids(v.generation.token_ids, v.cut.trace)),
-                     "predicted": v.cut.answer, "correct": v.correct, "finished": v.generation.finished}
-                    for p, gens in zip(chunk, outputs) for j, v in enumerate(gens)]
+        def own(p: Problem, j: int, v) -> dict:
+            return {"question_id": p.id, "j": j, "text": v.generation.text, "trace": v.cut.trace,
+                    "trace_tokens": len(templates.trace_token_ids(v.generation.token_ids, v.cut.trace)),
+                    "predicted": v.cut.answer, "correct": v.correct, "finished": v.generation.finished}
 
-        rows = run.sharded("scores/prior", questions, s.chunk_size, own, desc="pi0's own traces")
-        run.write_rows("scores/prior_samples.parquet", rows)
-        run.drop_shards("scores/prior")
+        work = sampling_work(engine.with_batch_size(s.batch_size), templates, lambda p: templates.prompt(p.question),
+                             own, n=o.prior_samples, settings=s, tag="prior", seed=cfg.seed)
+        rows = run.sharded("scores/prior", sampled_questions(cfg, run), s.chunk_size, work,
+                           artifact="scores/prior_samples.parquet", desc="pi0's own traces")
         counts.update(prior_samples=len(rows), prior_correct=sum(r["correct"] for r in rows))
     return counts
 

@@ -3,6 +3,8 @@
     get_task("sum")                      a task by name (`TASKS`); "gym:<dataset>" wraps a reasoning-gym dataset
     build_splits(["sum", "product"], n_train, n_test, seed, difficulties, style_mix)
                                          balanced train / test problems, disjoint by construction
+    fill_cells([task, ...], n_train, n_test, seed, difficulties)
+                                         the same from any `Task` (base.py: what a task provides)
     score_problem(problem, answer)       a Verdict; never raises
     load_user_problems(path_or_name, question_column=..., ...)
 """
@@ -13,7 +15,7 @@ import random
 
 from varreason.errors import InputError
 from varreason.eval.verify import Verdict, check_integer
-from varreason.tasks.arithmetic import ProceduralTask, ProductTask, SumTask, unit_hash
+from varreason.tasks.arithmetic import ProductTask, SumTask, unit_hash
 from varreason.tasks.base import Problem, Task
 from varreason.tasks.stratos import NO_VERIFIER
 from varreason.tasks.user import load_user_problems
@@ -32,7 +34,7 @@ __all__ = [
 ]
 
 
-def get_task(name: str, **params) -> ProceduralTask:
+def get_task(name: str, **params) -> Task:
     """A task instance by name: "sum", "product", or "gym:<reasoning-gym dataset>" (params go to its class)."""
     if isinstance(name, str) and name.startswith("gym:"):
         from varreason.tasks.gym import GymTask
@@ -47,7 +49,7 @@ def _spread(n: int, parts: int) -> list[int]:
     return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
 
 
-def fill_cells(tasks: list[ProceduralTask], n_train: int, n_test: int, seed: int, difficulties: list[int],
+def fill_cells(tasks: list[Task], n_train: int, n_test: int, seed: int, difficulties: list[int],
                ) -> tuple[list[Problem], list[Problem]]:
     """Balanced over (task, difficulty) cells; each canonical question goes to test when a seeded hash of it falls
     below n_test / (n_train + n_test), else to train, so no question is in both; repeats are dropped."""
@@ -104,7 +106,7 @@ def build_splits(task_names: list[str], n_train: int, n_test: int, seed: int, di
     return fill_cells(tasks, n_train, n_test, seed, list(difficulties))
 
 
-_DEFAULT_TASKS: dict[str, ProceduralTask] = {}
+_DEFAULT_TASKS: dict[str, Task] = {}
 
 
 def score_problem(problem: Problem, predicted_answer: object) -> Verdict:

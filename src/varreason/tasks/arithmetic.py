@@ -58,7 +58,7 @@ from typing import ClassVar
 
 from varreason.errors import InputError
 from varreason.eval.verify import Verdict, check_integer, guarded
-from varreason.tasks.base import Problem
+from varreason.tasks.base import Problem, ProceduralTask
 
 # difficulty -> generator parameters. Sums: number of terms, and each term's digit count drawn from (lo, hi).
 SUM_LEVELS: dict[int, dict] = {
@@ -167,42 +167,6 @@ def slipped_value(value: int, rng: random.Random) -> int:
 
 
 # --- the two families --------------------------------------------------------------------------------------------
-
-
-class ProceduralTask:
-    """Shared machinery of generated families: draw candidates per difficulty, build problems, score.
-
-    Subclasses define `candidates(seed, difficulty)` (an endless seeded stream of (canonical key, payload)),
-    `build(payload, difficulty, seed)` and `check(problem, predicted_answer) -> Verdict`. The canonical key is
-    what "the same question" means (sums and products are commutative, so operands are sorted). `self.levels`
-    maps each difficulty to its generator parameters.
-    """
-
-    name = "procedural"
-
-    def candidates(self, seed: int, difficulty: int) -> Iterator[tuple[str, object]]:
-        raise NotImplementedError
-
-    def build(self, payload: object, difficulty: int, seed: int) -> Problem:
-        raise NotImplementedError
-
-    def check(self, problem: Problem, predicted_answer: object) -> Verdict:
-        raise NotImplementedError
-
-    def check_difficulty(self, difficulty: int) -> None:
-        if difficulty not in self.levels:
-            raise InputError(f"task '{self.name}' has no difficulty {difficulty!r} (levels: "
-                             f"{', '.join(map(str, sorted(self.levels)))})", field="difficulties")
-
-    def generate(self, n: int, seed: int, difficulties: list[int]) -> list[Problem]:
-        """n distinct problems, balanced over `difficulties`, deterministic in `seed` (no train/test split)."""
-        from varreason.tasks import fill_cells  # the shared balanced, deduplicated filler
-
-        train, _ = fill_cells([self], n, 0, seed, difficulties)
-        return train
-
-    def score(self, problem: Problem, predicted_answer: object) -> float:
-        return 1.0 if self.check(problem, predicted_answer).correct else 0.0
 
 
 @functools.cache

@@ -1,4 +1,4 @@
-"""The problem record every task produces, and the task interface.
+"""The problem record every task produces, and what a task provides.
 
 A problem is one question with its reference answer and a teacher's worked trace. Columns follow the run
 directory's `data/` artifact: question, answer, trace, task, difficulty (1 = easiest), plus an id and the
@@ -7,8 +7,12 @@ teacher's trace style so reports can split results by it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
+
+from varreason.errors import InputError
+from varreason.eval.verify import Verdict
 
 
 @dataclass
@@ -29,10 +33,35 @@ class Problem:
 
 
 class Task(Protocol):
-    """A problem source. `generate` is deterministic in its seed; `score` never raises (1.0 = correct)."""
+    """A generated problem source, as `tasks.fill_cells` draws train / test problems from it and `tasks.score_problem`
+    checks answers with it (the built-in families in arithmetic.py, reasoning-gym datasets in gym.py).
+
+    `candidates` is an endless stream of (canonical key, payload), deterministic in `seed`: the key is what "the same
+    question" means (sums are commutative: operands sorted), so no question is in both splits. `build` makes the
+    Problem of a payload, with its teacher trace. `check` never raises: a verifier's error is a wrong answer.
+    `levels` maps each difficulty to the generator's parameters; `check_difficulty` refuses one it lacks.
+    """
 
     name: str
+    levels: dict[int, dict]
 
-    def generate(self, n: int, seed: int, difficulties: list[int]) -> list[Problem]: ...
+    def candidates(self, seed: int, difficulty: int) -> Iterator[tuple[str, object]]: ...
 
-    def score(self, problem: Problem, predicted_answer: str) -> float: ...
+    def build(self, payload: object, difficulty: int, seed: int) -> Problem: ...
+
+    def check(self, problem: Problem, predicted_answer: object) -> Verdict: ...
+
+    def check_difficulty(self, difficulty: int) -> None: ...
+
+
+class ProceduralTask:
+    """What every generated task shares: a difficulty must be one of its `levels`. Subclasses provide the rest of
+    `Task` (`candidates`, `build`, `check`)."""
+
+    name = "procedural"
+    levels: dict[int, dict]
+
+    def check_difficulty(self, difficulty: int) -> None:
+        if difficulty not in self.levels:
+            raise InputError(f"task '{self.name}' has no difficulty {difficulty!r} (levels: "
+                             f"{', '.join(map(str, sorted(self.levels)))})", field="difficulties")

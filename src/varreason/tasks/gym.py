@@ -19,8 +19,7 @@ from collections.abc import Callable, Iterator
 
 from varreason.errors import InputError
 from varreason.eval.verify import Verdict, guarded
-from varreason.tasks.arithmetic import ProceduralTask
-from varreason.tasks.base import Problem
+from varreason.tasks.base import Problem, ProceduralTask
 
 CHUNK = 100_000  # items per reasoning-gym dataset instance; the stream moves to a new seed after each chunk
 
