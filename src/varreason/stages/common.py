@@ -110,3 +110,13 @@ def final_training_config(cfg: RunConfig, run: RunDir) -> SFTConfig:
 def trains_q(cfg: RunConfig) -> bool:
     """Whether the run has a posterior q: it proposes the traces, or it rationalizes STaR's failed questions."""
     return cfg.sample.proposal != "prior" or cfg.star.rationalizer == "q"
+
+
+def length_check_inputs(cfg: RunConfig) -> dict:
+    """What decides which training rows are too long (`stages.pi0.too_long`): the tokenizer (model), the templates
+    (format), the limits and q's hinted prompt when a q is trained. With `task.long_rows: drop` they are the data's
+    settings too (`stages/graph.py`); `load_splits` keys its cache on them."""
+    c = cfg.to_dict()
+    return {"format": c["format"], "model": c["model"], "initial.max_length": cfg.initial.max_length,
+            "posterior.max_length": cfg.posterior.max_length, "posterior.hint": cfg.posterior.hint,
+            "sample.proposal": cfg.sample.proposal, "trains_q": trains_q(cfg)}

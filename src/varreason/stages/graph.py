@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from varreason.config import RunConfig
 from varreason.runs import RunDir
-from varreason.stages.common import trains_q
+from varreason.stages.common import length_check_inputs, trains_q
 
 
 @dataclass(frozen=True)
@@ -97,13 +97,8 @@ def _rollout_outputs(cfg: RunConfig) -> list[str]:
 
 def _dropped_rows_depend_on(cfg: RunConfig) -> dict:
     """`task.long_rows: drop`: which rows the data stage keeps depends on the tokenizer, the templates and the length
-    limits (`stages.pi0.fit_lengths`), so those fields are the data's settings too; with `refuse` they are not."""
-    if cfg.task.long_rows != "drop":
-        return {}
-    c = cfg.to_dict()
-    return {"long_rows_drop": {"format": c["format"], "model": c["model"], "initial.max_length": cfg.initial.max_length,
-                               "posterior.max_length": cfg.posterior.max_length, "posterior.hint": cfg.posterior.hint,
-                               "sample.proposal": cfg.sample.proposal}}
+    limits, so those fields are the data's settings too; with `refuse` they are not."""
+    return {"long_rows_drop": length_check_inputs(cfg)} if cfg.task.long_rows == "drop" else {}
 
 
 def _trained_on_pi(cfg: RunConfig) -> tuple[str, ...]:

@@ -18,7 +18,15 @@ from varreason.models import count_parameters, load_model, load_tokenizer
 from varreason.models.gguf import convert_gguf, gguf_source, gguf_tokenizer
 from varreason.models.tiny import build_tiny, train_tokenizer
 from varreason.runs import RunDir
-from varreason.stages.common import base_model_path, check_hints, hint, load_problems, sft_rows
+from varreason.stages.common import (
+    base_model_path,
+    check_hints,
+    hint,
+    length_check_inputs,
+    load_problems,
+    sft_rows,
+    trains_q,
+)
 from varreason.tasks.base import Problem
 from varreason.templates import Templates
 from varreason.training import train_sft
@@ -67,9 +75,7 @@ def load_splits(cfg: RunConfig) -> Splits:
 
     from varreason import tasks
 
-    c = cfg.to_dict()
-    key = json.dumps([cfg.seed, c["task"], c["format"], c["model"], cfg.initial.max_length, cfg.posterior.max_length,
-                      cfg.posterior.hint, cfg.sample.proposal], sort_keys=True)
+    key = json.dumps([cfg.seed, cfg.to_dict()["task"], length_check_inputs(cfg)], sort_keys=True)
     if key in _SPLITS:
         return _SPLITS[key]
     t = cfg.task
@@ -168,7 +174,7 @@ def too_long(cfg: RunConfig, problems: list[Problem], tokenizer) -> list[tuple[i
     rows = sft_rows(problems, templates)
     completion = tokens([r["completion"] for r in rows])
     limits = [("initial", tokens([r["prompt"] for r in rows]), cfg.initial.max_length)]
-    if cfg.sample.proposal != "prior":
+    if trains_q(cfg):
         q_prompts = [templates.posterior_prompt(p.question, hint(cfg, p)) for p in problems]
         limits.append(("posterior", tokens(q_prompts), cfg.posterior.max_length))
     out = []
