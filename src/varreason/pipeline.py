@@ -308,17 +308,15 @@ class WallTime:
         return f"wall time: {total:.1f} s = " + " + ".join(parts)
 
 
-def print_results(run: RunDir, wall: WallTime | float | None = None, table: bool = True) -> None:
+def print_results(run: RunDir, wall: WallTime | None = None, table: bool = True) -> None:
     """Accuracy of every evaluated model, overall and by difficulty, as a table on stdout (when the folder has an
     evaluation and `table`), then the wall time."""
     summary = run.read_json("eval/summary.json") if table else None
     out = Console()
     if summary is not None:
         print_table(out, run, summary)
-    if isinstance(wall, WallTime):
+    if wall is not None:
         out.print(wall.line(), highlight=False, soft_wrap=True)
-    elif wall is not None:
-        out.print(f"wall time: {wall:.1f} s", highlight=False)
 
 
 def print_table(out: Console, run: RunDir, summary: dict) -> None:
