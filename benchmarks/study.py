@@ -36,6 +36,7 @@ from pathlib import Path
 from variational_seeds import hard_accuracy, mean_ci
 
 from varreason.eval.metrics import mcnemar_exact, wilson_interval
+from varreason.stages.methods import METHODS
 
 CORE_METHODS = ["sft", "sft-matched", "sft-paper", "variational", "no-hint", "rft"]
 CORE_VARIANTS = {
@@ -58,7 +59,16 @@ EXTRA_VARIANTS = {
 SETS = {"core": (CORE_METHODS, CORE_VARIANTS),
         "extras": (CORE_METHODS, {**CORE_VARIANTS, **EXTRA_VARIANTS}),
         "smoke": (["sft", "sft-matched", "sft-paper", "variational"], {"forward-kl": EXTRA_VARIANTS["forward-kl"]})}
-BASELINES = ("sft", "sft-matched", "sft-paper", "matched-2x", "rft")  # plotted blue; no-hint green; q's methods orange
+ALL_VARIANTS = {**CORE_VARIANTS, **EXTRA_VARIANTS}
+# plotted by where a method's traces come from (its declared proposal, stages/methods.py)
+COLORS = {"teacher": "tab:blue", "pi0": "tab:green", "pi0-greedy": "tab:green", "pi0-online": "tab:green",
+          "q": "tab:orange"}
+
+
+def proposal(name: str) -> str:
+    """The proposal part of a method or of the study's variant of one (its declaration in stages/methods.py)."""
+    base = ALL_VARIANTS.get(name, {}).get("method", name)
+    return METHODS[base].proposal.name if base in METHODS else ""
 
 
 # The study's rollouts (the demo preset has none since its GML estimator reads none): the accuracy estimator, the
@@ -122,7 +132,7 @@ def aggregate(root: Path, seeds: list[int]) -> dict:
         hard = [hard_accuracy(e) for e in entries]
         correct, n = sum(round(e["accuracy"] * e["n"]) for e in entries), sum(e["n"] for e in entries)
         (m, h), (hm, hh) = mean_ci(acc), mean_ci(hard)
-        row = {"seeds": seeds_with, "accuracy": acc, "mean": m, "ci": h, "hard": hard, "hard_mean": hm, "hard_ci": hh,
+        row = {"proposal": proposal(name), "seeds": seeds_with, "accuracy": acc, "mean": m, "ci": h, "hard": hard, "hard_mean": hm, "hard_ci": hh,
                "pooled": correct / n, "pooled_ci": list(wilson_interval(correct, n)), "n": n}
         for against in ("sft-matched", "sft-paper", "no-hint", "variational", "matched-2x"):
             if name == against or not all(against in details[s] for s in seeds_with):
@@ -191,7 +201,7 @@ def plot(result: dict, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names)), 3.8))
     for i, name in enumerate(names):
         r = methods[name]
-        color = "tab:blue" if name in BASELINES else "tab:green" if name == "no-hint" else "tab:orange"
+        color = COLORS.get(r.get("proposal") or proposal(name), "tab:grey")
         ax.bar(i, r["mean"], yerr=r["ci"], capsize=3, color=color)
         ax.scatter([i] * len(r["accuracy"]), r["accuracy"], color="black", s=8, zorder=3)
     if "sft-matched" in methods:
@@ -199,7 +209,7 @@ def plot(result: dict, out: Path) -> None:
         ax.legend(fontsize=8)
     ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
     ax.set_ylabel("held-out accuracy")
-    ax.set_title("mean over seeds, t 95% CI (dots: seeds); blue: SFT baselines, green: no hint, orange: q with a hint",
+    ax.set_title("mean over seeds, t 95% CI (dots: seeds); traces from: blue the teacher, green pi0, orange q (hint)",
                  fontsize=8)
     lows = [min(methods[n]["accuracy"]) for n in names]
     ax.set_ylim(max(0.0, min(lows) - 0.08), min(1.0, max(methods[n]["mean"] + methods[n]["ci"] for n in names) + 0.04))

@@ -150,11 +150,19 @@ def test_two_rounds_forward_kl_solution_hint_paper_baseline_and_scaled_batch(tmp
     assert stages["matched"]["counts"]["sft-paper_examples_per_step"] == batch // 2
     # round 2: its own folder on round 1's models, its model evaluated beside the others
     round2 = out / "rounds/2"
-    assert os.path.realpath(round2 / "models/initial") == os.path.realpath(out / "models/final")
-    assert os.path.realpath(round2 / "models/previous-posterior") == os.path.realpath(out / "models/posterior")
-    r2 = json.loads((round2 / "manifest.json").read_text())["stages"]
+    # models/initial is pi0 in every folder; the round is given round 1's models as its starting checkpoints
+    assert os.path.realpath(round2 / "models/initial") == os.path.realpath(out / "models/initial")
+    assert not (round2 / "models/previous-posterior").exists()
+    r2_manifest = json.loads((round2 / "manifest.json").read_text())
+    starts = RunDir(round2).starts
+    assert os.path.realpath(starts["policy"].path) == os.path.realpath(out / "models/final")
+    assert os.path.realpath(starts["posterior"].path) == os.path.realpath(out / "models/posterior")
+    assert starts["policy"].run_id == stages["final"]["run_id"] and starts["posterior"].run_id == stages["posterior"]["run_id"]
+    r2 = r2_manifest["stages"]
     assert [s for s in r2 if "adopted_from" not in r2[s]] == list(ROUND_STAGES)
-    assert r2["posterior"]["counts"]["init"] == "previous-posterior" and r2["final"]["counts"]["optimizer_steps"] > 0
+    assert r2["initial"]["run_id"] == stages["initial"]["run_id"]  # pi0's own entry, not a stand-in
+    assert all(r2[s]["made_from"]["start:policy"] == stages["final"]["run_id"] for s in ROUND_STAGES)
+    assert r2["posterior"]["counts"]["init"] == "previous-round-posterior" and r2["final"]["counts"]["optimizer_steps"] > 0
     assert stages["posterior"]["counts"]["init"] == "initial"
     summary = json.loads((out / "eval/summary.json").read_text())
     assert {"initial", "final", "sft-matched", "sft-paper", "final-round2"} <= set(summary)

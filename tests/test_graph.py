@@ -73,3 +73,33 @@ def test_sharded_and_engine_lists_come_from_the_declarations():
     assert set(ENGINE_SECTIONS) == {f.name for f in dataclasses.fields(RunConfig)
                                     if hasattr(getattr(RunConfig(), f.name), "backend")}
     assert set(ENGINE_SECTIONS) == set(SHARDED)  # a stage that samples or scores has a section with its engine
+
+
+def test_a_round_records_the_checkpoints_it_starts_from_and_is_redone_when_they_change(tmp_path):
+    """Round t >= 2 is given round t-1's models in its manifest (`starts`), not through models/initial: every stage
+    records their run ids, so a remade round t-1 model makes the round's stages not done."""
+    import json
+
+    from varreason.runs import RunDir
+
+    (tmp_path / "models/final").mkdir(parents=True)
+    (tmp_path / "models/final/config.json").write_text("{}")
+    folder = tmp_path / "rounds/2"
+    folder.mkdir(parents=True)
+    manifest = {"stages": {"initial": {"run_id": "pi0"}},
+                "starts": {"policy": {"path": "../../models/final", "run_id": "final-1"},
+                           "posterior": {"path": "../../models/posterior", "run_id": "q-1"}}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    run, cfg = RunDir(folder), RunConfig()
+    assert run.starts["policy"].path.resolve() == (tmp_path / "models/final").resolve()
+    made_from = STAGES["sample"].made_from(cfg, run)
+    assert made_from == {"initial": "pi0", "start:policy": "final-1", "start:posterior": "q-1"}
+    from varreason.stages.common import policy_dir
+
+    assert policy_dir(run) == str(folder / "../../models/final")  # not models/initial (pi0, always)
+    manifest["stages"]["sample"] = {"config_hash": "h", "made_from": made_from, "outputs": []}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert run.is_done("sample", "h", [], STAGES["sample"].made_from(cfg, run))
+    manifest["starts"]["policy"]["run_id"] = "final-2"  # round 1's final model was made anew
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert not run.is_done("sample", "h", [], STAGES["sample"].made_from(cfg, run))

@@ -2,8 +2,8 @@
 printed results.
 
 Rounds (`rounds: T`, Algorithm 1): round 1 is the run folder itself; round t >= 2 runs posterior -> ... -> final again
-in rounds/<t>/ on round t-1's models (`round_folder`), and its final model joins the run's models as
-<final.name>-round<t>, evaluated after the round.
+in rounds/<t>/, given round t-1's final model and q as its starting checkpoints (`round_folder`, `RunDir.starts`),
+and its final model joins the run's models as <final.name>-round<t>, evaluated after the round.
 
 A stage is skipped when the manifest holds it with the same hash of the config sections it (and everything
 upstream) depends on, made from the very artifacts it reads, and its outputs exist. `eval` always runs and skips,
@@ -114,7 +114,8 @@ def stale_artifacts(cfg: RunConfig, run: RunDir) -> list[str]:
         stage = STAGES.get(key.split(":")[0])
         if stage is None or stage.always or not is_stale(stage, entry, cfg, run):
             continue
-        changed = [u for u, rid in entry["made_from"].items() if run.run_id(STAGES[u].key(cfg)) != rid]
+        now = stage.made_from(cfg, run)
+        changed = [u.removeprefix("start:") for u, rid in entry["made_from"].items() if now.get(u) != rid]
         there = [_artifact(o) for o in entry.get("outputs", []) if (run.path / o).exists()]
         if there:
             out.append(f"{', '.join(there)} (made before {', '.join(changed)} was made anew; "
@@ -168,27 +169,28 @@ def _link(path, target) -> None:
 
 
 def round_folder(cfg: RunConfig, run: RunDir, t: int) -> RunDir:
-    """Round t >= 2 of Algorithm 1 as a run folder of its own, rounds/<t>/, that every stage reads as usual: its
-    data/ and models/base are the run's; models/initial is round t-1's final model (pi_{t-1}: the phi-phase samples
-    from it, traces are scored under it, and the final model continues from it with final.init initial);
-    models/previous-posterior is round t-1's q, which this round's q continues from (Algorithm 1 keeps phi)."""
-    previous = run.path if t == 2 else run.path / "rounds" / str(t - 1)
+    """Round t >= 2 of Algorithm 1 as a run folder of its own, rounds/<t>/, whose stages are given their starting
+    checkpoints (`RunDir.starts`, in its manifest): "policy" is round t-1's final model (pi_{t-1}: the phi-phase
+    samples from it, traces are scored under it, and the final model continues from it with final.init initial),
+    "posterior" round t-1's q, which this round's q continues from (Algorithm 1 keeps phi). data/, models/base and
+    models/initial (pi0, always) are the run's."""
+    previous = RunDir(run.path if t == 2 else run.path / "rounds" / str(t - 1), run.ranks)
     folder = RunDir(run.path / "rounds" / str(t), run.ranks)
     folder.round = t
     if run.ranks.main:
-        links = {"data": run.path / "data", "models/base": run.path / "models" / "base",
-                 "models/initial": previous / "models" / cfg.final.name,
-                 "models/previous-posterior": previous / "models" / "posterior"}
-        for rel, target in links.items():
-            if target.exists():
-                _link(folder.path / rel, target)
+        for rel in ("data", "models/base", "models/initial"):
+            if (run.path / rel).exists():
+                _link(folder.path / rel, run.path / rel)
+        old_link = folder.path / "models" / "previous-posterior"  # how a folder made before `starts` was given q
+        if old_link.is_symlink():
+            old_link.unlink()
         manifest, top = folder.manifest(), run.manifest()["stages"]
         for stage in ("data", "initial"):  # pi0's step count (final.max_steps -1) and the data, as compare adopts
             if stage in top:  # always the run's current entry: a retrained pi0 must not leave a stale step count
                 manifest["stages"][stage] = {**top[stage], "adopted_from": str(run.path.resolve())}
-        if "initial" in manifest["stages"]:  # what models/initial holds here: round t-1's final model
-            previous_final = RunDir(previous, run.ranks).run_id(STAGES["final"].key(cfg))
-            manifest["stages"]["initial"]["run_id"] = previous_final
+        starts = {"policy": (cfg.final.name, STAGES["final"].key(cfg)), "posterior": ("posterior", "posterior")}
+        manifest["starts"] = {role: {"path": os.path.relpath(previous.path / "models" / model, folder.path),
+                                     "run_id": previous.run_id(key)} for role, (model, key) in starts.items()}
         folder.write_json("manifest.json", manifest)
     run.ranks.wait()
     return folder

@@ -125,6 +125,14 @@ def _alive(pid: str) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class Start:
+    """A checkpoint a stage starts from other than the folder's own models: round t >= 2 of Algorithm 1 starts from
+    round t-1's final model and q (`pipeline.round_folder` records them in the manifest's `starts`)."""
+    path: Path
+    run_id: str | None
+
+
 class RunDir:
     def __init__(self, path: str | Path, ranks: Ranks | None = None):
         self.path = Path(path)
@@ -185,6 +193,14 @@ class RunDir:
     def entry(self, key: str) -> dict | None:
         """A stage's manifest entry (`Stage.key`: the stage's name, with the model name for named models)."""
         return self.manifest()["stages"].get(key)
+
+    @property
+    def starts(self) -> dict[str, Start]:
+        """The checkpoints this folder's stages start from, by role ("policy": the reasoning model they sample from,
+        score under and continue from; "posterior": the q that q continues from); empty in a run's own folder, whose
+        stages start from models/initial (pi0) and the config's `init` fields."""
+        recorded = self.manifest().get("starts") or {}
+        return {role: Start(self.path / s["path"], s.get("run_id")) for role, s in recorded.items()}
 
     def run_id(self, key: str) -> str | None:
         """Identifies the making of a stage's artifacts: a stage records the ids of what it read (`made_from`)."""

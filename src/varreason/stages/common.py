@@ -39,9 +39,30 @@ def model_dir(run: RunDir, name: str) -> str:
     return str(path)
 
 
+def policy_dir(run: RunDir) -> str:
+    """The reasoning model a stage samples from, scores under and continues from (`init: initial`): pi0
+    (models/initial), or in round t >= 2 of Algorithm 1 the checkpoint the round was given (`RunDir.starts`)."""
+    start = run.starts.get("policy")
+    if start is None:
+        return model_dir(run, "initial")
+    if not (start.path / "config.json").exists():
+        raise InputError("the previous round's final model is missing; run the rounds in order", file=str(start.path))
+    return str(start.path)
+
+
 def init_path(cfg: RunConfig, run: RunDir, init: str) -> str:
-    """Where a trained model starts: `base` (the paper's recipe) or `initial` (continue from pi0)."""
-    return base_model_path(cfg, run) if init == "base" else model_dir(run, "initial")
+    """Where a trained model starts: `base` (the paper's recipe) or `initial` (continue from the policy: pi0, or
+    round t-1's final model in round t)."""
+    return base_model_path(cfg, run) if init == "base" else policy_dir(run)
+
+
+def posterior_init(cfg: RunConfig, run: RunDir) -> tuple[str, str]:
+    """Where q starts, and its name for the manifest: round t-1's q in round t >= 2 (Algorithm 1 keeps phi),
+    else `posterior.init`."""
+    start = run.starts.get("posterior")
+    if start is not None and (start.path / "config.json").exists():
+        return str(start.path), "previous-round-posterior"
+    return init_path(cfg, run, cfg.posterior.init), cfg.posterior.init
 
 
 def hint(cfg: RunConfig, p: Problem) -> str:

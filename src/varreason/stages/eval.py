@@ -20,7 +20,7 @@ from varreason.stages.common import load_problems
 from varreason.templates import Templates
 
 REASONING_MODELS_FIRST = ("initial", "final", "sft-matched")
-NOT_REASONING_MODELS = ("base", "posterior", "previous-posterior")
+NOT_REASONING_MODELS = ("base", "posterior")
 
 
 def reasoning_models(run: RunDir) -> list[str]:

@@ -77,10 +77,12 @@ class Stage:
         return run.is_done(self.key(cfg), self.config_hash(cfg, run.round), self.outputs(cfg), self.made_from(cfg, run))
 
     def made_from(self, cfg: RunConfig, run: RunDir) -> dict:
-        """The run ids of the artifacts it reads, as the folder holds them now."""
+        """The run ids of the artifacts it reads, as the folder holds them now, and of the checkpoints the folder was
+        given to start from (`RunDir.starts`, round t >= 2)."""
         entries = run.manifest()["stages"]  # read once
         keys = {name: STAGES[name].key(cfg) for name in self.reads}
-        return {name: entries[key].get("run_id") for name, key in keys.items() if key in entries}
+        made_from = {name: entries[key].get("run_id") for name, key in keys.items() if key in entries}
+        return {**made_from, **{f"start:{role}": start.run_id for role, start in run.starts.items()}}
 
 
 def _base_is_built(cfg: RunConfig) -> bool:

@@ -40,6 +40,8 @@ from varreason.stages.common import (
     init_path,
     load_problems,
     model_dir,
+    policy_dir,
+    posterior_init,
     sampled_questions,
     sft_rows,
     teacher_row,
@@ -60,9 +62,7 @@ def stage_posterior(cfg: RunConfig, run: RunDir) -> dict:
     recipe), or Algorithm 1's phi-phase (`mode: forward_kl`): weighted SFT on pi's own traces."""
     if not trains_q(cfg):
         return {"skipped": "sample.proposal is prior: pi0 proposes the traces, no posterior is trained"}
-    previous = run.path / "models" / "previous-posterior"  # round t >= 2: q continues from round t-1's q
-    init_name = "previous-posterior" if (previous / "config.json").exists() else cfg.posterior.init
-    init = str(previous) if init_name == "previous-posterior" else init_path(cfg, run, init_name)
+    init, init_name = posterior_init(cfg, run)
     problems = load_problems(run, "train")
     check_hints(cfg, problems, str(run.path / "data" / "train.parquet"))
     if cfg.posterior.mode == "forward_kl":
@@ -78,7 +78,7 @@ def stage_posterior(cfg: RunConfig, run: RunDir) -> dict:
 
 
 def forward_kl_rows(cfg: RunConfig, run: RunDir, problems: list[Problem]) -> tuple[list[dict], dict]:
-    """Algorithm 1's phi-phase (Eq. 9): M traces per question from pi (models/initial, no hint), M' answers of pi
+    """Algorithm 1's phi-phase (Eq. 9): M traces per question from pi (`policy_dir`: pi0, or round t-1's model; no hint), M' answers of pi
     after each, w_m = acc_m / sum_j acc_j within the question (`objectives.forward_kl_weights`); q's training rows
     are (hinted prompt, trace m + the reference answer) with weight w_m, rescaled to mean 1 as the weighted build.
     A question none of whose traces led to a correct answer (w undefined: 0/0) falls back to its teacher trace with
@@ -89,7 +89,7 @@ def forward_kl_rows(cfg: RunConfig, run: RunDir, problems: list[Problem]) -> tup
     again."""
     from varreason.backends import open_engine
 
-    with open_engine(cfg.backend_of("sample"), model_dir(run, "initial"), batch_size=cfg.sample.batch_size,
+    with open_engine(cfg.backend_of("sample"), policy_dir(run), batch_size=cfg.sample.batch_size,
                      vllm=cfg.vllm, seed=cfg.seed) as engine:
         templates = Templates(cfg.format, engine.tokenizer)
         samples = sample_traces(cfg, run, engine, problems, lambda p: templates.prompt(p.question),
@@ -137,7 +137,7 @@ def stage_sample(cfg: RunConfig, run: RunDir) -> dict:
     from varreason.backends import open_engine
 
     s = cfg.sample
-    path = model_dir(run, "initial" if s.proposal == "prior" else "posterior")
+    path = policy_dir(run) if s.proposal == "prior" else model_dir(run, "posterior")
     with open_engine(cfg.backend_of("sample"), path, batch_size=s.batch_size, vllm=cfg.vllm, seed=cfg.seed) as engine:
         return _sample(cfg, run, engine)
 
@@ -192,7 +192,7 @@ def stage_score(cfg: RunConfig, run: RunDir) -> dict:
     settings = {"batch_size": c.batch_size, "chunk_size": c.chunk_size, "vllm": cfg.vllm, "seed": cfg.seed,
                 "share": 1.0 if same else 0.5}  # two vLLM engines are alive at once: each gets half the memory
     with contextlib.ExitStack() as stack:
-        prior = stack.enter_context(open_engine(cfg.backend_of("score"), model_dir(run, "initial"), **settings))
+        prior = stack.enter_context(open_engine(cfg.backend_of("score"), policy_dir(run), **settings))
         posterior = prior
         if not same:
             posterior_dir = model_dir(run, "posterior")
@@ -257,7 +257,7 @@ def stage_rollout(cfg: RunConfig, run: RunDir) -> dict:
     o = cfg.rollout
     if o.num_generations == 0 and o.prior_samples == 0:  # nothing asked for (the demo's GML estimator reads none)
         return {"rollouts": 0, "correct": 0, "prior_samples": 0, "prior_correct": 0}
-    with open_engine(cfg.backend_of("rollout"), model_dir(run, "initial"), batch_size=o.batch_size, vllm=cfg.vllm,
+    with open_engine(cfg.backend_of("rollout"), policy_dir(run), batch_size=o.batch_size, vllm=cfg.vllm,
                      seed=cfg.seed) as engine:
         return _rollout(cfg, run, engine)
 
@@ -427,7 +427,7 @@ def build_rows(cfg: RunConfig, run: RunDir, templates: Templates) -> tuple[list[
 
 
 def stage_build(cfg: RunConfig, run: RunDir) -> dict:
-    rows, counts = build_rows(cfg, run, Templates(cfg.format, load_tokenizer(model_dir(run, "initial"))))
+    rows, counts = build_rows(cfg, run, Templates(cfg.format, load_tokenizer(policy_dir(run))))
     run.write_rows("train/final.parquet", rows)
     if counts["fallbacks"] and run.ranks.main:  # on stderr with the stage lines, not amid the results on stdout
         print(f"  build: {counts['fallbacks']} of {counts['questions']} questions had no eligible trace and fell back "
