@@ -21,7 +21,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from varreason import logs
+from varreason import compute, logs
 from varreason.config import RunConfig, dump_config, set_value, validate
 from varreason.errors import InputError
 from varreason.pipeline import STAGES, refuse_replacing, run_rounds, run_stage, write_folder_config
@@ -52,6 +52,9 @@ def resolve_methods(cfg: RunConfig) -> dict[str, Method]:
         out[name] = METHODS[base].variant(name, spec)
     if not out:
         raise InputError("compare.methods and compare.variants are both empty: nothing to compare")
+    for name, m in out.items():
+        if m.flops_of and m.flops_of not in list(out)[: list(out).index(name)]:
+            raise InputError(f"{name} matches the FLOPs of {m.flops_of}: put {m.flops_of} before it in compare.methods")
     return out
 
 
@@ -126,11 +129,38 @@ def run_method(name: str, method: Method, cfg: RunConfig, donors: list[RunDir], 
         metrics = evaluate_if_changed(cfg, run, model, force=force)
     entries = {s: run.entry(STAGES[s].key(cfg)) for s in stages}
     wall = {s: e["wall_seconds"] for s, e in entries.items() if e}
-    return {"method": method.base or method.name, "model": model, "run_dir": str(run.path), "accuracy": metrics["accuracy"],
+    own = [e["counts"].get("compute") for s, e in entries.items() if e and s not in PI0_STAGES] + round_compute(run)
+    return {"method": method.base or method.name, "model": model, "run_dir": str(run.path),
+            "compute": compute.combine(own),
+            "pi0_compute": compute.combine([e["counts"].get("compute") for s, e in entries.items() if e and s in PI0_STAGES]),
+            "accuracy": metrics["accuracy"],
             "ci_low": metrics["ci_low"], "ci_high": metrics["ci_high"], "n": metrics["n"],
             "by_difficulty": metrics["by_difficulty"], "wall_seconds": sum(wall.values()),
             "method_wall_seconds": sum(v for s, v in wall.items() if s not in PI0_STAGES),
             "eval_seconds": metrics.get("generation_seconds"), "stage_wall_seconds": wall}
+
+
+def round_compute(run: RunDir) -> list[dict]:
+    """The compute of rounds 2..T (their own stages, not those adopted from the run)."""
+    out = []
+    for folder in sorted((run.path / "rounds").glob("*")) if (run.path / "rounds").exists() else []:
+        stages = RunDir(folder, run.ranks).manifest()["stages"]
+        out += [e["counts"].get("compute") for e in stages.values() if "adopted_from" not in e]
+    return out
+
+
+def flops_matched(cfg: RunConfig, name: str, method: Method, results: dict) -> RunConfig:
+    """`method` with final.max_steps chosen so that its training FLOPs equal the own FLOPs of `method.flops_of`
+    (already run): FLOPs per teacher example from pi0's training, which reads the same rows."""
+    ref = results[method.flops_of]  # run before it (resolve_methods)
+    initial = RunDir(ref["run_dir"]).entry("initial")["counts"]
+    per_example = initial["compute"]["flops"]["trained"] / (initial["optimizer_steps"] * initial["examples_per_step"])
+    examples_per_step = cfg.final.per_device_train_batch_size * cfg.final.gradient_accumulation_steps
+    out = copy.deepcopy(cfg)
+    out.final.max_steps = compute.steps_for_flops(ref["compute"]["flops"]["total"], per_example, examples_per_step)
+    console.print(f"[dim]{name}: {out.final.max_steps} steps give it the {ref['compute']['flops']['total']:.3g} "
+                  f"FLOPs that {method.flops_of} spent on its own stages[/dim]")
+    return out
 
 
 def difficulty_source(cfg: RunConfig, root: Path, configs: dict[str, RunConfig],
@@ -159,8 +189,8 @@ def run_compare(cfg: RunConfig, out_dir: str | Path, reuse: list[str] | None = N
         if not (Path(path) / "manifest.json").exists():
             raise InputError("--reuse needs a run folder with a manifest.json", file=str(path))
     if not overwrite:  # a method folder made with other settings: refused before any method runs
-        for name, m in methods.items():
-            if (Path(configs[name].output_dir) / "manifest.json").exists():
+        for name, m in methods.items():  # (a FLOPs-matched method's steps are known once its reference ran)
+            if not m.flops_of and (Path(configs[name].output_dir) / "manifest.json").exists():
                 refuse_replacing(configs[name], RunDir(configs[name].output_dir), list(PI0_STAGES + m.stages))
     top = RunDir(root)
     with top.lock(), logs.run_log(top.path):  # library chatter (TRL, vLLM, HF) into DIR/logs/run.log
@@ -169,6 +199,10 @@ def run_compare(cfg: RunConfig, out_dir: str | Path, reuse: list[str] | None = N
         start = time.time()
         results: dict = {}
         for name, m in methods.items():
+            if m.flops_of:
+                configs[name] = flops_matched(configs[name], name, m, results)
+                if not overwrite and (Path(configs[name].output_dir) / "manifest.json").exists():
+                    refuse_replacing(configs[name], RunDir(configs[name].output_dir), list(PI0_STAGES + m.stages))
             folders = [RunDir(c.output_dir) for c in configs.values() if Path(c.output_dir).exists()]
             results[name] = run_method(name, m, configs[name], donors + folders, force=force, overwrite=overwrite)
             top.write_json("summary.json", {n: _public(r) for n, r in results.items()})
@@ -187,7 +221,8 @@ def run_compare(cfg: RunConfig, out_dir: str | Path, reuse: list[str] | None = N
 
 
 def _public(r: dict) -> dict:
-    keys = ("accuracy", "ci_low", "ci_high", "n", "by_difficulty", "wall_seconds", "method_wall_seconds", "model")
+    keys = ("accuracy", "ci_low", "ci_high", "n", "by_difficulty", "wall_seconds", "method_wall_seconds", "model",
+            "compute", "pi0_compute")
     return {k: r[k] for k in keys}
 
 
@@ -198,17 +233,38 @@ def _measured(value: float | None, spec: str) -> str:
     return "-" if value is None or not math.isfinite(value) else format(value, spec)
 
 
+COMPUTE_COLUMNS = ["generated", "read forward", "trained", "FLOPs"]  # the method's own stages (pi0's is shared)
+
+
+def _count(n: float) -> str:
+    """A token count in a column: 812, 45.2k, 3.10M."""
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e4 else f"{n:.0f}"
+
+
+def compute_cells(r: dict) -> list[str]:
+    """The four compute columns of a method: tokens generated, read forward only (prompts, scoring), trained, and
+    the FLOPs of its own stages."""
+    c = r.get("compute") or compute.combine([])
+    return [_count(c["generated"]), _count(c["prefilled"] + c["scored"]), _count(c["trained"]),
+            f"{c['flops']['total']:.2e}"]
+
+
 def print_compare(results: dict, wall: float | None = None) -> None:
     levels = difficulty_levels(results)
     table = Table(title="Held-out accuracy, every method from the same pi0")
     for col in ["method", "accuracy (95% CI)"] + [difficulty_label(d) for d in levels] + ["wall s (method)"]:
         table.add_column(col, justify="left" if col == "method" else "right")
+    spent = Table(title="Compute of each method's own stages (pi0's are shared)")
+    for col in ["method"] + COMPUTE_COLUMNS:
+        spent.add_column(col, justify="left" if col == "method" else "right")
     for name, r in results.items():
         table.add_row(name, f"{r['accuracy']:.1%} [{r['ci_low']:.1%}, {r['ci_high']:.1%}]",
                       *[f"{r['by_difficulty'][d]['accuracy']:.1%}" if d in r["by_difficulty"] else "-" for d in levels],
                       f"{r['wall_seconds']:.0f} ({r['method_wall_seconds']:.0f})")
+        spent.add_row(name, *compute_cells(r))
     out = Console()
     out.print(table)
+    out.print(spent)
     if wall is not None:
         out.print(f"compare wall time this call: {wall:.1f} s (adopted and finished stages are not redone)")
 
@@ -239,6 +295,31 @@ def plot_accuracy(results: dict, path) -> None:
     plt.close(fig)
 
 
+def plot_accuracy_flops(results: dict, path) -> None:
+    """Held-out accuracy against the FLOPs a method spent (pi0's shared training plus its own stages), one point
+    per method with its Wilson 95% CI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, r in results.items():
+        flops = (r.get("pi0_compute") or compute.combine([]))["flops"]["total"] + (
+            r.get("compute") or compute.combine([]))["flops"]["total"]
+        if flops <= 0:
+            continue
+        ax.errorbar([flops], [r["accuracy"]], yerr=[[r["accuracy"] - r["ci_low"]], [r["ci_high"] - r["accuracy"]]],
+                    marker="o", capsize=3)
+        ax.annotate(name, (flops, r["accuracy"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("FLOPs: pi0's training + the method's own stages")
+    ax.set_ylabel("held-out accuracy (Wilson 95% CI)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def write_compare_report(top: RunDir, results: dict, curves: dict, methods: dict) -> None:
     from varreason.report.run_report import plot_accuracy_by_difficulty
 
@@ -250,14 +331,21 @@ def write_compare_report(top: RunDir, results: dict, curves: dict, methods: dict
     lines = [f"# Method comparison: {top.path.name}", "",
              ("Every method starts from the same pi0 and is evaluated on the same held-out problems with the same "
              "sampling. Wall time counts every stage a method needs, pi0 included (method: its own stages)."), "",
-             "| method | accuracy | 95% CI | " + " | ".join(difficulty_label(d) for d in levels) + " | wall s | method s |",
-             "|---|---|---|" + "---|" * len(levels) + "---|---|"]
+             ("Compute (src/varreason/compute.py) counts the method's own stages, pi0's shared ones not included: tokens "
+              "generated, read forward only (prompts before sampling, scoring), trained (forward and backward), and "
+              "their FLOPs (2N per token read, 6N per token trained, plus attention)."), "",
+             "| method | accuracy | 95% CI | " + " | ".join(difficulty_label(d) for d in levels)
+             + " | " + " | ".join(COMPUTE_COLUMNS) + " | wall s | method s |",
+             "|---|---|---|" + "---|" * (len(levels) + len(COMPUTE_COLUMNS)) + "---|---|"]
     for name, r in results.items():
         cells = [f"{r['by_difficulty'][d]['accuracy']:.1%}" if d in r["by_difficulty"] else "-" for d in levels]
-        lines.append(f"| {name} | {r['accuracy']:.1%} | [{r['ci_low']:.1%}, {r['ci_high']:.1%}] | " + " | ".join(cells)
+        lines.append(f"| {name} | {r['accuracy']:.1%} | [{r['ci_low']:.1%}, {r['ci_high']:.1%}] | "
+                     + " | ".join(cells + compute_cells(r))
                      + f" | {r['wall_seconds']:.0f} | {r['method_wall_seconds']:.0f} |")
+    plot_accuracy_flops(results, plots / "accuracy_flops.png")
     lines += ["", "![accuracy and wall time](plots/accuracy.png)", "",
-              "![accuracy by difficulty](plots/accuracy_by_difficulty.png)", "", "## Methods", ""]
+              "![accuracy by difficulty](plots/accuracy_by_difficulty.png)", "",
+              "![accuracy against FLOPs](plots/accuracy_flops.png)", "", "## Methods", ""]
     lines += [f"- `{n}`: {m.description} (`{results[n]['run_dir']}`)" for n, m in methods.items()]
     if curves:
         bias.plot_bias(curves, plots / "bias.png")

@@ -20,11 +20,12 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from varreason import logs
+from varreason import compute, logs
 from varreason.config import RunConfig, dump_config
 from varreason.report.run_report import difficulty_label, difficulty_levels, write_report
 from varreason.runs import Ranks, RunDir, ShardFinished
@@ -66,10 +67,12 @@ def run_stage(name: str, cfg: RunConfig, run: RunDir, force: bool = False) -> di
     logs.route_libraries()  # a library first imported by the previous stage logs to the run log too
     start = time.time()
     counts: dict = {}
+    compute.take()  # the stage's compute account starts here
     try:
         with run.running(shards):
             if stage.parallel or run.ranks.main:
                 counts = stage.function()(cfg, run)
+        counts = {**counts, "compute": compute.summary(compute.take(), model_shape(cfg, run))}
     except ShardFinished as done:  # a --shard job did its part: nothing merged, nothing recorded
         say(f"  {done}; `varreason {name}` without --shard merges the shards"
             + (" (and does the missing chunks)" if done.missing else ""))
@@ -80,6 +83,17 @@ def run_stage(name: str, cfg: RunConfig, run: RunDir, force: bool = False) -> di
         run.drop_finished_shards(shards)
     run.ranks.wait()
     return counts if run.ranks.main else run.entry(key)["counts"]
+
+
+def model_shape(cfg: RunConfig, run: RunDir) -> dict | None:
+    """N, n_layer and d_attn of the run's models (they share pi0's architecture) for the FLOPs of the compute
+    account; None before a model exists."""
+    from varreason.stages.common import base_model_path
+
+    for path in (run.path / "models" / "initial", run.path / "models" / "base", Path(base_model_path(cfg, run))):
+        if (path / "config.json").exists():
+            return compute.model_shape(str(path.resolve()))
+    return None
 
 
 # --- nothing finished is replaced silently ------------------------------------------------------------------------

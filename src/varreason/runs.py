@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from varreason import compute
 from varreason.errors import InputError
 
 
@@ -270,17 +271,30 @@ class RunDir:
                 tmp.write_text(text)
         return self.path / rel
 
-    def write_rows(self, rel: str, rows: list[dict], every_rank: bool = False) -> Path:
-        """A list of records as Parquet (opens with `datasets.load_dataset('parquet', ...)` or pandas)."""
+    def write_rows(self, rel: str, rows: list[dict], every_rank: bool = False, metadata: dict | None = None) -> Path:
+        """A list of records as Parquet (opens with `datasets.load_dataset('parquet', ...)` or pandas); `metadata`
+        (JSON values) goes into the file's schema metadata under `varreason.<key>` (`read_metadata`)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         if not (self.ranks.main or every_rank):
             return self.path / rel
         rows = [{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in r.items()} for r in rows]
+        table = pa.Table.from_pylist(rows)
+        if metadata:
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                                   **{f"varreason.{k}": json.dumps(v) for k, v in metadata.items()}})
         with self._atomic(rel) as tmp:
-            pq.write_table(pa.Table.from_pylist(rows), tmp)
+            pq.write_table(table, tmp)
         return self.path / rel
+
+    def read_metadata(self, rel: str) -> dict:
+        """What `write_rows(..., metadata=)` stored with a Parquet file ({} when nothing)."""
+        import pyarrow.parquet as pq
+
+        stored = pq.read_schema(self.path / rel).metadata or {}
+        return {k.decode()[len("varreason."):]: json.loads(v) for k, v in stored.items()
+                if k.decode().startswith("varreason.")}
 
     def read_rows(self, rel: str) -> list[dict]:
         import pyarrow as pa
@@ -338,12 +352,16 @@ class RunDir:
         # disable=None: a bar on a terminal only; a captured log gets the stage lines, not `\r`-joined bar updates
         with tqdm(total=len(mine), initial=len(mine) - len(todo), desc=label, unit="shard", disable=None) as bar:
             for i in todo:
-                self.write_rows(shard[i], work(chunks[i], i), every_rank=True)
+                with compute.set_apart() as spent:  # the chunk's compute travels with its shard
+                    rows = work(chunks[i], i)
+                self.write_rows(shard[i], rows, every_rank=True, metadata={"compute": spent[0].to_dict()})
                 bar.update(1)
         if self.ranks.shard_job:
             raise ShardFinished(desc or rel_dir, len(mine), sum(not (self.path / s).exists() for s in shard))
         self.ranks.wait()
         rows = [r for rel in shard for r in self.read_rows(rel)]
+        for rel in shard:  # every chunk's compute, counted once here whoever did it (a rank, a shard job, a killed run)
+            compute.add(compute.Account.from_dict(self.read_metadata(rel).get("compute")))
         self.ranks.wait()  # every rank has read the shards before rank 0 may drop them
         self.write_rows(artifact, rows)
         if not keep_shards:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
+from varreason import compute
 from varreason.config import SFTConfig
 from varreason.errors import InputError, disk_failure
 from varreason.models import load_model, load_tokenizer, save_pretrained
@@ -38,17 +39,19 @@ class TokenizedSet:
     supervised_tokens: list[int]
 
 
-def tokenize_examples(rows: list[dict], tokenizer, max_length: int) -> TokenizedSet:
+def tokenize_examples(rows: list[dict], tokenizer, max_length: int, signed: bool = False) -> TokenizedSet:
     """prompt + completion token ids, labels masked on the prompt; prompt and completion are tokenized apart,
-    exactly as they are scored later, so the supervised tokens are the same ids the scorer sees."""
+    exactly as they are scored later, so the supervised tokens are the same ids the scorer sees. `signed`: a weight
+    may be negative (its log-likelihood is pushed down: TRICE's control variate); otherwise it must be >= 0."""
     features, truncated, supervised = [], 0, []
     for i, row in enumerate(rows):
         for name in ("prompt", "completion"):
             if not isinstance(row.get(name), str) or not row[name]:
                 raise InputError(f"missing or empty '{name}'", file="training data", row=i, field=name)
         weight = float(row.get("weight", 1.0))
-        if not math.isfinite(weight) or weight < 0:
-            raise InputError(f"weight must be finite and >= 0, got {weight}", file="training data", row=i, field="weight")
+        if not math.isfinite(weight) or (weight < 0 and not signed):
+            raise InputError(f"weight must be finite{'' if signed else ' and >= 0'}, got {weight}", file="training data",
+                             row=i, field="weight")
         p = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
         c = tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
         if len(p) >= max_length:
@@ -260,11 +263,13 @@ def train_sft(
     seed: int = 0,
     log_dir: str | Path | None = None,
     callbacks: list | None = None,
+    signed: bool = False,
 ) -> dict:
     """Weighted SFT of `base_model` on `rows` (prompt, completion, weight); the model is saved to `out_dir`.
 
     Checkpoints go to `<out_dir>.work/`; a run that was interrupted resumes from its last checkpoint. Returns
-    training statistics (steps, loss, tokens, wall time, normalizer).
+    training statistics (steps, loss, tokens, wall time, normalizer). `signed`: rows may have negative weights (the
+    normalizers count supervised tokens, never weights, so they stay as they are).
     """
     if not rows:
         raise InputError("no training examples", file="training data")
@@ -273,7 +278,7 @@ def train_sft(
     tokenizer = load_tokenizer(base_model)
     model = load_model(base_model)
     model.config.use_cache = False
-    data = tokenize_examples(rows, tokenizer, cfg.max_length)
+    data = tokenize_examples(rows, tokenizer, cfg.max_length, signed=signed)
     if data.truncated:
         log.warning("%d of %d completions were truncated at max_length=%d", data.truncated, len(rows), cfg.max_length)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -307,7 +312,10 @@ def train_sft(
     if packed_attention:
         model.set_attn_implementation(inference_attention)
     save_on_main(trainer, tokenizer, out_dir, work_dir)
-    tokens = sum(len(f["input_ids"]) for f in data.features) * (result.global_step * examples_per_step / len(rows))
+    passes = result.global_step * examples_per_step / len(rows)  # how many times the optimiser saw the data
+    tokens = sum(len(f["input_ids"]) for f in data.features) * passes
+    context = sum(compute.sequence_context(0, len(f["input_ids"])) for f in data.features) * passes
+    compute.record("trained", round(tokens), round(context))
     history = [h for h in trainer.state.log_history if "loss" in h]
     nll_history = [(h["step"], h["nll_per_token"]) for h in history if "nll_per_token" in h]
     return {

@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
+from varreason import compute
 from varreason.backends.base import Generation, Generator, Scorer, StopReason
 
 __all__ = ["Generation", "Generator", "HFEngine", "HFGenerator", "HFScorer", "Scorer", "StopReason", "VLLMEngine",
@@ -53,11 +54,16 @@ class LazyEngine:
         return self._mine
 
     def generate(self, prompts: list[str], **kwargs) -> list[list[Generation]]:
-        return self._engine().generate(prompts, **kwargs)
+        out = self._engine().generate(prompts, **kwargs)
+        _count_generation(self.tokenizer, prompts, out, greedy=kwargs.get("temperature", 0.7) == 0)
+        return out
 
     def score(self, prompt_ids: list[list[int]], completion_ids: list[list[int]],
               progress: bool = True) -> list[list[float]]:
-        return self._engine().score(prompt_ids, completion_ids, progress=progress)
+        out = self._engine().score(prompt_ids, completion_ids, progress=progress)
+        compute.record_sequences("scored", [0] * len(prompt_ids), [len(p) + len(c) for p, c in
+                                                                   zip(prompt_ids, completion_ids, strict=True)])
+        return out
 
     def with_batch_size(self, batch_size: int) -> LazyEngine:
         return LazyEngine(self._start, self.tokenizer, batch_size, self._shared)
@@ -71,6 +77,19 @@ class LazyEngine:
         engine = self._shared.pop("engine", None)
         if engine is not None:
             engine.close()
+
+
+def _count_generation(tokenizer, prompts: list[str], out: list[list[Generation]], greedy: bool) -> None:
+    """The compute account of one `generate` call: each prompt read once (its samples share the prefill), and each
+    distinct completion (greedy copies of a prompt are decoded once)."""
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
+    compute.record_sequences("prefilled", [0] * len(lengths), lengths)
+    prefixes, generated = [], []
+    for n_prompt, samples in zip(lengths, out, strict=True):
+        for g in samples[:1] if greedy else samples:
+            prefixes.append(n_prompt)
+            generated.append(len(g.token_ids))
+    compute.record_sequences("generated", prefixes, generated)
 
 
 @contextlib.contextmanager

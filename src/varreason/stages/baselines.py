@@ -29,7 +29,7 @@ import os
 import time
 from collections.abc import Callable
 
-from varreason import objectives
+from varreason import compute, objectives
 from varreason.config import RunConfig
 from varreason.errors import InputError
 from varreason.models import load_model, load_tokenizer
@@ -114,10 +114,11 @@ class VerifierReward:
     """
 
     def __init__(self, problems: dict[str, Problem], templates: Templates, tokenizer, mode: str = "binary",
-                 scorer: Callable | None = None):
+                 scorer: Callable | None = None, passes: int = 1, reference: bool = False):
         if mode not in ("binary", "debiased"):
             raise ValueError(f"mode must be 'binary' or 'debiased', got {mode!r}")
         self.problems, self.templates, self.tokenizer, self.mode = problems, templates, tokenizer, mode
+        self.passes, self.reference = passes, reference  # for the compute account (`count_batch`)
         self.scorer = scorer or score_problem
         self.__name__ = "verifier" if mode == "binary" else "verifier_debiased"
         self.log: list[dict] = []
@@ -142,6 +143,8 @@ class VerifierReward:
         else:
             texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
         correct = [self.verdict(q, t) for q, t in zip(question_id, texts)]
+        if prompts is not None and completion_ids is not None:
+            self.count_batch(prompts, completion_ids)
         if self.mode == "debiased":
             rewards = [float(r) for r in objectives.debiased_rewards(correct, question_id)]
         else:
@@ -151,6 +154,22 @@ class VerifierReward:
             self.log.append({"batch": self.batches, "step": step, "question_id": q, "correct": c, "reward": r})
         self.batches += 1
         return rewards
+
+
+    def count_batch(self, prompts: list, completion_ids: list[list[int]]) -> None:
+        """The compute account of one GRPO batch, which TRL generates and trains on out of our engines' sight: each
+        completion's prompt read and its tokens generated (TRL's generate repeats the prompt per completion), the
+        reference model's forward pass when beta > 0, and prompt + completion trained once per optimisation pass."""
+        texts = [p if isinstance(p, str) else self.tokenizer.apply_chat_template(p, tokenize=False) for p in prompts]
+        prompt_lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        lengths = [len(ids) for ids in completion_ids]
+        compute.record_sequences("prefilled", [0] * len(prompt_lengths), prompt_lengths)
+        compute.record_sequences("generated", prompt_lengths, lengths)
+        whole = [p + n for p, n in zip(prompt_lengths, lengths, strict=True)]
+        if self.reference:
+            compute.record_sequences("scored", [0] * len(whole), whole)
+        for _ in range(self.passes):
+            compute.record_sequences("trained", [0] * len(whole), whole)
 
 
 def grpo_config(cfg: RunConfig, work_dir, log_dir):
@@ -192,7 +211,8 @@ def stage_grpo(cfg: RunConfig, run: RunDir) -> dict:
     if not problems:
         raise InputError("no training questions for GRPO", file=str(run.path / "data/train.parquet"))
     dataset = Dataset.from_list([{"prompt": templates.prompt(p.question), "question_id": p.id} for p in problems])
-    reward = VerifierReward({p.id: p for p in problems}, templates, tokenizer, mode=g.reward)
+    reward = VerifierReward({p.id: p for p in problems}, templates, tokenizer, mode=g.reward,
+                            passes=g.num_iterations, reference=g.beta > 0)
     out_dir = run.path / "models" / g.name
     work_dir = out_dir.with_name(out_dir.name + ".work")
     model = load_model(init)

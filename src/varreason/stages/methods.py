@@ -98,6 +98,7 @@ class Method:
     sets: dict = field(default_factory=dict)  # further settings, on top of the parts'
     bias: Bias | None = None
     base: str = ""  # a variant's built-in method
+    flops_of: str = ""  # its final.max_steps is chosen so its training FLOPs equal this method's own FLOPs (compare)
 
     @property
     def stages(self) -> tuple[str, ...]:
@@ -122,7 +123,7 @@ class Method:
         if self.training.name_field:
             sets[self.training.name_field] = name
         return Method(name, f"{self.name} with {settings}", self.proposal, self.weight, self.build, self.training,
-                      sets, self.bias, self.base or self.name)
+                      sets, self.bias, self.base or self.name, self.flops_of)
 
 
 def _rft_formula(cfg: RunConfig) -> str:
@@ -146,6 +147,9 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("sft", "pi0: SFT on the teacher traces", TEACHER, UNIFORM, TEACHER_ROWS, PI0_TRAINING),
     Method("sft-matched", "pi0's recipe continued with the final model's init, steps and batch", TEACHER, UNIFORM,
            TEACHER_ROWS, MATCHED),
+    Method("sft-matched-flops", "sft-matched with as many steps as give it the training FLOPs that variational spent "
+                                "on its own stages (q, sampling, scoring, rollouts, training)", TEACHER, UNIFORM,
+           TEACHER_ROWS, MATCHED, {"final.sft_paper": False}, flops_of="variational"),
     Method("sft-paper", "the paper's baseline: as sft-matched with half the final model's batch (its 192 vs 96)",
            TEACHER, UNIFORM, TEACHER_ROWS, PAPER_BASELINE),
     Method("variational", "q's hinted traces, importance-weighted (the method)", Q, IMPORTANCE, FROM_WEIGHTS, FINAL,
