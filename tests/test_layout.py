@@ -73,7 +73,9 @@ def test_stages_do_not_import_the_pipeline_or_each_other():
 
 
 def test_top_level_stays_small():
-    assert len(list(PACKAGE.glob("*.py"))) <= 13  # 13th: logs.py (terminal vs the run's log file)
+    # 13th: logs.py (terminal vs the run's log file); 14th: compute.py (the compute account that engines, training
+    # and compare all write or read)
+    assert len(list(PACKAGE.glob("*.py"))) <= 14
 
 
 def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
