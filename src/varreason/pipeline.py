@@ -72,7 +72,8 @@ def run_stage(name: str, cfg: RunConfig, run: RunDir, force: bool = False) -> di
         with run.running(shards):
             if stage.parallel or run.ranks.main:
                 counts = stage.function()(cfg, run)
-        counts = {**counts, "compute": compute.summary(compute.take(), model_shape(cfg, run))}
+        if not stage.always:  # (eval's work depends on what was evaluated before: not a method's cost)
+            counts = {**counts, "compute": compute.summary(compute.take(), model_shape(cfg, run))}
     except ShardFinished as done:  # a --shard job did its part: nothing merged, nothing recorded
         say(f"  {done}; `varreason {name}` without --shard merges the shards"
             + (" (and does the missing chunks)" if done.missing else ""))
