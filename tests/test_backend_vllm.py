@@ -165,15 +165,13 @@ def test_bad_arguments(engines):
         vllm.generate(PROMPTS, top_p=0.0, progress=False)
     with pytest.raises(TypeError):
         vllm.generate("a prompt", progress=False)
-    from varreason.errors import InputError
-
-    with pytest.raises(InputError, match="max_model_len"):
-        vllm.generate(["1 +" * vllm.max_model_len], progress=False)
+    # the length policy (issue 28): a prompt that fills the model gets an empty 'length' completion, not an error
+    full = vllm.generate(["1 +" * vllm.max_model_len], progress=False)[0][0]
+    assert (full.text, full.token_ids, full.finished, full.stop_reason) == ("", [], False, "length")
     long = vllm.generate(PROMPTS[:1], max_new_tokens=vllm.max_model_len, temperature=0.0, progress=False)[0][0]
     n_prompt = len(vllm.tokenizer(PROMPTS[0], add_special_tokens=False)["input_ids"])  # stops at the model's length
     assert long.stop_reason != "length" or len(long.token_ids) == vllm.max_model_len - n_prompt
-    with pytest.raises(InputError, match="max_model_len"):
-        vllm.score([[1, 2]], [[3] * vllm.max_model_len], progress=False)
+    assert len(vllm.score([[1, 2]], [[3] * vllm.max_model_len], progress=False)[0]) == vllm.max_model_len - 3
     with pytest.raises(ValueError):
         vllm.score([[]], [[3]], progress=False)
 

@@ -32,7 +32,32 @@ def check_machine(cfg: RunConfig) -> RunConfig:
             raise InputError(f"vLLM on a CPU runs attention heads of size {list(VLLM_CPU_HEAD_SIZES)} only; {where} "
                              f"has {head_dim} (backend hf runs it)", field="backend")
     check_report_to(cfg)
+    check_attention(cfg)
     return cfg
+
+
+# --- attention --------------------------------------------------------------------------------------------------------
+
+# model.attn_implementation -> the package its kernels come from
+FLASH_PACKAGES = {"flash_attention_2": ("flash_attn", "flash-attn"), "flash_attention_3": ("flash_attn_interface",
+                                                                                           "flash-attn-3")}
+
+
+def check_attention(cfg: RunConfig) -> None:
+    """`model.attn_implementation` can run here (flash-attention: its package and a GPU), and every `load_model` of
+    this process then asks for it (`models.use_attention`)."""
+    from varreason.models import use_attention
+
+    name = cfg.model.attn_implementation
+    if name in FLASH_PACKAGES:
+        module, package = FLASH_PACKAGES[name]
+        if importlib.util.find_spec(module) is None:
+            raise InputError(f"'model.attn_implementation: {name}' needs the {package} package (pip install {package} "
+                             "--no-build-isolation), or use sdpa", field="model.attn_implementation")
+        if not _has_cuda():
+            raise InputError(f"'model.attn_implementation: {name}' runs on NVIDIA GPUs only; this machine has none "
+                             "(sdpa runs everywhere)", field="model.attn_implementation")
+    use_attention(name)
 
 
 # --- vLLM -------------------------------------------------------------------------------------------------------------

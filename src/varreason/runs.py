@@ -65,15 +65,30 @@ class Ranks:
         return f"rank {self.index} of {self.count}" if self.group else f"shard {self.index}/{self.count}"
 
 
+def group_timeout() -> int:
+    """Seconds a rank of a group waits at a barrier or collective before the group fails (VARREASON_GROUP_TIMEOUT,
+    default 4 h). Ranks wait for the slowest one at the end of every sharded stage (uneven chunks: one chunk of long
+    traces can take an hour on a GPU) and while rank 0 alone writes a model, so torch's defaults (10 min for nccl,
+    30 min for gloo) would end healthy runs; a rank that died is noticed after this long."""
+    text = os.environ.get("VARREASON_GROUP_TIMEOUT", str(4 * 3600))
+    if not text.isdigit() or int(text) < 1:
+        raise InputError(f"VARREASON_GROUP_TIMEOUT must be a whole number of seconds >= 1, got '{text}'",
+                         field="VARREASON_GROUP_TIMEOUT")
+    return int(text)
+
+
 def process_group() -> Ranks:
     """The torch.distributed group this process was launched in (torchrun / accelerate launch set WORLD_SIZE), set
-    up the way the HF Trainer does it (accelerate's PartialState: gloo on CPU, nccl on GPU); one process otherwise."""
+    up the way the HF Trainer does it (accelerate's PartialState: gloo on CPU, nccl on GPU) with our
+    `group_timeout` (the Trainer's `ddp_timeout` only applies to a group it makes itself); one process otherwise."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Ranks()
+    from datetime import timedelta
+
     import torch
     from accelerate import PartialState
 
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state = PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=group_timeout()))
     return Ranks(state.process_index, state.num_processes, group=True)
 
 
@@ -115,8 +130,18 @@ def library_versions() -> dict:
     return out
 
 
-def _alive(pid: str) -> bool:
-    """Whether the process that owns a temporary file still runs (unknown counts as alive: never delete its file)."""
+def _writer_tag() -> str:
+    """Who writes a temporary file: this process's pid and host, so that a process on another machine sharing the
+    folder (a shard job, a rank) is never taken for a dead one here."""
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def _alive(tag: str) -> bool:
+    """Whether the process that owns a temporary file still runs. Only a process of this host can be asked: one of
+    another host, or a tag we cannot read, counts as alive (its file is never deleted)."""
+    pid, _, host = tag.partition("@")
+    if host and host != socket.gethostname():
+        return True
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -124,6 +149,45 @@ def _alive(pid: str) -> bool:
     except (ValueError, OSError):
         return True
     return True
+
+
+LOGPROBS = "_logps"  # columns of per-token log-probs: float32 lists on disk (both engines compute them in float32)
+
+
+def _logprobs_as_float32(table):
+    """The log-prob columns as lists of float32 (Python floats would make them float64: twice the bytes, no more
+    information)."""
+    import pyarrow as pa
+
+    for i, field in enumerate(table.schema):
+        t = field.type
+        if field.name.endswith(LOGPROBS) and pa.types.is_list(t) and (pa.types.is_floating(t.value_type)
+                                                                     or pa.types.is_null(t.value_type)):
+            table = table.set_column(i, pa.field(field.name, pa.list_(pa.float32())),
+                                     table.column(i).cast(pa.list_(pa.float32())))
+    return table
+
+
+def _numeric_lists(table) -> list[str]:
+    import pyarrow as pa
+
+    return [f.name for f in table.schema if pa.types.is_list(f.type)
+            and (pa.types.is_floating(f.type.value_type) or pa.types.is_integer(f.type.value_type))]
+
+
+def _rows(table, array_columns) -> list[dict]:
+    """Records of an Arrow table; the `array_columns` as numpy views (None where a value is null)."""
+    array_columns = list(array_columns)
+    rows = table.drop_columns(array_columns).to_pylist()
+    for name in array_columns:
+        column = table.column(name).combine_chunks()
+        values = column.flatten().to_numpy(zero_copy_only=False)
+        offsets = column.offsets.to_numpy() - column.offsets[0].as_py()
+        nulls = column.is_null().to_numpy(zero_copy_only=False)
+        for row, start, end, null in zip(rows, offsets[:-1], offsets[1:], nulls):
+            row[name] = None if null else values[start:end]
+    order = table.column_names
+    return [{k: row[k] for k in order} for row in rows] if array_columns else rows
 
 
 @dataclass(frozen=True)
@@ -176,6 +240,10 @@ class RunDir:
             except BlockingIOError:
                 holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
                 raise InputError(f"in use by {holder}; wait for it to finish or stop it", file=str(self.path)) from None
+            except OSError as exc:  # ENOSYS / EOPNOTSUPP / ENOLCK: Lustre mounted noflock, some NFS and FUSE mounts
+                raise InputError(f"this file system cannot lock files ({exc.strerror or exc}): mount it with flock or "
+                                 "localflock, or put the run folder (--output-dir) on one that can",
+                                 file=str(self.path)) from None
             info = (f"pid {os.getpid()} on {socket.gethostname()} ({' '.join(['varreason', *sys.argv[1:]])[:300]}, "
                     f"since {time.strftime('%Y-%m-%d %H:%M:%S')})")
             os.ftruncate(fd, 0)
@@ -241,7 +309,7 @@ class RunDir:
         for stale in final.parent.glob(f".{final.name}.tmp*"):
             if not _alive(stale.name.rsplit(".tmp", 1)[1]):
                 stale.unlink(missing_ok=True)
-        return final, final.with_name(f".{final.name}.tmp{os.getpid()}")
+        return final, final.with_name(f".{final.name}.tmp{_writer_tag()}")
 
     @contextlib.contextmanager
     def _atomic(self, rel: str):
@@ -280,7 +348,7 @@ class RunDir:
         if not (self.ranks.main or every_rank):
             return self.path / rel
         rows = [{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in r.items()} for r in rows]
-        table = pa.Table.from_pylist(rows)
+        table = _logprobs_as_float32(pa.Table.from_pylist(rows))
         if metadata:
             table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                                    **{f"varreason.{k}": json.dumps(v) for k, v in metadata.items()}})
@@ -296,12 +364,20 @@ class RunDir:
         return {k.decode()[len("varreason."):]: json.loads(v) for k, v in stored.items()
                 if k.decode().startswith("varreason.")}
 
-    def read_rows(self, rel: str) -> list[dict]:
+    def read_rows(self, rel: str, columns: list[str] | None = None, arrays: bool = False) -> list[dict]:
+        """The records of a Parquet artifact: all `columns` or the named ones. `arrays`: numeric list columns
+        (per-token log-probs, token ids) come as numpy arrays, views into one buffer per column, not Python lists:
+        at the paper's size the log-probs of scores.parquet are ~1.6e9 numbers, 6.4 GB as float32 and ~50 GB as
+        Python floats."""
+        table = self._read_table(rel, columns)
+        return _rows(table, _numeric_lists(table) if arrays else ())
+
+    def _read_table(self, rel: str, columns: list[str] | None = None):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         try:
-            return pq.read_table(self.path / rel).to_pylist()
+            return pq.read_table(self.path / rel, columns=columns)
         except FileNotFoundError:
             raise InputError("not there: run the stage that writes it first (`varreason run` runs every stage in "
                              "order)", file=str(self.path / rel)) from None
@@ -339,6 +415,8 @@ class RunDir:
         process did which chunk. This process does the chunks `self.ranks` gives it; in a group every rank then reads
         all of them and gets the merged rows; a shard job stops with `ShardFinished`.
         """
+        import pyarrow as pa
+        import pyarrow.parquet as pq
         from tqdm.auto import tqdm
 
         if self.shard_key is None:
@@ -359,11 +437,16 @@ class RunDir:
         if self.ranks.shard_job:
             raise ShardFinished(desc or rel_dir, len(mine), sum(not (self.path / s).exists() for s in shard))
         self.ranks.wait()
-        rows = [r for rel in shard for r in self.read_rows(rel)]
+        tables = [self._read_table(rel) for rel in shard]
+        table = (pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({}))
+        table = table.replace_schema_metadata(None)  # the shards' compute accounts are counted below
+        rows = _rows(table, [n for n in table.column_names if n.endswith(LOGPROBS)])  # log-probs as arrays
         for rel in shard:  # every chunk's compute, counted once here whoever did it (a rank, a shard job, a killed run)
             compute.add(compute.Account.from_dict(self.read_metadata(rel).get("compute")))
         self.ranks.wait()  # every rank has read the shards before rank 0 may drop them
-        self.write_rows(artifact, rows)
+        if self.ranks.main:
+            with self._atomic(artifact) as tmp:
+                pq.write_table(table, tmp)
         if not keep_shards:
             self._drop_shards(rel_dir)
         return rows

@@ -12,8 +12,14 @@ One `VLLMEngine` is one model's engine for one stage: it is both the `Generator`
 - Scoring is teacher forcing with `prompt_logprobs=0`: the log-prob of each real token under the raw logits
   (vLLM's `logprobs_mode` default `raw_logprobs`; prompt log-probs are never processed), one token generated and
   dropped.
-- A completion stops at the model's length (`max_model_len`) if that comes before `max_new_tokens` ("length"),
-  as the released recipe's 32764 new tokens do on a 32768-token model.
+- The length policy (`max_model_len`), so that a long trace never stops a stage (a rerun would stop at the same one):
+  a completion stops at the model's length if that comes before `max_new_tokens` ("length"), as the released
+  recipe's 32764 new tokens do on a 32768-token model; a prompt that leaves no room (pi0 answering after a trace
+  that filled q's context) gets an empty "length" completion (no answer: not correct); a scored sequence longer
+  than the model is scored on the completion tokens that fit, and the list is that much shorter (the score stage
+  then gives the trace no weight). Each is counted in the log.
+- On a GPU the tokens of an engine step are capped (`max_num_batched_tokens`): scoring's `prompt_logprobs` make
+  float32 logits and log-probs for every token of a step, outside the memory vLLM profiled.
 - The dtype is passed explicitly (`dtype="auto"` turns an fp32 checkpoint into bf16), the sampling distribution is
   exactly the arguments' (top_k off, no repetition penalty, the checkpoint's generation_config not read).
 """
@@ -21,11 +27,35 @@ One `VLLMEngine` is one model's engine for one stage: it is both the `Generator`
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 
 from varreason.backends.base import Generation, apply_stop_strings, exact_decoder, prompt_token_ids
 from varreason.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def engine_arguments(*, cuda: bool, kv_cache_gib: float, max_num_batched_tokens: int, max_num_seqs: int) -> dict:
+    """The `LLM` arguments that differ between a GPU and a CPU.
+
+    GPU: the tokens of an engine step are capped (chunked prefill): `prompt_logprobs` make [tokens x vocab] float32
+    logits and log-probs per step outside vLLM's memory profile (16,384 tokens x 152k vocabulary: ~20 GB). CPU: the
+    KV cache size is ours to give; chunked prefill is off because a seeded request whose prompt is prefilled in
+    pieces has its generator rewound (`set_offset`), which torch's CPU generator cannot do ("CPU Generator does not
+    use offset" in the worker).
+    """
+    if cuda:
+        return {"max_num_batched_tokens": max(max_num_batched_tokens, max_num_seqs), "enable_chunked_prefill": True}
+    return {"kv_cache_memory_bytes": int(kv_cache_gib * 2**30), "enable_chunked_prefill": False}
+
+
+def fitting_completions(prompt_ids: list[list[int]], completion_ids: list[list[int]],
+                        max_model_len: int) -> list[list[int]]:
+    """The completion tokens of each sequence that can be scored: prompt + completion + the one generated token
+    must fit `max_model_len`, so a longer completion keeps its first tokens (none when the prompt fills it)."""
+    return [list(c[: max(0, max_model_len - 1 - len(p))]) for p, c in zip(prompt_ids, completion_ids)]
 
 
 def request_seed(seed: int, index: int) -> int:
@@ -53,7 +83,7 @@ class VLLMEngine:
     def __init__(self, model_dir: str | Path, *, dtype: str = "float32", tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.85, kv_cache_gib: float = 2.0, max_model_len: int | None = None,
                  max_num_seqs: int = 256, enable_prefix_caching: bool = True, enforce_eager: bool = True,
-                 seed: int = 0, tokenizer=None):
+                 seed: int = 0, tokenizer=None, max_num_batched_tokens: int = 2048):
         import torch
 
         from varreason.logs import output_to_log, route_libraries
@@ -78,16 +108,13 @@ class VLLMEngine:
 
             gc.collect()
             torch.cuda.empty_cache()
-        # CPU: the KV cache size is ours to give; chunked prefill is off because a seeded request whose prompt is
-        # prefilled in pieces has its generator rewound (`set_offset`), which torch's CPU generator cannot do
-        # ("CPU Generator does not use offset" in the worker).
-        cpu = {} if torch.cuda.is_available() else {"kv_cache_memory_bytes": int(kv_cache_gib * 2**30),
-                                                    "enable_chunked_prefill": False}
+        device = engine_arguments(cuda=torch.cuda.is_available(), kv_cache_gib=kv_cache_gib,
+                                  max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs)
         with output_to_log():  # the engine's processes inherit the descriptors: all they print, for life, goes there
             self.llm = LLM(model=str(model_dir), dtype=dtype, tensor_parallel_size=tensor_parallel_size,
                            gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                            max_num_seqs=max_num_seqs, enable_prefix_caching=enable_prefix_caching,
-                           enforce_eager=enforce_eager, seed=seed, generation_config="vllm", **cpu)
+                           enforce_eager=enforce_eager, seed=seed, generation_config="vllm", **device)
         route_libraries()  # vLLM's logger prints to stdout by itself: its later lines in this process go there too
         self.max_model_len: int = self.llm.llm_engine.model_config.max_model_len
 
@@ -99,32 +126,45 @@ class VLLMEngine:
                    gpu_memory_utilization=settings.gpu_memory_utilization * share,
                    kv_cache_gib=settings.kv_cache_gib * share, max_model_len=settings.max_model_len,
                    max_num_seqs=settings.max_num_seqs, enable_prefix_caching=settings.enable_prefix_caching,
-                   enforce_eager=settings.enforce_eager, seed=seed, tokenizer=tokenizer)
+                   enforce_eager=settings.enforce_eager, seed=seed, tokenizer=tokenizer,
+                   max_num_batched_tokens=settings.max_num_batched_tokens)
 
     # -- sampling ------------------------------------------------------------------------------------------------------
 
     def generate(self, prompts: list[str], n: int = 1, max_new_tokens: int = 256, temperature: float = 0.7,
                  top_p: float = 1.0, stop: list[str] | None = None, seed: int = 0, progress: bool = True,
                  desc: str = "sampling") -> list[list[Generation]]:
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
         prompt_ids, stop = prompt_token_ids("VLLMEngine.generate", self.tokenizer, prompts, n, max_new_tokens,
                                             temperature, top_p, stop)
         if not prompts:
             return []
-        for i, ids in enumerate(prompt_ids):
-            if len(ids) >= self.max_model_len:
-                raise InputError(f"prompt {i} of a generate call ({len(ids)} tokens) leaves no room in the vLLM "
-                                 f"engine's max_model_len {self.max_model_len}", field="vllm.max_model_len")
+        fits = [i for i, ids in enumerate(prompt_ids) if len(ids) < self.max_model_len]
+        if len(fits) < len(prompts):
+            log.warning("%d of %d prompts leave no room in max_model_len %d: empty completions ('length')",
+                        len(prompts) - len(fits), len(prompts), self.max_model_len)
+        results = [[Generation("", [], False, "length") for _ in range(n)] for _ in prompts]
+        if fits:
+            done = self._generate([prompt_ids[i] for i in fits], fits, n, max_new_tokens, temperature, top_p, stop,
+                                  seed, progress)
+            for i, samples in zip(fits, done):
+                results[i] = samples
+        return results
+
+    def _generate(self, prompt_ids: list[list[int]], indices: list[int], n: int, max_new_tokens: int,
+                  temperature: float, top_p: float, stop: list[str] | None, seed: int,
+                  progress: bool) -> list[list[Generation]]:
+        """n completions of each prompt that fits; `indices`: their places in the call (each request's seed)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
         greedy = temperature == 0  # the same output n times: decode once and copy, as the hf backend does
         params = [SamplingParams(n=1 if greedy else n, temperature=temperature, top_p=top_p if not greedy else 1.0,
                                  top_k=0, min_p=0.0, repetition_penalty=1.0, stop=stop,
                                  max_tokens=min(max_new_tokens, self.max_model_len - len(prompt_ids[i])),
                                  include_stop_str_in_output=True, skip_special_tokens=False,
                                  spaces_between_special_tokens=False, ignore_eos=True,
-                                 stop_token_ids=[self.eos_token_id], seed=None if greedy else request_seed(seed, i))
-                  for i in range(len(prompts))]
+                                 stop_token_ids=[self.eos_token_id], seed=None if greedy else request_seed(seed, index))
+                  for i, index in enumerate(indices)]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params,
                                     use_tqdm=progress)
         results = []
@@ -158,25 +198,24 @@ class VLLMEngine:
         if len(prompt_ids) != len(completion_ids):
             raise ValueError(f"VLLMEngine.score: {len(prompt_ids)} prompts but {len(completion_ids)} completions")
         results: list[list[float]] = [[] for _ in prompt_ids]
-        todo = []
-        for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
-            if not p and c:
+        for i, p in enumerate(prompt_ids):
+            if not p and completion_ids[i]:
                 raise ValueError(f"VLLMEngine.score: prompt {i} is empty; the first completion token needs a context")
-            if c:
-                if len(p) + len(c) + 1 > self.max_model_len:
-                    raise InputError(f"sequence {i} of a score call ({len(p) + len(c)} tokens) does not fit the vLLM "
-                                     f"engine's max_model_len {self.max_model_len} (raise it, or score on hf: "
-                                     "--score.backend hf)", field="vllm.max_model_len")
-                todo.append(i)
+        scored = fitting_completions(prompt_ids, completion_ids, self.max_model_len)
+        cut = sum(len(s) < len(c) for s, c in zip(scored, completion_ids))
+        if cut:
+            log.warning("%d of %d scored sequences are longer than max_model_len %d: scored on the tokens that fit",
+                        cut, len(scored), self.max_model_len)
+        todo = [i for i, c in enumerate(scored) if c]
         if not todo:
             return results
         params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(prompt_ids[i]) + list(completion_ids[i]))
-                                     for i in todo], params, use_tqdm=progress)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(prompt_ids[i]) + scored[i]) for i in todo],
+                                    params, use_tqdm=progress)
         for i, out in zip(todo, outputs):
             start = len(prompt_ids[i])
-            entries = out.prompt_logprobs[start : start + len(completion_ids[i])]
-            results[i] = [float(entry[token].logprob) for entry, token in zip(entries, completion_ids[i])]
+            entries = out.prompt_logprobs[start : start + len(scored[i])]
+            results[i] = [float(entry[token].logprob) for entry, token in zip(entries, scored[i])]
         return results
 
     # -- lifetime ------------------------------------------------------------------------------------------------------

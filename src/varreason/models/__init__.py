@@ -6,7 +6,9 @@ HF folder by the base stage), `attention` (our CPU attention kernels, which `loa
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -34,23 +36,27 @@ def set_threads(num_threads: int = 0) -> None:
 
 def save_pretrained(model, tokenizer, out_dir: str | Path) -> None:
     """Save atomically: a half-written model folder is never mistaken for a finished one."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    if tmp.exists():
-        import shutil
-
-        shutil.rmtree(tmp)
-    try:
+    with atomic_folder(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    except BaseException:  # a full disk or a kill: no half-written folder is left behind
-        import shutil
 
+
+@contextlib.contextmanager
+def atomic_folder(out_dir: str | Path, writer: bool = True):
+    """Yield a temporary folder beside `out_dir` that replaces it on success and is removed on any failure (a full
+    disk, a kill). `writer=False` (the other ranks of a process group) yields the same path and touches nothing."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if not writer:
+        yield tmp
+        return
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if out_dir.exists():
-        import shutil
-
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
 
@@ -67,22 +73,71 @@ def load_tokenizer(name_or_path: str | Path):
     return tok
 
 
-def load_model(name_or_path: str | Path, device: torch.device | None = None, dtype: torch.dtype | None = None):
-    """Any HF causal LM from a folder or hub id (offline: a missing path is an InputError, not a traceback)."""
+def load_model(name_or_path: str | Path, device: torch.device | None = None, dtype: torch.dtype | None = None,
+               training: bool = False):
+    """Any HF causal LM from a folder or hub id (offline: a missing path is an InputError, not a traceback).
+
+    The dtype rule (`load_dtype`): a model to train is loaded in float32 and left where it loads, for the Trainer
+    (and DDP / FSDP / DeepSpeed through accelerate) to place, shard and cast; `bf16: true` then trains in bf16
+    autocast over float32 master weights. A model for sampling and scoring is loaded in bf16 on a GPU, float32 on a
+    CPU, on this process's device, and never partitioned by a DeepSpeed ZeRO-3 config that an earlier Trainer of
+    this process registered (`whole_weights`): outside a DeepSpeed engine a partitioned model has empty weights.
+    """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     register_attention()
     device = device or default_device()
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    from safetensors import SafetensorError
-
+    kwargs = {"attn_implementation": ATTENTION["implementation"]} if ATTENTION["implementation"] else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype)
-    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a damaged weights file
+        with contextlib.nullcontext() if training else whole_weights():
+            model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype or load_dtype(device, training),
+                                                         **kwargs)
+    except (OSError, ValueError, ImportError, SafetensorError) as exc:  # SafetensorError: a damaged weights file
         raise InputError(f"cannot load model ({str(exc).splitlines()[0][:200]})", file=str(name_or_path)) from None
     if device.type == "cpu" and model.config._attn_implementation == "sdpa":
         model.set_attn_implementation(SDPA_GQA)
-    return model.to(device)
+    return model if training else model.to(device)
+
+
+def load_dtype(device: torch.device, training: bool = False) -> torch.dtype:
+    """float32 to train (Adam's updates at lr 1e-5 are below bf16's resolution of the weights: most would round
+    away) and on a CPU (bf16 is emulated there, ~10x slower); bf16 for sampling and scoring on a GPU."""
+    return torch.bfloat16 if device.type == "cuda" and not training else torch.float32
+
+
+@contextlib.contextmanager
+def whole_weights():
+    """`from_pretrained` inside builds a whole model even while a DeepSpeed ZeRO-3 config is registered with
+    transformers (a Trainer under ZeRO-3 registers one, and `is_deepspeed_zero3_enabled` then makes every load of
+    the process partitioned); the registration is put back on the way out, for the Trainer that may still run."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    registered = hf_deepspeed._hf_deepspeed_config_weak_ref  # transformers has no public getter for the object
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = registered
+
+
+def leave_zero3() -> None:
+    """Forget a DeepSpeed ZeRO-3 config that a finished Trainer left registered with transformers: while it is
+    registered, every `from_pretrained` of the process builds a partitioned model (empty weights outside DeepSpeed's
+    engine). A Trainer made later registers its own again."""
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
+
+    if is_deepspeed_zero3_enabled():
+        unset_hf_deepspeed_config()
+
+
+# The attention implementation every `load_model` of this process asks for (`model.attn_implementation`; None:
+# transformers' choice, sdpa). Set once from the config by `preflight.check_machine`.
+ATTENTION: dict = {"implementation": None}
+
+
+def use_attention(implementation: str | None) -> None:
+    ATTENTION["implementation"] = implementation
 
 
 def count_parameters(model) -> int:
