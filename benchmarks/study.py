@@ -62,7 +62,7 @@ SETS = {"core": (CORE_METHODS, CORE_VARIANTS),
 ALL_VARIANTS = {**CORE_VARIANTS, **EXTRA_VARIANTS}
 # plotted by where a method's traces come from (its declared proposal, stages/methods.py)
 COLORS = {"teacher": "tab:blue", "pi0": "tab:green", "pi0-greedy": "tab:green", "pi0-online": "tab:green",
-          "q": "tab:orange"}
+          "q": "tab:orange", "trice-chain": "tab:orange"}  # TRICE's chains start from q's hinted traces
 
 
 def proposal(name: str) -> str:

@@ -10,7 +10,8 @@ from varreason.cli import main
 from varreason.templates import Templates
 
 pytestmark = pytest.mark.slow
-METHODS = ["sft", "sft-matched", "variational", "no-hint", "rft", "star", "grpo", "grpo-debiased"]
+METHODS = ["sft", "sft-matched", "variational", "sft-matched-flops", "no-hint", "rft", "star", "trice", "latro",
+           "self-distill", "grpo", "grpo-debiased"]
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,7 @@ def test_grpo_logged_every_reward_and_debiased_used_its_reward(compared):
 
 def test_bias_diagnostic_and_report(compared):
     curves = json.loads((compared / "bias.json").read_text())
-    assert set(curves) == {"variational", "no-hint", "rft", "star", "grpo", "grpo-debiased"}
+    assert set(curves) == {"variational", "no-hint", "rft", "star", "trice", "grpo", "grpo-debiased"}
     assert curves["grpo"]["formula"] == "grpo" and curves["rft"]["formula"] == "rft"
     assert curves["grpo-debiased"]["formula"] == "variational"
     for c in curves.values():
@@ -109,8 +110,30 @@ def test_bias_diagnostic_and_report(compared):
     report = (compared / "report.md").read_text()
     for name in METHODS:
         assert f"| {name} |" in report
-    for plot in ("accuracy.png", "accuracy_by_difficulty.png", "bias.png"):
+    for plot in ("accuracy.png", "accuracy_by_difficulty.png", "accuracy_flops.png", "bias.png"):
         assert (compared / "plots" / plot).stat().st_size > 1000
+
+
+def test_every_method_has_its_compute_account(compared):
+    """Tokens and FLOPs of each method's own stages; pi0's shared ones apart; sft-matched-flops trained with the
+    FLOPs variational spent, to within one optimiser step."""
+    summary = json.loads((compared / "summary.json").read_text())
+    assert summary["sft"]["compute"]["flops"]["total"] == 0.0  # pi0 itself: nothing of its own
+    for name in METHODS[1:]:
+        c = summary[name]["compute"]
+        assert c["trained"] > 0 and c["flops"]["trained"] > 0, name
+        assert summary[name]["pi0_compute"] == summary["sft"]["pi0_compute"], name  # the same pi0, counted once
+    for name in ("variational", "no-hint", "rft", "star", "trice", "latro", "self-distill", "grpo"):
+        assert summary[name]["compute"]["generated"] > 0, name  # they sample
+    for name in ("variational", "no-hint", "latro", "self-distill"):
+        assert summary[name]["compute"]["scored"] > 0, name  # importance weights, a reward, a teacher
+    assert summary["sft-matched"]["compute"]["generated"] == 0
+    target = summary["variational"]["compute"]["flops"]["total"]
+    matched = json.loads((compared / "methods/sft-matched-flops/manifest.json").read_text())["stages"]["matched"]
+    per_step = matched["counts"]["compute"]["flops"]["trained"] / matched["counts"]["optimizer_steps"]
+    assert abs(summary["sft-matched-flops"]["compute"]["flops"]["total"] - target) <= per_step
+    assert matched["counts"]["optimizer_steps"] > json.loads(
+        (compared / "methods/sft-matched/manifest.json").read_text())["stages"]["matched"]["counts"]["optimizer_steps"]
 
 
 def test_a_second_compare_redoes_nothing(compared, capsys):

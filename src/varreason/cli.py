@@ -60,8 +60,19 @@ COMMANDS = {
               "verified traces kept without the hint, fine-tuned (models/<star.name>); compare's star method sets its "
               "sampling"),
              "--config demo --output-dir runs/star --sample.proposal prior --sample.num_generations 1 --sample.temperature 0"),
+    "trice": (("TRICE: a persistent trace per question started from q's hinted trace; each round pi proposes, the "
+               "chain moves when verified, signed SFT with a leave-one-out control variate (models/<trice.name>); "
+               "compare's trice method sets its sampling"),
+              "--config demo --output-dir runs/trice --sample.num_generations 1 --trice.rounds 4"),
+    "self-distill": (("on-policy self-distillation: pi0 samples from its own prompt, q (models/posterior, frozen) "
+                      "reads its hinted prompt + the same completion ids, pi is trained to match q token by token "
+                      "(models/<self_distill.name>)"),
+                     "--config demo --output-dir runs/demo --self_distill.distillation_alpha 0.5"),
     "grpo": ("GRPO baseline on TRL's GRPOTrainer from pi0, our verifier as the reward (models/<grpo.name>)",
              "--config demo --output-dir runs/demo"),
+    "latro": (("LaTRO: self-rewarding RLOO on TRL's RLOOTrainer from pi0, reward log pi(y* | x, z) under the current "
+               "policy, KL to pi0 (models/<latro.name>, latro/<latro.name>/rewards.parquet)"),
+              "--config demo --output-dir runs/demo"),
     "compare": (("train every method (compare.methods) from the same pi0, evaluate all the same way; writes "
                 "DIR/summary.json, report.md, plots and the accuracy-bias diagnostic"),
                 "--config demo --output-dir runs/compare"),

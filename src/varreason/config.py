@@ -66,7 +66,8 @@ class TaskConfig:
 
     source: str = option("builtin", "'builtin', a .jsonl/.json/.csv/.tsv/.parquet file, a `save_to_disk` folder, or a "
                                     "`datasets` name (`~` and $VARS expanded)")
-    families: list[str] = option(["sum", "product"], "built-in task families (sum, product, gym:<reasoning-gym name>)")
+    families: list[str] = option(["sum", "product"], "built-in task families (sum, product, countdown, "
+                                                     "gym:<reasoning-gym name>)")
     difficulties: list[int] = option([1, 2, 3, 4, 5], "built-in difficulty levels to draw from (1 = easiest)")
     n_train: int = option(4000, "training problems (at most; user data is cut to this many)", ge=1)
     n_test: int = option(500, "held-out problems (at most)", ge=1)
@@ -123,6 +124,9 @@ class ModelConfig:
     head_dim: int = option(32, "tiny model: size of one attention head", ge=1)
     max_position_embeddings: int = option(1024, "tiny model: longest sequence", ge=1)
     tokenizer_corpus_size: int = option(4000, "tiny model: training problems the tokenizer is trained on", ge=1)
+    attn_implementation: str | None = option(None, "attention kernels of every model the run loads: null = the "
+                                                   "default (sdpa) | eager | sdpa | flash_attention_2 | "
+                                                   "flash_attention_3 (a GPU and the flash-attn package)")
 
 
 @dataclass
@@ -279,6 +283,59 @@ class StarConfig(SFTConfig):
 
 
 @dataclass
+class TriceConfig(SFTConfig):
+    """TRICE (Phan, Hoffman et al. 2023): MCMC-EM over traces. One persistent trace per training question (its chain),
+    started from a hinted proposal; each round the current model proposes one trace per question without the hint,
+    the chain moves to it when it is verified, and the model is trained by signed weighted SFT on the chains' traces
+    with the leave-one-out control variate (`objectives.trice_weights`). Each round continues from the last round's
+    model; max_steps -1 = the final model's steps, split over the rounds (compute-matched)."""
+
+    name: str = option("trice", "the model folder models/<name>")
+    rounds: int = option(4, "proposal -> move -> train rounds; the optimiser steps are split over them", ge=1)
+    memory_init: str = option("q", "who writes the chain's first trace, with the answer as a hint: q (the posterior's "
+                                   "one trace per question from the `sample` stage, unfiltered as in the notebook) | "
+                                   "pi0 (pi0 with the answer appended to the question, as the notebook's base-model "
+                                   "guide prompt)", choices=("q", "pi0"))
+    temperature: float = option(1.0, "sampling temperature of the proposals (the notebook's 1.0)", ge=0.0)
+    top_p: float = option(1.0, "nucleus sampling threshold of the proposals", gt=0.0, le=1.0)
+    max_completion_length: int = option(256, "longest proposed trace + answer in tokens (the notebook's 256; engine, "
+                                             "batch and shard sizes are the `sample` section's)", ge=1)
+    require_finished: bool = option(True, "a trace that hit max_completion_length is not a correct state, even if right")
+    mix: bool = option(False, "add the teacher data of every training question to each round (TRICE: no)")
+
+
+@dataclass
+class SelfDistillConfig:
+    """On-policy self-distillation from the hinted posterior q(z | x, y') on TRL's experimental SDFTTrainer: pi
+    (from pi0) samples completions from its own prompt, q (models/posterior, frozen) reads its hinted prompt followed
+    by the same completion ids, and pi is trained to match q's next-token distribution at every completion token.
+    TRL's field names (SDFTConfig's `distillation_alpha`); CPU-safe defaults."""
+
+    name: str = option("self-distill", "the model folder models/<name>")
+    distillation_alpha: float = option(0.5, "the per-token divergence (TRL sdft's alpha, GKD's beta): 0 = forward "
+                                            "KL(q || pi), 1 = reverse KL(pi || q), in between the generalised JSD "
+                                            "with mixture (1 - alpha) pi + alpha q (TRL's default 0.5)", ge=0.0, le=1.0)
+    learning_rate: float = option(1e-4, "peak learning rate", gt=0.0)
+    max_steps: int = option(100, "optimiser steps", ge=1)
+    per_device_train_batch_size: int = option(64, "completions per device per micro-batch (prompts x "
+                                                  "num_generations)", ge=1)
+    gradient_accumulation_steps: int = option(1, "micro-batches per optimiser step", ge=1)
+    num_generations: int = option(4, "completions per prompt", ge=1)
+    temperature: float = option(1.0, "sampling temperature, and the temperature both sides' logits are divided by "
+                                     "in the divergence (TRL sdft: one temperature)", gt=0.0)
+    top_p: float = option(1.0, "nucleus sampling threshold", gt=0.0, le=1.0)
+    max_completion_length: int = option(256, "longest completion in tokens", ge=1)
+    warmup_ratio: float = option(0.0, "share of the steps spent warming the learning rate up", ge=0.0, le=1.0)
+    lr_scheduler_type: str = option("constant", "transformers scheduler name")
+    max_grad_norm: float = option(1.0, "gradient clipping norm", gt=0.0)
+    logging_steps: int = option(10, "log every this many steps", ge=1)
+    save_steps: int = option(50, "checkpoint (to resume a killed run) every this many steps", ge=1)
+    report_to: list[str] = option(["tensorboard"], "loggers: tensorboard, wandb, ... ([] = none)")
+    bf16: bool = option(False, "bf16 on GPU; fp32 on CPU, where bf16 is emulated and ~10x slower (TRL: True)")
+    gradient_checkpointing: bool = option(False, "trade compute for memory (GPU; slower on a CPU)")
+
+
+@dataclass
 class GRPOSection:
     """GRPO from pi0 with our verifier as the reward, on TRL's GRPOTrainer; TRL's field names and CPU-safe defaults."""
 
@@ -310,11 +367,50 @@ class GRPOSection:
 
 
 @dataclass
+class LatroConfig:
+    """LaTRO (Chen et al. 2024): self-rewarding policy optimisation from pi0 on TRL's RLOOTrainer. K traces per
+    question from the policy, each stopped at format.think_close; reward log pi(y* | x, z) under the current policy,
+    a non-stop penalty, a sequence-level KL to pi0, RLOO advantages; loss -A log pi(z | x) (+ sft_coef x the answer's
+    NLL). TRL's field names (RLOOConfig: num_generations = LaTRO's rloo_k, beta = its kl_coef); CPU-safe defaults."""
+
+    name: str = option("latro", "the model folder models/<name>")
+    learning_rate: float = option(1e-5, "peak learning rate (LaTRO: 5e-7 for 7-8B models)", gt=0.0)
+    max_steps: int = option(100, "optimiser steps (one rollout batch each)", ge=1)
+    per_device_train_batch_size: int = option(64, "traces per micro-batch (prompts x num_generations)", ge=1)
+    gradient_accumulation_steps: int = option(1, "micro-batches per optimiser step (one rollout batch per step)", ge=1)
+    num_generations: int = option(8, "K: traces per question, one RLOO group (LaTRO's rloo_k: 16)", ge=2)
+    temperature: float = option(1.0, "sampling temperature of the traces (LaTRO: 1)", gt=0.0)
+    top_p: float = option(1.0, "nucleus sampling threshold", gt=0.0, le=1.0)
+    max_completion_length: int = option(256, "longest trace in tokens (LaTRO's response_length: 500)", ge=1)
+    beta: float = option(0.05, "KL coefficient to pi0 on the trace, sequence-level (LaTRO's kl_coef)", ge=0.0)
+    sft_coef: float = option(0.0, "weight of the SFT term -log pi(y* | x, z) in the loss (LaTRO's sft_penalty; its "
+                                  "default 0)", ge=0.0)
+    non_stop_penalty: bool = option(True, "a trace that never reached think_close gets penalty_reward_value x the "
+                                          "batch-mean reward (LaTRO's default)")
+    penalty_reward_value: float = option(2.0, "the non-stop penalty's multiplier of the batch-mean reward (LaTRO: 2; "
+                                              "rewards are log-likelihoods, so > 1 is worse than average)")
+    reward_tokens: str = option("continuation", "the tokens r = log pi(. | x, z) sums over: continuation (think_close, "
+                                                "answer markers, y*, eos: LaTRO's 'The answer is {y}.<eos>') | answer "
+                                                "(y*'s tokens only, as weights.estimator likelihood)",
+                                choices=("continuation", "answer"))
+    warmup_ratio: float = option(0.0, "share of the steps spent warming the learning rate up", ge=0.0, le=1.0)
+    lr_scheduler_type: str = option("constant", "transformers scheduler name")
+    max_grad_norm: float = option(1.0, "gradient clipping norm", gt=0.0)
+    logging_steps: int = option(10, "log every this many steps", ge=1)
+    save_steps: int = option(50, "checkpoint (to resume a killed run) every this many steps", ge=1)
+    report_to: list[str] = option(["tensorboard"], "loggers: tensorboard, wandb, ... ([] = none)")
+    bf16: bool = option(False, "bf16 on GPU; fp32 on CPU, where bf16 is emulated and ~10x slower (TRL: True)")
+    gradient_checkpointing: bool = option(False, "TRL's default is True: ~10x slower on a CPU for a tiny model")
+
+
+@dataclass
 class CompareConfig:
     """`varreason compare`: which methods to train and evaluate side by side, and named variants of them."""
 
-    methods: list[str] = option(["sft", "sft-matched", "variational", "no-hint", "rft", "star", "grpo", "grpo-debiased"],
-                                "built-in methods to run, in order")
+    methods: list[str] = option(["sft", "sft-matched", "variational", "sft-matched-flops", "no-hint", "rft", "star",
+                                 "trice", "latro", "self-distill", "grpo", "grpo-debiased"],
+                                "built-in methods to run, in order (sft-matched-flops after variational, whose FLOPs "
+                                "it matches)")
     variants: dict[str, dict] = option({}, "extra methods: name -> {method: <built-in>, <section.field>: value, ...}")
 
 
@@ -346,6 +442,10 @@ class VLLMConfig:
     max_model_len: int | None = option(None, "longest prompt + completion; null = the model's max_position_embeddings",
                                        ge=1)
     max_num_seqs: int = option(256, "sequences decoded at once", ge=1)
+    max_num_batched_tokens: int = option(2048, "GPU: tokens per engine step (prefill chunk). Scoring's "
+                                               "prompt_logprobs make float32 logits for each of them outside vLLM's "
+                                               "memory profile: 2048 x 152k vocabulary is ~2.5 GB, 16384 would be ~20 GB",
+                                         ge=1)
     enable_prefix_caching: bool = option(True, "reuse the KV cache of shared prompt prefixes (the K traces of a "
                                                "question, the M rollouts of a trace)")
     enforce_eager: bool = option(True, "no CUDA graphs / compilation: faster start; false for long GPU runs")
@@ -380,7 +480,10 @@ class RunConfig:
     final: FinalConfig = field(default_factory=FinalConfig, metadata={"help": "the final model by weighted SFT, and sft-matched (stages final, matched)"})
     rft: RFTConfig = field(default_factory=RFTConfig, metadata={"help": "the RFT baseline (stage rft)"})
     star: StarConfig = field(default_factory=StarConfig, metadata={"help": "the STaR baseline (stage star)"})
+    trice: TriceConfig = field(default_factory=TriceConfig, metadata={"help": "TRICE: MCMC-EM over persistent traces with a control variate (stage trice)"})
+    self_distill: SelfDistillConfig = field(default_factory=SelfDistillConfig, metadata={"help": "on-policy self-distillation of pi from the hinted posterior q (stage self-distill)"})
     grpo: GRPOSection = field(default_factory=GRPOSection, metadata={"help": "the GRPO baselines on TRL's GRPOTrainer (stage grpo)"})
+    latro: LatroConfig = field(default_factory=LatroConfig, metadata={"help": "LaTRO: self-rewarding RLOO from pi0 on TRL's RLOOTrainer (stage latro)"})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "held-out evaluation (stage eval, and eval --model)"})
     compare: CompareConfig = field(default_factory=CompareConfig, metadata={"help": "varreason compare: the methods side by side"})
     vllm: VLLMConfig = field(default_factory=VLLMConfig, metadata={"help": "the vLLM engine (backend: vllm)"})
@@ -418,7 +521,8 @@ HASH_OMIT_AT_DEFAULT = {("sample", "proposal"), ("task", "solution_column"), ("p
                         ("task", "dataset_config"), ("task", "test_split"), ("task", "allow_overlap"),
                         ("task", "long_rows"),
                         ("posterior", "num_generations"), ("weights", "num_traces"), ("build", "weighted_batch"),
-                        ("final", "sft_paper")} | {(section, key) for key in ("adam_beta2", "padding_free")
+                        ("final", "sft_paper"), ("model", "attn_implementation")
+                        } | {(section, key) for key in ("adam_beta2", "padding_free")
                                                    for section in ("initial", "posterior", "final", "rft")}
 _DEFAULTS = RunConfig().to_dict()
 # the sections whose stage samples or scores: the ones with a `backend` field
@@ -528,7 +632,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     """Every field against its declared choices and bounds, then the checks that span fields. Nothing here reads a
     file or asks the machine: what does (the output folder, a GGUF file, vLLM, loggers) is `preflight.check_machine`."""
     _check_ranges(cfg)
-    for section in ("initial", "posterior", "final", "rft", "star"):
+    for section in ("initial", "posterior", "final", "rft", "star", "trice"):
         if getattr(cfg, section).max_steps == 0:
             raise InputError(f"'{section}.max_steps' must be -1 (from the epochs, or pi0's / the final model's "
                              "steps where documented) or a positive number, got 0")
@@ -540,7 +644,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.final.name in ("base", "initial", "posterior", "sft-matched", "sft-paper") or not cfg.final.name.replace("-", "").replace(
             "_", "").isalnum():
         raise InputError(f"'final.name' must be a new model name (letters, digits, - and _), got {cfg.final.name!r}")
-    for section in ("rft", "grpo", "star"):
+    for section in ("rft", "grpo", "star", "trice", "self_distill", "latro"):
         name = getattr(cfg, section).name
         if name in ("base", "initial", "posterior", "sft-matched", "sft-paper", cfg.final.name) or not name.replace("-", "").replace(
                 "_", "").isalnum():
@@ -552,6 +656,14 @@ def validate(cfg: RunConfig) -> RunConfig:
     if g.num_generations < 2 or (g.per_device_train_batch_size * g.gradient_accumulation_steps) % g.num_generations:
         raise InputError("'grpo.num_generations' must be >= 2 and divide per_device_train_batch_size x "
                          "gradient_accumulation_steps (whole groups per optimiser step)")
+    lt = cfg.latro
+    if (lt.per_device_train_batch_size * lt.gradient_accumulation_steps) % lt.num_generations:
+        raise InputError("'latro.num_generations' must divide per_device_train_batch_size x "
+                         "gradient_accumulation_steps (whole RLOO groups per optimiser step)")
+    d = cfg.self_distill
+    if (d.per_device_train_batch_size * d.gradient_accumulation_steps) % d.num_generations:
+        raise InputError("'self_distill.num_generations' must divide per_device_train_batch_size x "
+                         "gradient_accumulation_steps (each prompt's completions in one optimiser step)")
     if cfg.posterior.mode == "forward_kl" and cfg.rollout.num_generations == 0:
         raise InputError("'posterior.mode: forward_kl' weights pi's traces by its accuracy after each: it needs "
                          "rollout.num_generations >= 1", field="rollout.num_generations")
@@ -575,7 +687,7 @@ def validate(cfg: RunConfig) -> RunConfig:
 
 
 # the sections whose `report_to` names loggers (validate: the form; preflight.check_report_to: installed ones)
-REPORT_TO_SECTIONS = ("initial", "posterior", "final", "rft", "grpo", "star")
+REPORT_TO_SECTIONS = ("initial", "posterior", "final", "rft", "grpo", "star", "trice", "self_distill", "latro")
 
 
 NOT_PRESETS = ("accelerate",)  # folders of configs/ that hold other tools' files (`accelerate launch --config_file`)

@@ -31,6 +31,36 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
     return nll * mask, mask.float()
 
 
+def token_nll_chunked(hidden: torch.Tensor, lm_head, labels: torch.Tensor,
+                      chunk_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """`token_nll` from the last hidden states [B, T, H] and the output layer `lm_head` (a module or any callable
+    hidden -> logits), computed at the supervised positions only, `chunk_size` of them at a time.
+
+    Why: `token_nll` holds the float32 logits and their log-softmax for backward, 2 x T x V x 4 bytes (~20 GB at
+    16k tokens x 152k vocabulary, plus the model's own logits). Here each chunk's logits live only while that chunk
+    is computed; backward recomputes them (`torch.utils.checkpoint`), so the extra memory is a few [chunk, V] float32
+    buffers whatever T is. Values and gradients are those of `token_nll` (test).
+    """
+    if chunk_size < 1:
+        raise ValueError(f"token_nll_chunked: chunk_size must be >= 1, got {chunk_size}")
+    shift_labels = labels[:, 1:]
+    mask = shift_labels.ne(IGNORE_INDEX)
+    where = mask.reshape(-1).nonzero().squeeze(1)
+    states = hidden[:, :-1, :].reshape(-1, hidden.shape[-1]).index_select(0, where)
+    targets = shift_labels.reshape(-1).index_select(0, where)
+    pieces = [torch.utils.checkpoint.checkpoint(_chunk_nll, states[s:s + chunk_size], targets[s:s + chunk_size],
+                                                lm_head, use_reentrant=False)
+              for s in range(0, states.shape[0], chunk_size)]
+    flat = torch.zeros(mask.numel(), dtype=torch.float32, device=hidden.device)
+    if pieces:
+        flat = flat.index_put((where,), torch.cat(pieces))
+    return flat.view_as(shift_labels), mask.float()
+
+
+def _chunk_nll(states: torch.Tensor, targets: torch.Tensor, lm_head) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(lm_head(states).float(), targets, reduction="none")
+
+
 def weighted_sft_loss(nll: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, normalizer: float | torch.Tensor):
     """`sum_e w_e * sum_t nll_{e,t} / C`: the paper's weighted SFT (Algorithm 1, line 16).
 
@@ -463,3 +493,115 @@ def fit_implied_scale(ps: Sequence[float], weights: Sequence[float], method: str
     scale = float(np.sqrt(np.mean(w * w)))
     rel = float(np.sqrt(np.mean((w - c * f) ** 2)) / scale) if scale > 0 else 0.0
     return c, rel
+
+
+# --- TRICE (Phan, Hoffman et al. 2023; google-research/cascades examples/notebooks/trice.ipynb, `trice_loss`) --------
+
+TRICE_EPS = 1e-10  # the notebook's guard in the control variate's denominator
+
+
+def _verdicts(proposal_correct: Sequence[bool], memory_correct: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
+    c = np.asarray(proposal_correct, dtype=bool)
+    m = np.asarray(memory_correct, dtype=bool)
+    if c.shape != m.shape or c.ndim != 1:
+        raise ValueError(f"one verdict per chain for proposal and memory, got shapes {c.shape} and {m.shape}")
+    return c, m
+
+
+def trice_control_variate(proposal_correct: Sequence[bool], memory_correct: Sequence[bool]) -> np.ndarray:
+    """TRICE's leave-one-out coefficient beta_n = (sum_m c_m - c_n) / (sum_m mask_m - 1 + 1e-10), mask = c or m:
+    the acceptance rate among the OTHER chains that carry a gradient. Leaving chain n out keeps beta_n independent of
+    its own proposal, so beta_n grad log p(z'_n | x_n) is a control variate with mean zero where the chain's memory
+    was already correct. 0 where mask_n is 0: such a chain has no gradient (the notebook's formula would give a
+    number there that its weights multiply by 0)."""
+    c, m = _verdicts(proposal_correct, memory_correct)
+    mask = c | m
+    beta = (c.sum() - c.astype(np.float64)) / (mask.sum() - 1 + TRICE_EPS)
+    return np.where(mask, beta, 0.0)
+
+
+def trice_weights(proposal_correct: Sequence[bool], memory_correct: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
+    """Signed row weights of one group of chains: (memory, proposal). The memory after the move (the proposal when it
+    was verified, the old trace otherwise) gets mask (1 - beta c); a rejected proposal gets -mask beta (1 - c): its
+    log-likelihood is pushed down. Per chain the gradient is mask [grad log p(z~_new) - beta grad log p(z')], which
+    goes to 0 as every proposal is accepted (beta -> 1): the variance vanishes as the model improves."""
+    c, m = _verdicts(proposal_correct, memory_correct)
+    mask = (c | m).astype(np.float64)
+    beta = trice_control_variate(c, m)
+    return mask * (1.0 - beta * c), 0.0 - mask * beta * (1.0 - c)  # 0.0 - x: no -0.0 where x is 0
+
+
+# --- self-distillation from the hinted posterior q (on-policy; TRL experimental sdft / gkd, related-methods.md §4) ---
+
+def _kl_from_logps(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) over the last axis from log-probabilities; a token with p = 0 adds 0 (never 0 * inf = nan)."""
+    p = log_p.exp()
+    return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(-1)
+
+
+def distill_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, alpha: float,
+                       temperature: float = 1.0) -> torch.Tensor:
+    """Per position, the divergence between the teacher's next-token distribution q and the student's pi, both from
+    logits divided by `temperature` ([..., V] -> [...], float32). TRL's convention (sdft `compute_divergence`, gkd
+    `generalized_jsd_loss` with beta = alpha): alpha 0 is forward KL(q || pi) (mass-covering: pi must put mass
+    wherever q does, the direction of the ELBO's pi-step); alpha 1 is reverse KL(pi || q) (mode-seeking); in between
+    the generalised JSD, alpha KL(q || m) + (1 - alpha) KL(pi || m) with m = (1 - alpha) pi + alpha q."""
+    if not 0.0 <= alpha <= 1.0 or temperature <= 0:
+        raise ValueError(f"need 0 <= alpha <= 1 and temperature > 0, got {alpha} and {temperature}")
+    s = torch.log_softmax(student_logits.float() / temperature, dim=-1)
+    t = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    if alpha == 0.0:
+        return _kl_from_logps(t, s)
+    if alpha == 1.0:
+        return _kl_from_logps(s, t)
+    m = torch.logsumexp(torch.stack([s + math.log1p(-alpha), t + math.log(alpha)]), dim=0)
+    return alpha * _kl_from_logps(t, m) + (1.0 - alpha) * _kl_from_logps(s, m)
+
+
+def self_distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, alpha: float,
+                      temperature: float = 1.0) -> torch.Tensor:
+    """The on-policy distillation loss of a batch: logits [B, T, V] at the completion positions (position t predicts
+    completion token t), mask [B, T] 1 on real completion tokens. The per-token divergence is averaged over each
+    sequence's tokens, then over sequences (TRL sdft's reduction: a long completion weighs as much as a short one,
+    as every sequence of the on-policy batch is one sample of pi); a sequence without tokens adds 0."""
+    mask = mask.float()
+    per_token = distill_divergence(student_logits, teacher_logits, alpha, temperature) * mask
+    return (per_token.sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+
+
+# --- LaTRO (Chen et al. 2024, arXiv 2411.04282; SalesforceAIResearch/LaTRO LaTRO/trainer/latro_trainer.py) -----------
+
+def latro_rewards(answer_logps: Sequence[float], reached: Sequence[bool], kl: Sequence[float] | None = None,
+                  beta: float = 0.0, non_stop_penalty: bool = True, penalty_reward_value: float = 2.0) -> np.ndarray:
+    """LaTRO's self-reward of each trace of a rollout batch: r_k = log pi(y* | x, z_k) (a sum over the answer's
+    tokens, under the current policy); a trace that never reached the answer marker gets `penalty_reward_value` x the
+    batch mean of r (LaTRO's non_stop_penalty: `rewards.mean()` over the whole batch, those traces' own r included;
+    r <= 0, so 2x the mean is worse than an average trace); then the KL penalty
+    R_k = r_k - beta (log pi(z_k | x) - log pi0(z_k | x)), `kl` holding that sequence-level log ratio per trace."""
+    r = np.asarray(answer_logps, dtype=np.float64)
+    done = np.asarray(reached, dtype=bool)
+    if r.shape != done.shape or r.ndim != 1:
+        raise ValueError(f"need one reward and one reached flag per trace, got {r.shape} and {done.shape}")
+    if not np.all(np.isfinite(r)):
+        raise ValueError("answer log-likelihoods must be finite")
+    if non_stop_penalty and len(r):
+        r = np.where(done, r, penalty_reward_value * r.mean())
+    if kl is None:
+        return r
+    k = np.asarray(kl, dtype=np.float64)
+    if k.shape != r.shape:
+        raise ValueError(f"need one KL per trace, got {k.shape} for {r.shape} rewards")
+    return r - beta * k
+
+
+def rloo_advantages(rewards: Sequence[float], group_size: int) -> np.ndarray:
+    """REINFORCE leave-one-out (Ahmadian et al. 2024; LaTRO, TRL's RLOOTrainer): A_k = R_k - mean_{j != k} R_j within
+    each group of `group_size` consecutive traces (one question's K), with no std normalisation. Each group's
+    advantages sum to 0, and a group whose rewards are all equal gets 0 everywhere."""
+    r = np.asarray(rewards, dtype=np.float64)
+    if group_size < 2 or r.ndim != 1 or len(r) % group_size:
+        raise ValueError(f"need groups of >= 2 traces that divide the batch, got {len(r)} rewards in groups of "
+                         f"{group_size}")
+    groups = r.reshape(-1, group_size)
+    baseline = (groups.sum(axis=1, keepdims=True) - groups) / (group_size - 1)
+    return (groups - baseline).reshape(-1)

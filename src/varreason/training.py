@@ -25,9 +25,10 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from varreason import compute
 from varreason.config import SFTConfig
 from varreason.errors import InputError, disk_failure
-from varreason.models import load_model, load_tokenizer, save_pretrained
+from varreason.models import atomic_folder, leave_zero3, load_model, load_tokenizer
 from varreason.models.attention import SDPA_GQA, VARLEN_SDPA
-from varreason.objectives import IGNORE_INDEX, constant_normalizer, token_nll, weighted_sft_loss
+from varreason.objectives import IGNORE_INDEX, constant_normalizer, token_nll, token_nll_chunked, weighted_sft_loss
+from varreason.runs import group_timeout
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,16 @@ class PackedCollator:
                 "position_ids": torch.tensor([positions]), "token_weight": torch.tensor([weights])}
 
 
+LOSS_CHUNK_SIZE = 2048  # supervised positions per chunk of logits: 2048 x 152k vocabulary x 4 bytes = 1.2 GB
+
+
+@torch.no_grad()
+def _head_makes_logits(head, hidden: torch.Tensor, logits: torch.Tensor) -> bool:
+    """The output layer applied to the last position's hidden state gives the model's logits there."""
+    mine = head(hidden[:, -1:]).float()
+    return bool(torch.allclose(mine, logits[:, -1:].float(), rtol=1e-2, atol=1e-2))
+
+
 class WeightedSFTTrainer(Trainer):
     """`loss = sum_e w_e sum_t CE_{e,t} / C` per optimiser step (see `objectives.weighted_sft_loss`).
 
@@ -116,8 +127,10 @@ class WeightedSFTTrainer(Trainer):
     loss_is_scaled_for_ga = True
 
     def __init__(self, *args, normalizer: str = "constant", constant: float | None = None,
-                 group_by_length: bool = False, **kwargs):
+                 group_by_length: bool = False, loss_chunk_size: int = LOSS_CHUNK_SIZE, **kwargs):
         self.group_by_length = group_by_length
+        self.loss_chunk_size = loss_chunk_size  # 0: the direct loss (token_nll over the model's full logits)
+        self._head_ok: bool | None = None
         super().__init__(*args, **kwargs)
         if normalizer == "constant" and not constant:
             raise ValueError("normalizer 'constant' needs the precomputed constant")
@@ -144,11 +157,10 @@ class WeightedSFTTrainer(Trainer):
         labels = inputs.pop("labels")
         if "token_weight" in inputs:  # a packed row (PackedCollator): per-token weights, aligned with the targets
             weights = inputs.pop("token_weight")[:, 1:]
-            outputs = model(**inputs, use_cache=False)
+            inputs["use_cache"] = False
         else:
             weights = inputs.pop("weight")
-            outputs = model(**inputs)
-        nll, mask = token_nll(outputs.logits, labels)
+        nll, mask, outputs = self._token_nll(model, inputs, labels)
         if model.training:
             self._count_nll(nll, mask, weights)
         if self.normalizer == "constant":
@@ -158,6 +170,24 @@ class WeightedSFTTrainer(Trainer):
             norm = torch.clamp(torch.as_tensor(norm, dtype=torch.float32, device=nll.device), min=1.0)
         loss = weighted_sft_loss(nll, mask, weights, norm) * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
+
+    def _token_nll(self, model, inputs: dict, labels: torch.Tensor):
+        """(nll, mask, outputs) through the model's own forward, so that DDP / FSDP / DeepSpeed see the step. The
+        model returns its last hidden states and the logits of one position only; the logits of the supervised
+        positions are made chunk by chunk (`objectives.token_nll_chunked`), never [T, vocab] at once. The first call
+        checks that the output layer alone makes the model's logits; a model that transforms them afterwards
+        (soft-capping, scaling) gets the direct loss."""
+        if self.loss_chunk_size and self._head_ok is not False:
+            outputs = model(**inputs, output_hidden_states=True, logits_to_keep=1)
+            hidden = outputs.hidden_states[-1]
+            head = self.accelerator.unwrap_model(model).get_output_embeddings()
+            if self._head_ok is None:
+                self._head_ok = _head_makes_logits(head, hidden, outputs.logits)
+            if self._head_ok:
+                return *token_nll_chunked(hidden, head, labels, self.loss_chunk_size), outputs
+            log.warning("the output layer alone does not make this model's logits: the loss is not chunked")
+        outputs = model(**inputs)
+        return *token_nll(outputs.logits, labels), outputs
 
     @torch.no_grad()
     def _count_nll(self, nll: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor) -> None:
@@ -213,6 +243,7 @@ def _training_arguments(cfg: SFTConfig, work_dir: Path, seed: int) -> TrainingAr
         dataloader_num_workers=cfg.dataloader_num_workers,
         seed=seed,
         data_seed=seed,
+        ddp_timeout=group_timeout(),  # applies where the Trainer makes the group (runs.process_group makes ours)
         disable_tqdm=True,  # our ProgressLog shows the progress and the metrics (see `trainer_output`)
     )
 
@@ -275,8 +306,10 @@ def train_sft(
         raise InputError("no training examples", file="training data")
     out_dir = Path(out_dir)
     work_dir = out_dir.with_name(out_dir.name + ".work")
+    require_transformers()
     tokenizer = load_tokenizer(base_model)
-    model = load_model(base_model)
+    args = _training_arguments(cfg, work_dir, seed)  # first: under DeepSpeed ZeRO-3 it makes the load partitioned
+    model = load_model(base_model, training=True)
     model.config.use_cache = False
     data = tokenize_examples(rows, tokenizer, cfg.max_length, signed=signed)
     if data.truncated:
@@ -289,7 +322,6 @@ def train_sft(
     packed_attention = cfg.padding_free and inference_attention in ("sdpa", SDPA_GQA)
     if packed_attention:  # (flash-attention implementations split packed rows themselves)
         model.set_attn_implementation(VARLEN_SDPA)
-    args = _training_arguments(cfg, work_dir, seed)
     if log_dir is not None:
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(log_dir)
     trainer = WeightedSFTTrainer(
@@ -311,7 +343,8 @@ def train_sft(
     model.config.use_cache = True
     if packed_attention:
         model.set_attn_implementation(inference_attention)
-    save_on_main(trainer, tokenizer, out_dir, work_dir)
+    save_trained(trainer, tokenizer, out_dir, work_dir)
+    leave_zero3()  # later models of this process (sampling, scoring, eval) load whole
     passes = result.global_step * examples_per_step / len(rows)  # how many times the optimiser saw the data
     tokens = sum(len(f["input_ids"]) for f in data.features) * passes
     context = sum(compute.sequence_context(0, len(f["input_ids"])) for f in data.features) * passes
@@ -398,14 +431,44 @@ class ProgressLog(TrainerCallback):
         return "  ".join(parts)
 
 
-def save_on_main(trainer, tokenizer, out_dir: str | Path, work_dir: str | Path | None = None) -> None:
-    """The trained model as an HF folder, written by the main process only (several ranks writing the same folder
-    collide), then the checkpoints removed; every rank waits until the folder is there."""
-    if trainer.is_world_process_zero():
-        save_pretrained(trainer.model, tokenizer, out_dir)
-        if work_dir is not None:
-            shutil.rmtree(work_dir, ignore_errors=True)
+def save_trained(trainer, tokenizer, out_dir: str | Path, work_dir: str | Path | None = None) -> None:
+    """The trained model as an HF folder, then the checkpoints removed; every rank waits until the folder is there.
+
+    Every rank calls `Trainer.save_model`: under DeepSpeed ZeRO-3 and FSDP it gathers the sharded weights, a
+    collective, and only the main process writes. The folder is written under a temporary name and renamed
+    (`models.atomic_folder`), so a half-written model is never taken for a finished one.
+    """
+    main = trainer.is_world_process_zero()
     trainer.accelerator.wait_for_everyone()
+    with atomic_folder(out_dir, writer=main) as tmp:
+        trainer.accelerator.wait_for_everyone()  # the main process has cleared the temporary folder
+        trainer.save_model(str(tmp))
+        if main:
+            tokenizer.save_pretrained(tmp)
+    if main and work_dir is not None:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+
+
+save_on_main = save_trained  # its former name (it now saves on every rank), still imported by some stages
+
+
+# The Trainer honours `loss_is_scaled_for_ga` from this version on; before it, a loss normalised by the step's own
+# count (ours) was divided by the accumulation steps a second time.
+TRANSFORMERS_FLOOR = "5.19"
+
+
+def require_transformers(installed: str | None = None) -> None:
+    """One line before any training on a transformers whose Trainer would scale our loss wrongly."""
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    installed = installed or version("transformers")
+    if Version(installed) < Version(TRANSFORMERS_FLOOR):
+        raise InputError(f"transformers {installed} is older than {TRANSFORMERS_FLOOR}: its Trainer would divide the "
+                         "weighted loss by gradient_accumulation_steps a second time; pip install "
+                         f"'transformers>={TRANSFORMERS_FLOOR},<6'", field="transformers")
 
 
 def global_batch_size(args: TrainingArguments) -> int:

@@ -49,7 +49,7 @@ from varreason.templates import Templates
 from varreason.training import (
     last_complete_checkpoint,
     no_half_checkpoint_on_a_full_disk,
-    save_on_main,
+    save_trained,
     train_sft,
     trainer_output,
 )
@@ -158,12 +158,14 @@ class VerifierReward:
 
     def count_batch(self, prompts: list, completion_ids: list[list[int]]) -> None:
         """The compute account of one GRPO batch, which TRL generates and trains on out of our engines' sight: each
-        completion's prompt read and its tokens generated (TRL's generate repeats the prompt per completion), the
-        reference model's forward pass when beta > 0, and prompt + completion trained once per optimisation pass."""
+        distinct prompt read once (a group's completions share one prefill, as in our engines and vLLM; every method
+        counts it so), each completion's tokens generated, the reference model's forward pass when beta > 0, and
+        prompt + completion trained once per optimisation pass."""
         texts = [p if isinstance(p, str) else self.tokenizer.apply_chat_template(p, tokenize=False) for p in prompts]
         prompt_lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
         lengths = [len(ids) for ids in completion_ids]
-        compute.record_sequences("prefilled", [0] * len(prompt_lengths), prompt_lengths)
+        distinct = list(dict(zip(texts, prompt_lengths, strict=True)).values())
+        compute.record_sequences("prefilled", [0] * len(distinct), distinct)
         compute.record_sequences("generated", prompt_lengths, lengths)
         whole = [p + n for p, n in zip(prompt_lengths, lengths, strict=True)]
         if self.reference:
@@ -215,7 +217,7 @@ def stage_grpo(cfg: RunConfig, run: RunDir) -> dict:
                             passes=g.num_iterations, reference=g.beta > 0)
     out_dir = run.path / "models" / g.name
     work_dir = out_dir.with_name(out_dir.name + ".work")
-    model = load_model(init)
+    model = load_model(init, training=True)  # float32 masters; the Trainer places and casts it
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=grpo_config(cfg, work_dir, run.path / "logs" / g.name),
                           train_dataset=dataset, processing_class=tokenizer)
     trainer_output(trainer, g.name)
@@ -224,7 +226,7 @@ def stage_grpo(cfg: RunConfig, run: RunDir) -> dict:
     with no_half_checkpoint_on_a_full_disk(work_dir):
         result = trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - start
-    save_on_main(trainer, tokenizer, out_dir, work_dir)
+    save_trained(trainer, tokenizer, out_dir, work_dir)  # every rank: ZeRO-3 / FSDP gather the weights
     run.write_rows(f"grpo/{g.name}/rewards.parquet", reward.log)  # rank 0's completions (see the module docstring)
     history = [h for h in trainer.state.log_history if "reward" in h]
     by_step: dict = {}

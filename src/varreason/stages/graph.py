@@ -137,13 +137,22 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           lambda c: [f"train/{c.rft.name}.parquet", f"models/{c.rft.name}/config.json"], "train", model="rft"),
     Stage("star", "star:stage_star", ("final", "star"), ("data", "base", "initial", "posterior", "sample"),
           lambda c: [f"train/{c.star.name}.parquet", f"models/{c.star.name}/config.json"], "train", model="star"),
+    Stage("trice", "trice:stage_trice", ("final", "trice"), ("data", "base", "initial", "posterior", "sample"),
+          lambda c: [f"train/{c.trice.name}.parquet", f"models/{c.trice.name}/config.json"], "train", model="trice"),
     Stage("grpo", "baselines:stage_grpo", ("sample", "grpo"), ("data", "initial"),
           lambda c: [f"models/{c.grpo.name}/config.json", f"grpo/{c.grpo.name}/rewards.parquet"], "train",
           engines=False, model="grpo"),
+    Stage("latro", "latro:stage_latro", ("sample", "latro"), ("data", "initial"),
+          lambda c: [f"models/{c.latro.name}/config.json", f"latro/{c.latro.name}/rewards.parquet"], "train",
+          engines=False, model="latro"),
+    Stage("self-distill", "self_distill:stage_self_distill", ("sample", "self_distill"),
+          ("data", "base", "initial", "posterior"),
+          lambda c: [f"models/{c.self_distill.name}/config.json", f"self_distill/{c.self_distill.name}/losses.parquet"],
+          "train", engines=False, model="self_distill"),
     Stage("eval", "eval:stage_eval", ("seed", "task", "format", "eval"), (),
           lambda c: ["eval/summary.json"], "split", always=True),
 ]}
-BASELINES = ("rft", "star", "grpo")  # run alone or by `compare`, not by `varreason run`
+BASELINES = ("rft", "star", "trice", "grpo", "self-distill", "latro")  # run alone or by `compare`, not by `varreason run`
 ORDER = [n for n in STAGES if n not in BASELINES]  # `varreason run`
 SHARDED = tuple(n for n, s in STAGES.items() if s.parallel == "split")  # what a `--shard i/n` job can do its part of
 VARIATIONAL_STAGES = ("posterior", "sample", "score", "rollout", "weights", "build", "final")  # q's traces -> final

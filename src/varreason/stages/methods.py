@@ -37,6 +37,10 @@ PI0_ONLINE = Part("pi0-online", "the policy's own completions, sampled during tr
 PI0_GREEDY = Part("pi0-greedy", "pi0's own near-greedy trace, one per question (STaR); `posterior` trains q only when "
                                 "q rationalizes (star.rationalizer: q)", ("posterior", "sample"),
                   {"sample.proposal": "prior", "sample.num_generations": 1, "sample.temperature": 0.0})
+TRICE_CHAIN = Part("trice-chain", "a persistent trace per question (TRICE's memory), started from q's one hinted "
+                                  "trace (trice.memory_init: q | pi0 with the hint); each round pi proposes one trace "
+                                  "without the hint and the chain moves to it when it is verified",
+                   ("posterior", "sample"), {"sample.proposal": "posterior", "sample.num_generations": 1})
 
 # how a trace is weighted
 UNIFORM = Part("uniform", "every row weight 1")
@@ -44,6 +48,15 @@ IMPORTANCE = Part("importance", "rho = pi0(z | x) pi0(y* | x, z) / q(z | x, y'):
                                 "likelihood, weights.ratio geometric | exact", ("score", "rollout", "weights"))
 VERIFIED = Part("verified", "1 when the answer after the trace is verified correct (rft.mode: keep | normalized)")
 REWARD = Part("reward", "the verifier's reward, group-normalised advantages (grpo.reward, grpo.scale_rewards)")
+SELF_REWARD = Part("self-reward", "the policy's own answer likelihood r = log pi(y* | x, z) (latro.reward_tokens), the "
+                                  "non-stop penalty, a sequence-level KL to pi0 (latro.beta), RLOO leave-one-out "
+                                  "advantages (objectives.latro_rewards, rloo_advantages)")
+Q_TOKENS = Part("q-tokens", "q's next-token distribution at every token of pi's completion (q reads its hinted prompt, "
+                            "then pi's exact completion ids; frozen): per-token forward KL(q || pi), reverse KL(pi || q) "
+                            "or generalised JSD (self_distill.distillation_alpha)", ("posterior",),
+                 {"sample.proposal": "posterior"})
+CONTROL_VARIATE = Part("verified-cv", "0/1 likelihood (verified) with TRICE's leave-one-out control variate beta "
+                                      "(objectives.trice_weights)")
 
 # how the training set is built
 TEACHER_ROWS = Part("teacher-rows", "the teacher rows of every training question")
@@ -51,6 +64,8 @@ FROM_WEIGHTS = Part("from-weights", "build.mode best (argmax rho per question) |
                                     "mix (build.mix)", ("build",))
 KEEP_VERIFIED = Part("keep-verified", "every verified trace, + the teacher mix (rft.mix)")
 ONLINE = Part("online", "no set: the completions of each step")
+CHAIN_ROWS = Part("chain-rows", "each round: every chain's trace, weight mask (1 - beta c), and every rejected proposal, "
+                                "weight -mask beta (signed; no subsampling)")
 RATIONALIZED = Part("rationalized", "every verified trace; a failed question's verified rationalization (written with "
                                     "the answer as a hint) with the hint removed")
 
@@ -74,6 +89,9 @@ PAPER_BASELINE = Training("final", ("matched",), lambda cfg: "sft-paper", sets={
 RFT = Training("rft", ("rft",), lambda cfg: cfg.rft.name, "rft.name")
 GRPO = Training("grpo", ("grpo",), lambda cfg: cfg.grpo.name, "grpo.name")
 STAR = Training("star", ("star",), lambda cfg: cfg.star.name, "star.name")
+TRICE = Training("trice", ("trice",), lambda cfg: cfg.trice.name, "trice.name")
+SELF_DISTILL = Training("self_distill", ("self-distill",), lambda cfg: cfg.self_distill.name, "self_distill.name")
+LATRO = Training("latro", ("latro",), lambda cfg: cfg.latro.name, "latro.name")
 
 
 @dataclass(frozen=True)
@@ -141,6 +159,10 @@ RFT_ROWS = Bias(_rft_formula, lambda cfg: f"train/{cfg.rft.name}.parquet", ("rft
 # one row per question pi0 solved or whose rationalization verified: flat (∝ 1) where rationalization fills the gaps
 STAR_ROWS = Bias(lambda cfg: "variational", lambda cfg: f"train/{cfg.star.name}.parquet",
                  ("star-own", "star-rationalized"))
+# the summed signed weight of a question's rows over the rounds: mask (1 - beta) per round, flat (∝ 1) once its
+# chain is in a correct state (the marginal likelihood's gradient)
+TRICE_ROWS = Bias(lambda cfg: "variational", lambda cfg: f"train/{cfg.trice.name}.parquet",
+                  ("trice-memory", "trice-proposal"))
 GRPO_REWARDS = Bias(_grpo_formula, rewards=lambda cfg: f"grpo/{cfg.grpo.name}/rewards.parquet")
 
 METHODS: dict[str, Method] = {m.name: m for m in [
@@ -160,6 +182,16 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            bias=RFT_ROWS),
     Method("star", "STaR: pi0's greedy trace, failures rationalized with the answer as a hint; verified; SFT without "
                    "the hint", PI0_GREEDY, VERIFIED, RATIONALIZED, STAR, bias=STAR_ROWS),
+    Method("trice", "TRICE: MCMC-EM over a persistent trace per question started from q's hinted trace; pi proposes, "
+                    "the chain moves when verified; signed SFT with a leave-one-out control variate", TRICE_CHAIN,
+           CONTROL_VARIATE, CHAIN_ROWS, TRICE, bias=TRICE_ROWS),
+    # no bias curve: the loss is a per-token divergence to q on every sampled completion, with no per-question weight
+    Method("self-distill", "on-policy self-distillation: pi0 samples from its own prompt, q reads its hinted prompt + "
+                           "the same completion ids, pi matches q token by token (TRL sdft)", PI0_ONLINE, Q_TOKENS,
+           ONLINE, SELF_DISTILL),
+    # no bias curve: the reward is a likelihood, not a verdict, so there is no per-question accuracy to weigh by
+    Method("latro", "LaTRO: pi samples K traces, rewarded by its own log pi(y* | x, z), KL to pi0, RLOO (TRL RLOO)",
+           PI0_ONLINE, SELF_REWARD, ONLINE, LATRO),
     Method("grpo", "TRL GRPO from pi0, verifier reward", PI0_ONLINE, REWARD, ONLINE, GRPO,
            {"grpo.reward": "binary", "grpo.name": "grpo"}, GRPO_REWARDS),
     Method("grpo-debiased", "GRPO with the paper's debiased reward 1(correct)/P̂ (§4; untested in the paper)",

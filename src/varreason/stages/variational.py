@@ -211,7 +211,7 @@ def _score(cfg: RunConfig, run: RunDir, prior, posterior, same: bool) -> dict:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
     problems = {p.id: p for p in load_problems(run, "train")}
-    samples = run.read_rows("samples/posterior.parquet")
+    samples = run.read_rows("samples/posterior.parquet", columns=["question_id", "k", "trace_token_ids"])  # no texts
     middle = enc(cfg.format.think_close + cfg.format.answer_open)
     closer = enc(cfg.format.answer_close)
 
@@ -238,6 +238,8 @@ def _score(cfg: RunConfig, run: RunDir, prior, posterior, same: bool) -> dict:
                 else posterior.score(q_prompts, q_completions, progress=False))
         rows = []
         for r, lp, qlp, (t, a0, n) in zip(chunk, prior_lp, q_lp, spans):
+            if len(lp) < a0 + n + len(closer) or len(qlp) < t:  # longer than an engine's model: scored in part
+                lp, qlp = [], []  # (vllm's length policy); no log-probs, so no weight (objectives.question_weights)
             rows.append({"question_id": r["question_id"], "k": r["k"], "trace_tokens": t,
                          "prior_logps": lp[:t], "posterior_logps": qlp, "answer_logps": lp[a0 : a0 + n],
                          "answer_tokens": n})
@@ -355,7 +357,8 @@ def stage_weights(cfg: RunConfig, run: RunDir) -> dict:
     rollouts = None
     if cfg.rollout.num_generations > 0:
         rollouts = run.read_rows("scores/rollouts.parquet")
-    rows = compute_weights(cfg, run.read_rows("scores/scores.parquet"), run.read_rows("samples/posterior.parquet"),
+    rows = compute_weights(cfg, run.read_rows("scores/scores.parquet", arrays=True),  # log-probs as float32 arrays
+                           run.read_rows("samples/posterior.parquet", columns=["question_id", "k", "finished"]),
                            rollouts)
     run.write_rows("weights.parquet", rows)
     per_question = {r["question_id"]: r for r in rows}
