@@ -1,4 +1,4 @@
-"""Problem sources: the built-in arithmetic families, reasoning-gym datasets, and users' own files.
+"""Problem sources: the built-in arithmetic and countdown families, reasoning-gym datasets, and users' own files.
 
     get_task("sum")                      a task by name (`TASKS`); "gym:<dataset>" wraps a reasoning-gym dataset
     build_splits(["sum", "product"], n_train, n_test, seed, difficulties, style_mix)
@@ -17,10 +17,11 @@ from varreason.errors import InputError
 from varreason.eval.verify import Verdict, check_integer
 from varreason.tasks.arithmetic import ProductTask, SumTask, unit_hash
 from varreason.tasks.base import Problem, Task
+from varreason.tasks.countdown import CountdownTask
 from varreason.tasks.stratos import NO_VERIFIER
 from varreason.tasks.user import load_user_problems
 
-TASKS: dict[str, type] = {"sum": SumTask, "product": ProductTask}
+TASKS: dict[str, type] = {"sum": SumTask, "product": ProductTask, "countdown": CountdownTask}
 
 __all__ = [
     "TASKS",
@@ -35,7 +36,7 @@ __all__ = [
 
 
 def get_task(name: str, **params) -> Task:
-    """A task instance by name: "sum", "product", or "gym:<reasoning-gym dataset>" (params go to its class)."""
+    """A task instance by name: "sum", "product", "countdown", or "gym:<reasoning-gym dataset>" (params go to its class)."""
     if isinstance(name, str) and name.startswith("gym:"):
         from varreason.tasks.gym import GymTask
 
