@@ -134,7 +134,7 @@ def aggregate(root: Path, seeds: list[int]) -> dict:
         (m, h), (hm, hh) = mean_ci(acc), mean_ci(hard)
         row = {"proposal": proposal(name), "seeds": seeds_with, "accuracy": acc, "mean": m, "ci": h, "hard": hard, "hard_mean": hm, "hard_ci": hh,
                "pooled": correct / n, "pooled_ci": list(wilson_interval(correct, n)), "n": n}
-        for against in ("sft-matched", "sft-paper", "no-hint", "variational", "matched-2x"):
+        for against in ("sft-matched", "sft-matched-flops", "sft-paper", "no-hint", "variational", "matched-2x"):
             if name == against or not all(against in details[s] for s in seeds_with):
                 continue
             pairs = {}
@@ -151,6 +151,12 @@ def aggregate(root: Path, seeds: list[int]) -> dict:
         if rates:
             row["q_answer_equals_hint"] = sum(r["answer_equals_hint"] for r in rates) / len(rates)
             row["q_correct"] = sum(r["correct"] for r in rates) / len(rates)
+        spent = [e.get("compute") for e in entries]
+        if all(spent):  # the compute account (compare since issue 26): the method's own stages, and pi0's
+            row["compute"] = {k: sum(c[k] for c in spent) / len(spent) for k in ("generated", "prefilled", "scored",
+                                                                               "trained")}
+            row["flops"] = sum(c["flops"]["total"] for c in spent) / len(spent)
+            row["pi0_flops"] = sum(e["pi0_compute"]["flops"]["total"] for e in entries) / len(entries)
         row["method_wall_seconds"] = [e["method_wall_seconds"] + round_seconds(root / f"seed{s}" / "methods" / name)
                                       for s, e in zip(seeds_with, entries)]
         out["methods"][name] = row
@@ -166,6 +172,10 @@ def _rate(r: dict, key: str) -> str:
     return f"{r[key]:.1%}" if key in r else "-"
 
 
+def _tokens(n: float) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e4 else f"{n:.0f}"
+
+
 def write_markdown(result: dict, root: Path) -> str:
     lines = [(f"Held-out accuracy over seeds {result['seeds']} (500 problems per seed, greedy): mean ± t 95% CI over "
               "seeds; pooled = all seeds' problems together (Wilson 95% CI); hard = d4 + d5 (mean over seeds). Paired: "
@@ -173,14 +183,21 @@ def write_markdown(result: dict, root: Path) -> str:
               "McNemar p. q: the share of q's traces (its last round's) whose answer is the reference answer (here the same as "
               "verified correct). Own stages: recorded wall time of every stage the method needs after pi0, shared "
               "ones included."), "",
-             ("| method | seeds | mean ± CI | hard | pooled [CI] | vs sft-matched | vs sft-paper | vs no-hint | "
-              "vs variational | q: answer = hint | own stages s |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
+             ("Compute (src/varreason/compute.py): the method's own stages, mean over seeds: tokens generated, read "
+              "forward only (prompts, scoring), trained; FLOPs (2N per token read, 6N per token trained, plus "
+              "attention); pi0's shared training is not included."), "",
+             ("| method | seeds | mean ± CI | hard | pooled [CI] | vs sft-matched | vs sft-matched-flops | vs sft-paper | "
+              "vs no-hint | vs variational | q: answer = hint | generated | read forward | trained | FLOPs | "
+              "own stages s |"), "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in result["methods"].items():
+        c = r.get("compute")
+        spent = (f"{_tokens(c['generated'])} | {_tokens(c['prefilled'] + c['scored'])} | {_tokens(c['trained'])} | "
+                 f"{r['flops']:.2e}") if c else "- | - | - | -"
         lines.append(f"| {name} | {len(r['seeds'])} | {r['mean']:.1%} ± {r['ci']:.1%} | {r['hard_mean']:.1%} | "
                      f"{r['pooled']:.1%} [{r['pooled_ci'][0]:.1%}, {r['pooled_ci'][1]:.1%}] | "
-                     f"{_pair(r, 'vs_sft-matched')} | {_pair(r, 'vs_sft-paper')} | {_pair(r, 'vs_no-hint')} | "
-                     f"{_pair(r, 'vs_variational')} | {_rate(r, 'q_answer_equals_hint')} | "
-                     f"{sum(r['method_wall_seconds']) / len(r['method_wall_seconds']):.0f} |")
+                     f"{_pair(r, 'vs_sft-matched')} | {_pair(r, 'vs_sft-matched-flops')} | {_pair(r, 'vs_sft-paper')} | "
+                     f"{_pair(r, 'vs_no-hint')} | {_pair(r, 'vs_variational')} | {_rate(r, 'q_answer_equals_hint')} | "
+                     f"{spent} | {sum(r['method_wall_seconds']) / len(r['method_wall_seconds']):.0f} |")
     lines += ["", "Per seed (overall accuracy):", ""]
     lines += [f"- {name}: " + ", ".join(f"seed {s} {a:.1%}" for s, a in zip(r["seeds"], r["accuracy"]))
               for name, r in result["methods"].items()]
@@ -216,6 +233,22 @@ def plot(result: dict, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "study_accuracy.png", dpi=120)
     plt.close(fig)
+
+    flops = [(n, r) for n, r in methods.items() if "flops" in r]
+    if flops:  # accuracy against the FLOPs each method spent (pi0's training included)
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for name, r in flops:
+            x = r["pi0_flops"] + r["flops"]
+            ax.errorbar([x], [r["mean"]], yerr=[r["ci"]] if len(r["seeds"]) > 1 else None, marker="o", capsize=3,
+                        color=COLORS.get(r.get("proposal") or proposal(name), "tab:grey"))
+            ax.annotate(name, (x, r["mean"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("FLOPs: pi0's training + the method's own stages")
+        ax.set_ylabel("held-out accuracy")
+        ax.set_title("traces from: blue the teacher, green pi0, orange q (hint)", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "study_flops.png", dpi=120)
+        plt.close(fig)
 
     ks = [(k, methods[n]) for k, n in ((1, "k1"), (2, "k2"), (4, "k4"), (8, "variational")) if n in methods]
     if len(ks) > 1:
