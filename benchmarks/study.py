@@ -239,13 +239,15 @@ def plot(result: dict, out: Path) -> None:
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
         for name, r in flops:
             x = r["pi0_flops"] + r["flops"]
-            ax.errorbar([x], [r["mean"]], yerr=[r["ci"]] if len(r["seeds"]) > 1 else None, marker="o", capsize=3,
+            # over seeds a t 95% CI; one seed: its Wilson 95% CI over the held-out problems
+            err = [r["ci"]] if len(r["seeds"]) > 1 else [[r["mean"] - r["pooled_ci"][0]], [r["pooled_ci"][1] - r["mean"]]]
+            ax.errorbar([x], [r["mean"]], yerr=err, marker="o", capsize=3,
                         color=COLORS.get(r.get("proposal") or proposal(name), "tab:grey"))
             ax.annotate(name, (x, r["mean"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_xscale("log")
         ax.set_xlabel("FLOPs: pi0's training + the method's own stages")
         ax.set_ylabel("held-out accuracy")
-        ax.set_title("traces from: blue the teacher, green pi0, orange q (hint)", fontsize=8)
+        ax.set_title("traces from: blue the teacher, green pi0, orange q (hint); bars: 95% CI", fontsize=8)
         fig.tight_layout()
         fig.savefig(out / "study_flops.png", dpi=120)
         plt.close(fig)
