@@ -450,7 +450,6 @@ def save_trained(trainer, tokenizer, out_dir: str | Path, work_dir: str | Path |
     trainer.accelerator.wait_for_everyone()
 
 
-save_on_main = save_trained  # its former name (it now saves on every rank), still imported by some stages
 
 
 # The Trainer honours `loss_is_scaled_for_ga` from this version on; before it, a loss normalised by the step's own
@@ -546,3 +545,21 @@ class _ListDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return self.features[i]
+
+
+def trl_arguments(section, work_dir, log_dir, seed: int) -> dict:
+    """The TrainingArguments fields every TRL trainer stage (grpo, latro, self-distill) sets the same way from its
+    config section (TRL's field names): steps, batch, schedule, checkpoints, loggers, device and precision."""
+    if log_dir is not None:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(log_dir)
+    on_gpu = torch.cuda.is_available()
+    return {
+        "output_dir": str(work_dir), "learning_rate": section.learning_rate, "max_steps": section.max_steps,
+        "per_device_train_batch_size": section.per_device_train_batch_size,
+        "gradient_accumulation_steps": section.gradient_accumulation_steps, "warmup_steps": section.warmup_ratio,
+        "lr_scheduler_type": section.lr_scheduler_type, "max_grad_norm": section.max_grad_norm,
+        "logging_steps": section.logging_steps, "save_strategy": "steps", "save_steps": section.save_steps, "save_total_limit": 1,
+        "report_to": section.report_to or "none", "bf16": section.bf16 and on_gpu, "use_cpu": not on_gpu,
+        "gradient_checkpointing": section.gradient_checkpointing, "seed": seed, "data_seed": seed,
+        "disable_tqdm": True,  # our ProgressLog instead (trainer_output)
+    }

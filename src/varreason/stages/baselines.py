@@ -25,7 +25,6 @@ applied can be measured afterwards (`compare`'s bias diagnostic).
 from __future__ import annotations
 
 import copy
-import os
 import time
 from collections.abc import Callable
 
@@ -52,6 +51,7 @@ from varreason.training import (
     save_trained,
     train_sft,
     trainer_output,
+    trl_arguments,
 )
 
 # --- RFT --------------------------------------------------------------------------------------------------------------
@@ -176,24 +176,14 @@ class VerifierReward:
 
 def grpo_config(cfg: RunConfig, work_dir, log_dir):
     """TRL's GRPOConfig from our `grpo` section (same field names)."""
-    import torch
     from trl import GRPOConfig
 
     g = cfg.grpo
-    on_gpu = torch.cuda.is_available()
-    if log_dir is not None:
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(log_dir)
     return GRPOConfig(
-        output_dir=str(work_dir), learning_rate=g.learning_rate, max_steps=g.max_steps,
-        per_device_train_batch_size=g.per_device_train_batch_size,
-        gradient_accumulation_steps=g.gradient_accumulation_steps, num_generations=g.num_generations,
-        temperature=g.temperature, top_p=g.top_p, max_completion_length=g.max_completion_length, beta=g.beta,
-        epsilon=g.epsilon, loss_type=g.loss_type, scale_rewards=g.scale_rewards, num_iterations=g.num_iterations,
-        mask_truncated_completions=g.mask_truncated_completions, warmup_steps=g.warmup_ratio,
-        lr_scheduler_type=g.lr_scheduler_type, max_grad_norm=g.max_grad_norm, logging_steps=g.logging_steps,
-        save_strategy="steps", save_steps=g.save_steps, save_total_limit=1, report_to=g.report_to or "none",
-        bf16=g.bf16 and on_gpu, use_cpu=not on_gpu, gradient_checkpointing=g.gradient_checkpointing,
-        seed=cfg.seed, data_seed=cfg.seed, disable_tqdm=True,  # our ProgressLog instead (training.trainer_output)
+        **trl_arguments(g, work_dir, log_dir, cfg.seed), num_generations=g.num_generations, temperature=g.temperature,
+        top_p=g.top_p, max_completion_length=g.max_completion_length, beta=g.beta, epsilon=g.epsilon,
+        loss_type=g.loss_type, scale_rewards=g.scale_rewards, num_iterations=g.num_iterations,
+        mask_truncated_completions=g.mask_truncated_completions,
     )
 
 

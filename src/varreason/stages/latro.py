@@ -33,7 +33,6 @@ sampling (TRL's `use_vllm`) is not wired.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 
@@ -51,8 +50,9 @@ from varreason.templates import Templates
 from varreason.training import (
     last_complete_checkpoint,
     no_half_checkpoint_on_a_full_disk,
-    save_on_main,
+    save_trained,
     trainer_output,
+    trl_arguments,
 )
 
 
@@ -269,20 +269,10 @@ def rloo_config(cfg: RunConfig, work_dir, log_dir):
     from trl import RLOOConfig
 
     lt = cfg.latro
-    on_gpu = torch.cuda.is_available()
-    if log_dir is not None:
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(log_dir)
     return RLOOConfig(
-        output_dir=str(work_dir), learning_rate=lt.learning_rate, max_steps=lt.max_steps,
-        per_device_train_batch_size=lt.per_device_train_batch_size,
-        gradient_accumulation_steps=lt.gradient_accumulation_steps, num_generations=lt.num_generations,
+        **trl_arguments(lt, work_dir, log_dir, cfg.seed), num_generations=lt.num_generations,
         temperature=lt.temperature, top_p=lt.top_p, max_completion_length=lt.max_completion_length, beta=lt.beta,
         num_iterations=1, normalize_advantages=False, mask_truncated_completions=False,
-        warmup_steps=lt.warmup_ratio, lr_scheduler_type=lt.lr_scheduler_type, max_grad_norm=lt.max_grad_norm,
-        logging_steps=lt.logging_steps, save_strategy="steps", save_steps=lt.save_steps, save_total_limit=1,
-        report_to=lt.report_to or "none", bf16=lt.bf16 and on_gpu, use_cpu=not on_gpu,
-        gradient_checkpointing=lt.gradient_checkpointing, seed=cfg.seed, data_seed=cfg.seed,
-        disable_tqdm=True,  # our ProgressLog instead (training.trainer_output)
     )
 
 
@@ -315,7 +305,7 @@ def stage_latro(cfg: RunConfig, run: RunDir) -> dict:
     with no_half_checkpoint_on_a_full_disk(work_dir):
         result = trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - start
-    save_on_main(trainer, tokenizer, out_dir, work_dir)
+    save_trained(trainer, tokenizer, out_dir, work_dir)
     run.write_rows(f"latro/{lt.name}/rewards.parquet", reward.log)  # this rank's traces
     return summary(reward.log, trainer.state.log_history, result.global_step, resume, wall, lt)
 

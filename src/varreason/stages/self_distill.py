@@ -38,7 +38,6 @@ not apply.
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 
@@ -54,7 +53,13 @@ from varreason.runs import RunDir
 from varreason.stages.common import hint, model_dir, sampled_questions, trains_q
 from varreason.tasks.base import Problem
 from varreason.templates import Templates
-from varreason.training import last_complete_checkpoint, no_half_checkpoint_on_a_full_disk, save_trained, trainer_output
+from varreason.training import (
+    last_complete_checkpoint,
+    no_half_checkpoint_on_a_full_disk,
+    save_trained,
+    trainer_output,
+    trl_arguments,
+)
 
 with output_to_log(), warnings.catch_warnings():  # TRL imports vLLM when installed; its "experimental" notice
     warnings.simplefilter("ignore")
@@ -155,19 +160,11 @@ def sdft_config(cfg: RunConfig, work_dir, log_dir) -> SDFTConfig:
     """TRL's SDFTConfig from our `self_distill` section (same field names): full-vocabulary logits (our loss), one
     pass per batch of completions (so no importance-sampling correction is needed), prompts never truncated."""
     d = cfg.self_distill
-    on_gpu = torch.cuda.is_available()
-    if log_dir is not None:
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(log_dir)
     return SDFTConfig(
-        output_dir=str(work_dir), learning_rate=d.learning_rate, max_steps=d.max_steps,
-        per_device_train_batch_size=d.per_device_train_batch_size,
-        gradient_accumulation_steps=d.gradient_accumulation_steps, num_generations=d.num_generations,
+        **trl_arguments(d, work_dir, log_dir, cfg.seed), num_generations=d.num_generations,
         temperature=d.temperature, top_p=d.top_p, max_completion_length=d.max_completion_length,
         distillation_alpha=d.distillation_alpha, distillation_mode="full_logits", distillation_is_clip=None,
-        num_iterations=1, max_prompt_length=None, warmup_steps=d.warmup_ratio, lr_scheduler_type=d.lr_scheduler_type,
-        max_grad_norm=d.max_grad_norm, logging_steps=d.logging_steps, save_strategy="steps", save_steps=d.save_steps,
-        save_total_limit=1, report_to=d.report_to or "none", bf16=d.bf16 and on_gpu, use_cpu=not on_gpu,
-        gradient_checkpointing=d.gradient_checkpointing, seed=cfg.seed, data_seed=cfg.seed, disable_tqdm=True,
+        num_iterations=1, max_prompt_length=None,
     )
 
 
