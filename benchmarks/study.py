@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -56,10 +57,19 @@ EXTRA_VARIANTS = {
     "weighted-xk": {"method": "variational", "build.mode": "weighted", "build.mix": False,
                     "build.weighted_batch": "scaled"},
 }
+# issue 27: every method of compare (its default list less grpo-debiased) and the solution hint, on both families;
+# the rounds on sum / product. These sets run compare with the demo's own settings (no study rollouts, no sft-paper),
+# so a plain `varreason compare --config demo` folder is a seed of them.
+ALL_METHODS = ["sft", "sft-matched", "variational", "sft-matched-flops", "no-hint", "rft", "star", "trice", "latro",
+               "self-distill", "grpo"]
+ROUND_VARIANTS = {"rounds2": {"method": "variational", "rounds": 2}, "rounds3": {"method": "variational", "rounds": 3}}
 SETS = {"core": (CORE_METHODS, CORE_VARIANTS),
         "extras": (CORE_METHODS, {**CORE_VARIANTS, **EXTRA_VARIANTS}),
-        "smoke": (["sft", "sft-matched", "sft-paper", "variational"], {"forward-kl": EXTRA_VARIANTS["forward-kl"]})}
-ALL_VARIANTS = {**CORE_VARIANTS, **EXTRA_VARIANTS}
+        "smoke": (["sft", "sft-matched", "sft-paper", "variational"], {"forward-kl": EXTRA_VARIANTS["forward-kl"]}),
+        "methods": (ALL_METHODS, {"hint-solution": CORE_VARIANTS["hint-solution"]}),
+        "rounds": (ALL_METHODS, {"hint-solution": CORE_VARIANTS["hint-solution"], **ROUND_VARIANTS})}
+PLAIN_SETS = {"methods", "rounds"}  # run without the study's rollouts and sft-paper
+ALL_VARIANTS = {**CORE_VARIANTS, **EXTRA_VARIANTS, **ROUND_VARIANTS}
 # plotted by where a method's traces come from (its declared proposal, stages/methods.py)
 COLORS = {"teacher": "tab:blue", "pi0": "tab:green", "pi0-greedy": "tab:green", "pi0-online": "tab:green",
           "q": "tab:orange", "trice-chain": "tab:orange"}  # TRICE's chains start from q's hinted traces
@@ -78,13 +88,19 @@ ROLLOUTS = ["--rollout.num_generations", "4", "--rollout.prior_samples", "1"]
 
 def run_seed(seed: int, root: Path, which: str, config: str, extra: list[str]) -> float:
     methods, variants = SETS[which]
+    study_args = [] if which in PLAIN_SETS else ["--final.sft_paper", "true"] + ROLLOUTS
     cmd = [sys.executable, "-m", "varreason", "compare", "--config", config, "--output-dir", str(root / f"seed{seed}"),
-           "--seed", str(seed), "--final.sft_paper", "true", "--compare.methods", json.dumps(methods),
-           "--compare.variants", json.dumps(variants)] + ROLLOUTS + extra
+           "--seed", str(seed), "--compare.methods", json.dumps(methods),
+           "--compare.variants", json.dumps(variants)] + study_args + extra
     print("+", " ".join(cmd), flush=True)
     start = time.time()
     subprocess.run(cmd, check=True)
-    return time.time() - start
+    seconds = time.time() - start
+    with (root / "wall_times.jsonl").open("a") as f:  # the study's wall time per seed and call (docs/study.md)
+        f.write(json.dumps({"seed": seed, "set": which, "config": config, "seconds": round(seconds, 1),
+                            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(start)),
+                            "cpus": len(os.sched_getaffinity(0))}) + "\n")
+    return seconds
 
 
 def correct_by_problem(seed_dir: Path, name: str, entry: dict) -> dict:
