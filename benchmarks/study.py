@@ -125,15 +125,38 @@ def round_seconds(run_dir: Path) -> float:
     return total
 
 
-def hint_rates(run_dir: Path) -> dict | None:
-    """q's sample (its last round's): the share of traces whose answer is the reference answer, and the share verified
-    correct."""
+def trace_rates(run_dir: Path) -> dict | None:
+    """The method's sampled traces (its last round's): the share verified correct, whichever model proposed them (q
+    with the hint, or pi0 for no-hint and rft), and for q's the share whose answer is the reference answer."""
     manifest = json.loads((last_round(run_dir) / "manifest.json").read_text())
     counts = manifest["stages"].get("sample", {}).get("counts", {})
-    if not counts.get("traces") or counts.get("proposal") == "prior":
+    if not counts.get("traces"):
         return None
-    return {"answer_equals_hint": counts["answer_equals_hint"] / counts["traces"],
-            "correct": counts["correct"] / counts["traces"], "traces": counts["traces"]}
+    out = {"proposal": counts.get("proposal"), "correct": counts["correct"] / counts["traces"],
+           "traces": counts["traces"]}
+    if counts.get("proposal") != "prior":
+        out["answer_equals_hint"] = counts["answer_equals_hint"] / counts["traces"]
+    return out
+
+
+def weight_spread(run_dir: Path) -> dict | None:
+    """What the importance weights did (the last round's weights.parquet): mean ESS of the self-normalised weights per
+    question (of K), the mean within-question standard deviation of log rho, the mean share of the heaviest trace, and
+    the share of questions whose ESS is below 2 (one or two traces carry the question)."""
+    path = last_round(run_dir) / "weights.parquet"
+    if not path.exists():
+        return None
+    import pandas as pd
+
+    w = pd.read_parquet(path, columns=["question_id", "log_rho", "rho_tilde", "ess", "eligible"])
+    w = w[w["eligible"]]
+    if w.empty:
+        return None
+    by_q = w.groupby("question_id")
+    ess = by_q["ess"].first()
+    return {"k": float(by_q.size().mean()), "mean_ess": float(ess.mean()),
+            "log_rho_std": float(by_q["log_rho"].std(ddof=0).mean()),
+            "max_share": float(by_q["rho_tilde"].max().mean()), "ess_below_2": float((ess < 2).mean())}
 
 
 def aggregate(root: Path, seeds: list[int]) -> dict:
@@ -163,10 +186,15 @@ def aggregate(root: Path, seeds: list[int]) -> dict:
             total_a, total_b = sum(p["only_model"] for p in pairs.values()), sum(p["only_other"] for p in pairs.values())
             row[f"vs_{against}"] = {"per_seed": pairs, "only_model": total_a, "only_other": total_b,
                                     "p_pooled": mcnemar_exact(total_a, total_b)}
-        rates = [r for s in seeds_with if (r := hint_rates(root / f"seed{s}" / "methods" / name))]
+        rates = [r for s in seeds_with if (r := trace_rates(root / f"seed{s}" / "methods" / name))]
         if rates:
-            row["q_answer_equals_hint"] = sum(r["answer_equals_hint"] for r in rates) / len(rates)
-            row["q_correct"] = sum(r["correct"] for r in rates) / len(rates)
+            row["traces_correct"] = sum(r["correct"] for r in rates) / len(rates)
+            if all("answer_equals_hint" in r for r in rates):
+                row["q_answer_equals_hint"] = sum(r["answer_equals_hint"] for r in rates) / len(rates)
+                row["q_correct"] = row["traces_correct"]
+        spreads = [w for s in seeds_with if (w := weight_spread(root / f"seed{s}" / "methods" / name))]
+        if spreads:
+            row["weights"] = {k: sum(w[k] for w in spreads) / len(spreads) for k in spreads[0]}
         spent = [e.get("compute") for e in entries]
         if all(spent):  # the compute account (compare since issue 26): the method's own stages, and pi0's
             row["compute"] = {k: sum(c[k] for c in spent) / len(spent) for k in ("generated", "prefilled", "scored",
@@ -192,28 +220,42 @@ def _tokens(n: float) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e4 else f"{n:.0f}"
 
 
+PAIRED = ("sft-matched", "sft-matched-flops", "sft-paper", "no-hint", "variational")
+
+
 def write_markdown(result: dict, root: Path) -> str:
+    methods = result["methods"]
+    paired = [a for a in PAIRED if any(f"vs_{a}" in r for r in methods.values())]
     lines = [(f"Held-out accuracy over seeds {result['seeds']} (500 problems per seed, greedy): mean ± t 95% CI over "
               "seeds; pooled = all seeds' problems together (Wilson 95% CI); hard = d4 + d5 (mean over seeds). Paired: "
               "held-out problems solved only by the method / only by the other, summed over the seeds both ran, exact "
-              "McNemar p. q: the share of q's traces (its last round's) whose answer is the reference answer (here the same as "
-              "verified correct). Own stages: recorded wall time of every stage the method needs after pi0, shared "
-              "ones included."), "",
+              "McNemar p. Traces correct: the share of the method's sampled traces (its last round's) verified "
+              "correct, q's with the hint or pi0's; q = hint: the share of q's traces whose answer is the reference "
+              "answer. Own stages: recorded wall time of every stage the method needs after pi0, shared ones "
+              "included."), "",
              ("Compute (src/varreason/compute.py): the method's own stages, mean over seeds: tokens generated, read "
               "forward only (prompts, scoring), trained; FLOPs (2N per token read, 6N per token trained, plus "
               "attention); pi0's shared training is not included."), "",
-             ("| method | seeds | mean ± CI | hard | pooled [CI] | vs sft-matched | vs sft-matched-flops | vs sft-paper | "
-              "vs no-hint | vs variational | q: answer = hint | generated | read forward | trained | FLOPs | "
-              "own stages s |"), "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, r in result["methods"].items():
+             "| method | seeds | mean ± CI | hard | pooled [CI] | " + "".join(f"vs {a} | " for a in paired)
+             + "traces correct | q = hint | generated | read forward | trained | FLOPs | own stages s |",
+             "|---|---|---|---|---|" + "---|" * len(paired) + "---|---|---|---|---|---|---|"]
+    for name, r in methods.items():
         c = r.get("compute")
         spent = (f"{_tokens(c['generated'])} | {_tokens(c['prefilled'] + c['scored'])} | {_tokens(c['trained'])} | "
                  f"{r['flops']:.2e}") if c else "- | - | - | -"
         lines.append(f"| {name} | {len(r['seeds'])} | {r['mean']:.1%} ± {r['ci']:.1%} | {r['hard_mean']:.1%} | "
                      f"{r['pooled']:.1%} [{r['pooled_ci'][0]:.1%}, {r['pooled_ci'][1]:.1%}] | "
-                     f"{_pair(r, 'vs_sft-matched')} | {_pair(r, 'vs_sft-matched-flops')} | {_pair(r, 'vs_sft-paper')} | "
-                     f"{_pair(r, 'vs_no-hint')} | {_pair(r, 'vs_variational')} | {_rate(r, 'q_answer_equals_hint')} | "
+                     + "".join(f"{_pair(r, f'vs_{a}')} | " for a in paired)
+                     + f"{_rate(r, 'traces_correct')} | {_rate(r, 'q_answer_equals_hint')} | "
                      f"{spent} | {sum(r['method_wall_seconds']) / len(r['method_wall_seconds']):.0f} |")
+    weighted = [(n, r["weights"]) for n, r in methods.items() if "weights" in r]
+    if weighted:
+        lines += ["", ("The importance weights (last round, mean over seeds): K traces per question, mean ESS of the "
+                       "self-normalised weights, mean within-question std of log rho, mean share of the heaviest "
+                       "trace, share of questions with ESS < 2."), "",
+                  "| method | K | ESS | std log rho | heaviest share | ESS < 2 |", "|---|---|---|---|---|---|"]
+        lines += [f"| {n} | {w['k']:.1f} | {w['mean_ess']:.2f} | {w['log_rho_std']:.3f} | {w['max_share']:.2f} | "
+                  f"{w['ess_below_2']:.1%} |" for n, w in weighted]
     lines += ["", "Per seed (overall accuracy):", ""]
     lines += [f"- {name}: " + ", ".join(f"seed {s} {a:.1%}" for s, a in zip(r["seeds"], r["accuracy"]))
               for name, r in result["methods"].items()]
