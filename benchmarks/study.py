@@ -195,6 +195,9 @@ def aggregate(root: Path, seeds: list[int]) -> dict:
         spreads = [w for s in seeds_with if (w := weight_spread(root / f"seed{s}" / "methods" / name))]
         if spreads:
             row["weights"] = {k: sum(w[k] for w in spreads) / len(spreads) for k in spreads[0]}
+        levels = sorted({d for e in entries for d in e["by_difficulty"]}, key=int)
+        row["by_difficulty"] = {d: sum(e["by_difficulty"][d]["accuracy"] for e in entries if d in e["by_difficulty"])
+                                / sum(d in e["by_difficulty"] for e in entries) for d in levels}
         spent = [e.get("compute") for e in entries]
         if all(spent):  # the compute account (compare since issue 26): the method's own stages, and pi0's
             row["compute"] = {k: sum(c[k] for c in spent) / len(spent) for k in ("generated", "prefilled", "scored",
@@ -248,6 +251,12 @@ def write_markdown(result: dict, root: Path) -> str:
                      + "".join(f"{_pair(r, f'vs_{a}')} | " for a in paired)
                      + f"{_rate(r, 'traces_correct')} | {_rate(r, 'q_answer_equals_hint')} | "
                      f"{spent} | {sum(r['method_wall_seconds']) / len(r['method_wall_seconds']):.0f} |")
+    levels = list(dict.fromkeys(d for r in methods.values() for d in r.get("by_difficulty", {})))
+    if levels:
+        lines += ["", "Held-out accuracy by difficulty (mean over seeds; 100 problems per level and seed):", "",
+                  "| method | " + " | ".join(f"d{d}" for d in levels) + " |", "|---|" + "---|" * len(levels)]
+        lines += [f"| {n} | " + " | ".join(f"{r['by_difficulty'][d]:.1%}" if d in r.get("by_difficulty", {}) else "-"
+                                          for d in levels) + " |" for n, r in methods.items()]
     weighted = [(n, r["weights"]) for n, r in methods.items() if "weights" in r]
     if weighted:
         lines += ["", ("The importance weights (last round, mean over seeds): K traces per question, mean ESS of the "
