@@ -51,7 +51,7 @@ run: $(STAMP)
 	$(BIN)/varreason run
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25  # the slowest tests in every log, to keep the suite near 10 minutes
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/scoring_memory.py
