@@ -17,7 +17,8 @@ DEFAULT_HASHES = {
     "rollout": "54a54eba670d3d79", "weights": "b557ce6b565aa69a", "build": "dd71b6bcbd0065c8",
     "final": "69402423b47bf0e3", "matched": "bd16161051a3d473", "rft": "aa5d6ff7d6e851a7",
     "grpo": "0a5f138b525eb5a8", "eval": "467f1f5610d7dd56", "star": "e14a0ca409376269",  # star: new in issue 25
-    "trice": "1aa09690a91ede03", "latro": "731910ed5086aa16", "self-distill": "3afdf487148b113a",  # issue 26
+    "trice": "88fad9b73538be8f",  # trice.schedule: online, a new default (the rounds schedule collapsed on the demo)
+    "latro": "731910ed5086aa16", "self-distill": "3afdf487148b113a",  # issue 26
 }
 NO_HINT_HASHES = {  # sample.proposal prior, final.name no-hint (the no-hint method of `compare`)
     "sample": "405b3df2213b0a6e", "score": "12969bcc6c2422a4", "rollout": "adc6359407cc7dcd",

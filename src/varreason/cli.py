@@ -60,10 +60,11 @@ COMMANDS = {
               "verified traces kept without the hint, fine-tuned (models/<star.name>); compare's star method sets its "
               "sampling"),
              "--config demo --output-dir runs/star --sample.proposal prior --sample.num_generations 1 --sample.temperature 0"),
-    "trice": (("TRICE: a persistent trace per question started from q's hinted trace; each round pi proposes, the "
-               "chain moves when verified, signed SFT with a leave-one-out control variate (models/<trice.name>); "
-               "compare's trice method sets its sampling"),
-              "--config demo --output-dir runs/trice --sample.num_generations 1 --trice.rounds 4"),
+    "trice": (("TRICE: a persistent trace per question started from q's hinted trace; each step the current pi "
+               "proposes for a batch of questions, their chains move when verified, one step of signed SFT with a "
+               "leave-one-out control variate (trice.schedule online; rounds: the previous schedule) "
+               "(models/<trice.name>); compare's trice method sets its sampling"),
+              "--config demo --output-dir runs/trice --sample.num_generations 1 --trice.schedule online"),
     "self-distill": (("on-policy self-distillation: pi0 samples from its own prompt, q (models/posterior, frozen) "
                       "reads its hinted prompt + the same completion ids, pi is trained to match q token by token "
                       "(models/<self_distill.name>)"),

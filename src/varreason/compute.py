@@ -10,7 +10,9 @@ once, by whoever did them.
 
 FLOPs follow Kaplan et al. (2020, Table 1): a token read forward costs 2N + 2 n_layer d_attn n_ctx, where N counts
 the parameters that multiply it (every layer and the output head; not the input embedding, a lookup) and n_ctx is
-the number of tokens it attends to; backward costs twice the forward, so a trained token costs 3x. Padding and
+the number of tokens it attends to; backward costs twice the forward, so a trained token costs 3x. A token trained
+through frozen weights (LoRA) skips their weight gradients: 2N less (forward 2N + activation gradients 2N), plus its
+adapter's n_a parameters trained in full (6 n_a); `record(..., adapter_params=n_a)` counts it so. Padding and
 recomputation are not counted: this is the work the method needs, not what a given kernel spent.
 """
 
@@ -36,6 +38,8 @@ class Account:
     prefilled_context: int = 0
     scored_context: int = 0
     trained_context: int = 0
+    trained_frozen: int = 0  # of the trained tokens, those trained through frozen weights (LoRA)
+    trained_adapter: int = 0  # the sum over those tokens of their adapter's parameter count
 
     def add(self, other: Account) -> Account:
         return Account(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
@@ -65,10 +69,11 @@ def forward_flops(tokens: int, context: int, n_params: int, n_layers: int, d_att
 
 def account_flops(account: Account, n_params: int, n_layers: int, d_attn: int) -> dict:
     """FLOPs by kind: generated, prefilled and scored tokens are read forward once; a trained token forward and
-    backward (3x the forward)."""
+    backward (3x the forward), less the weight gradients of frozen weights (2N per LoRA token) plus the adapter's
+    forward and backward (6 per adapter parameter)."""
     out = {kind: forward_flops(getattr(account, kind), getattr(account, f"{kind}_context"), n_params, n_layers, d_attn)
            for kind in KINDS}
-    out["trained"] *= 3.0
+    out["trained"] = 3.0 * out["trained"] - 2.0 * n_params * account.trained_frozen + 6.0 * account.trained_adapter
     out["total"] = sum(out[k] for k in KINDS)
     return out
 
@@ -78,17 +83,23 @@ def account_flops(account: Account, n_params: int, n_layers: int, d_attn: int) -
 _ledger = Account()
 
 
-def record(kind: str, tokens: int, context: int) -> None:
-    """Count `tokens` of one kind whose contexts sum to `context` (see `sequence_context`)."""
+def record(kind: str, tokens: int, context: int, adapter_params: int | None = None) -> None:
+    """Count `tokens` of one kind whose contexts sum to `context` (see `sequence_context`). `adapter_params`: trained
+    tokens of a LoRA run (frozen weights), with its adapter's trainable parameter count; None: full fine-tuning."""
     global _ledger
     if kind not in KINDS:
         raise ValueError(f"unknown compute kind {kind!r}: {', '.join(KINDS)}")
-    _ledger = _ledger.add(Account(**{kind: int(tokens), f"{kind}_context": int(context)}))
+    if adapter_params is not None and kind != "trained":
+        raise ValueError(f"adapter_params counts trained tokens, not {kind!r} ones")
+    lora = {} if adapter_params is None else {"trained_frozen": int(tokens),
+                                              "trained_adapter": int(tokens) * int(adapter_params)}
+    _ledger = _ledger.add(Account(**{kind: int(tokens), f"{kind}_context": int(context)}, **lora))
 
 
-def record_sequences(kind: str, prefixes: list[int], lengths: list[int]) -> None:
+def record_sequences(kind: str, prefixes: list[int], lengths: list[int], adapter_params: int | None = None) -> None:
     """Count sequences of `lengths` new tokens, each read after its `prefixes` tokens."""
-    record(kind, sum(lengths), sum(sequence_context(p, n) for p, n in zip(prefixes, lengths, strict=True)))
+    record(kind, sum(lengths), sum(sequence_context(p, n) for p, n in zip(prefixes, lengths, strict=True)),
+           adapter_params)
 
 
 def add(account: Account) -> None:
@@ -121,11 +132,14 @@ def take() -> Account:
 @functools.lru_cache(maxsize=8)
 def model_shape(model_dir: str) -> dict:
     """N (parameters that multiply each token: not the input embedding, a lookup; the output head counts even when
-    tied to it), n_layer and d_attn of a causal LM, from its config alone (the model is built on the meta device)."""
+    tied to it), n_layer and d_attn of a causal LM, from its config alone (the model is built on the meta device).
+    An adapter folder (LoRA): its base's."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(model_dir)
+    from varreason.models.lora import config_folder
+
+    config = AutoConfig.from_pretrained(config_folder(model_dir))
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     total = sum(p.numel() for p in model.parameters())  # a tied head is counted once, as the embedding

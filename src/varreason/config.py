@@ -130,6 +130,28 @@ class ModelConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA (peft): train low-rank adapters on frozen weights instead of every weight; peft's field names."""
+
+    r: int = option(0, "adapter rank; 0 = off (full fine-tuning)", ge=0)
+    lora_alpha: int = option(16, "the adapter's update is scaled by lora_alpha / r", ge=1)
+    lora_dropout: float = option(0.0, "dropout on the adapter's input while training", ge=0.0, lt=1.0)
+    target_modules: list[str] = option(["all-linear"], "module names to adapt; all-linear = every linear layer but "
+                                                       "the output layer (peft's shortcut)")
+    save: str = option("merged", "merged: the adapter merged into the weights, an ordinary model folder | adapter: "
+                                 "adapter_config.json + adapter_model.safetensors + tokenizer (the base model is "
+                                 "named inside)", choices=("merged", "adapter"))
+
+    def model_file(self) -> str:
+        """The file a finished model folder saved with these settings has (a stage's output)."""
+        return "adapter_config.json" if self.r > 0 and self.save == "adapter" else "config.json"
+
+
+# a training section's `lora` sub-section (`--final.lora.r 8`, YAML `lora: {r: 8}`)
+LORA_HELP = {"help": "LoRA adapters instead of full fine-tuning (r > 0)"}
+
+
+@dataclass
 class SFTConfig:
     """(Weighted) SFT on the HF Trainer; TRL's field names."""
 
@@ -156,6 +178,7 @@ class SFTConfig:
     bf16: bool = option(False, "bf16 on GPU; fp32 on CPU, where bf16 is emulated and ~10x slower")
     gradient_checkpointing: bool = option(False, "trade compute for memory (GPU; slower on a CPU)")
     dataloader_num_workers: int = option(0, "data loader worker processes", ge=0)
+    lora: LoraConfig = field(default_factory=LoraConfig, metadata=LORA_HELP)
 
 
 @dataclass
@@ -285,13 +308,20 @@ class StarConfig(SFTConfig):
 @dataclass
 class TriceConfig(SFTConfig):
     """TRICE (Phan, Hoffman et al. 2023): MCMC-EM over traces. One persistent trace per training question (its chain),
-    started from a hinted proposal; each round the current model proposes one trace per question without the hint,
-    the chain moves to it when it is verified, and the model is trained by signed weighted SFT on the chains' traces
-    with the leave-one-out control variate (`objectives.trice_weights`). Each round continues from the last round's
-    model; max_steps -1 = the final model's steps, split over the rounds (compute-matched)."""
+    started from a hinted proposal; the current model proposes a trace without the hint, the chain moves to it when it
+    is verified, and the model is trained by signed weighted SFT on the chains' traces with the leave-one-out control
+    variate (`objectives.trice_weights`). `schedule: online` (the authors' notebook): every optimiser step proposes
+    for its batch of per_device_train_batch_size questions, moves their chains and takes one step; `rounds`: each
+    round proposes for every question, then trains max_steps / rounds steps on the round's rows. max_steps -1 = the
+    final model's steps (compute-matched)."""
 
     name: str = option("trice", "the model folder models/<name>")
-    rounds: int = option(4, "proposal -> move -> train rounds; the optimiser steps are split over them", ge=1)
+    schedule: str = option("online", "online: propose for a batch of questions, move their chains, one optimiser step "
+                                     "(the notebook's) | rounds: propose for every question, then train many steps "
+                                     "on the round's rows (the previous schedule; it collapsed on the demo)",
+                           choices=("online", "rounds"))
+    rounds: int = option(4, "schedule rounds: proposal -> move -> train rounds; the optimiser steps are split over "
+                            "them", ge=1)
     memory_init: str = option("q", "who writes the chain's first trace, with the answer as a hint: q (the posterior's "
                                    "one trace per question from the `sample` stage, unfiltered as in the notebook) | "
                                    "pi0 (pi0 with the answer appended to the question, as the notebook's base-model "
@@ -301,7 +331,8 @@ class TriceConfig(SFTConfig):
     max_completion_length: int = option(256, "longest proposed trace + answer in tokens (the notebook's 256; engine, "
                                              "batch and shard sizes are the `sample` section's)", ge=1)
     require_finished: bool = option(True, "a trace that hit max_completion_length is not a correct state, even if right")
-    mix: bool = option(False, "add the teacher data of every training question to each round (TRICE: no)")
+    mix: bool = option(False, "add the teacher data of the questions to each round (online: of each step's "
+                              "batch) (TRICE: no)")
 
 
 @dataclass
@@ -333,6 +364,7 @@ class SelfDistillConfig:
     report_to: list[str] = option(["tensorboard"], "loggers: tensorboard, wandb, ... ([] = none)")
     bf16: bool = option(False, "bf16 on GPU; fp32 on CPU, where bf16 is emulated and ~10x slower (TRL: True)")
     gradient_checkpointing: bool = option(False, "trade compute for memory (GPU; slower on a CPU)")
+    lora: LoraConfig = field(default_factory=LoraConfig, metadata=LORA_HELP)
 
 
 @dataclass
@@ -364,6 +396,7 @@ class GRPOSection:
     report_to: list[str] = option(["tensorboard"], "loggers: tensorboard, wandb, ... ([] = none)")
     bf16: bool = option(False, "bf16 on GPU; fp32 on CPU, where bf16 is emulated and ~10x slower (TRL: True)")
     gradient_checkpointing: bool = option(False, "TRL's default is True: ~10x slower on a CPU for a tiny model")
+    lora: LoraConfig = field(default_factory=LoraConfig, metadata=LORA_HELP)
 
 
 @dataclass
@@ -401,6 +434,7 @@ class LatroConfig:
     report_to: list[str] = option(["tensorboard"], "loggers: tensorboard, wandb, ... ([] = none)")
     bf16: bool = option(False, "bf16 on GPU; fp32 on CPU, where bf16 is emulated and ~10x slower (TRL: True)")
     gradient_checkpointing: bool = option(False, "TRL's default is True: ~10x slower on a CPU for a tiny model")
+    lora: LoraConfig = field(default_factory=LoraConfig, metadata=LORA_HELP)
 
 
 @dataclass
@@ -515,6 +549,9 @@ class RunConfig:
         return payload
 
 
+# the sections that train a model: each has `report_to` (loggers) and a `lora` sub-section
+TRAINING_SECTIONS = ("initial", "posterior", "final", "rft", "grpo", "star", "trice", "self_distill", "latro")
+
 # Fields added after runs existed whose default reproduces the old behaviour: left out of the stage hashes at their
 # default, so finished stages of older run folders are still reused (and `compare --reuse` finds them).
 HASH_OMIT_AT_DEFAULT = {("sample", "proposal"), ("task", "solution_column"), ("posterior", "hint"),
@@ -523,7 +560,8 @@ HASH_OMIT_AT_DEFAULT = {("sample", "proposal"), ("task", "solution_column"), ("p
                         ("posterior", "num_generations"), ("weights", "num_traces"), ("build", "weighted_batch"),
                         ("final", "sft_paper"), ("model", "attn_implementation")
                         } | {(section, key) for key in ("adam_beta2", "padding_free")
-                                                   for section in ("initial", "posterior", "final", "rft")}
+                                                   for section in ("initial", "posterior", "final", "rft")
+                        } | {(section, "lora") for section in TRAINING_SECTIONS}
 _DEFAULTS = RunConfig().to_dict()
 # the sections whose stage samples or scores: the ones with a `backend` field
 ENGINE_SECTIONS = tuple(f.name for f in dataclasses.fields(RunConfig) if dataclasses.is_dataclass(f.default_factory)
@@ -679,6 +717,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     markers = [cfg.format.think_open, cfg.format.think_close, cfg.format.answer_open, cfg.format.answer_close]
     if any(not m for m in markers) or len(set(markers)) != 4:
         raise InputError("the four format markers must be non-empty and distinct")
+    for section in TRAINING_SECTIONS:
+        lora = getattr(cfg, section).lora
+        if lora.r > 0 and not lora.target_modules:
+            raise InputError(f"'{section}.lora.target_modules' must name a module to adapt (all-linear: every linear "
+                             "layer but the output layer)")
     for section in REPORT_TO_SECTIONS:  # which loggers exist and are installed: preflight.check_report_to
         names = getattr(cfg, section).report_to
         if len(names) > 1 and ({"none", "all"} & set(names)):
@@ -687,7 +730,7 @@ def validate(cfg: RunConfig) -> RunConfig:
 
 
 # the sections whose `report_to` names loggers (validate: the form; preflight.check_report_to: installed ones)
-REPORT_TO_SECTIONS = ("initial", "posterior", "final", "rft", "grpo", "star", "trice", "self_distill", "latro")
+REPORT_TO_SECTIONS = TRAINING_SECTIONS
 
 
 NOT_PRESETS = ("accelerate",)  # folders of configs/ that hold other tools' files (`accelerate launch --config_file`)
@@ -833,14 +876,16 @@ def dump_config(cfg: RunConfig, origins: dict | None = None) -> str:
             first += f"  # {origins[dotted]}"
         lines.extend([indent + first] + [indent + line for line in rest])
 
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            lines.append(f"{f.name}:")
-            for sub in dataclasses.fields(value):
-                leaf(sub.name, copy.deepcopy(getattr(value, sub.name)), f"{f.name}.{sub.name}", "  ")
-        else:
-            leaf(f.name, value, f.name, "")
+    def walk(obj: Any, prefix: str, indent: str) -> None:  # a section, and a sub-section in it (`final.lora`)
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                lines.append(f"{indent}{f.name}:")
+                walk(value, f"{prefix}{f.name}.", indent + "  ")
+            else:
+                leaf(f.name, copy.deepcopy(value), prefix + f.name, indent)
+
+    walk(cfg, "", "")
     return "\n".join(lines) + "\n"
 
 

@@ -89,10 +89,11 @@ def run_stage(name: str, cfg: RunConfig, run: RunDir, force: bool = False) -> di
 def model_shape(cfg: RunConfig, run: RunDir) -> dict | None:
     """N, n_layer and d_attn of the run's models (they share pi0's architecture) for the FLOPs of the compute
     account; None before a model exists."""
+    from varreason.models import is_model_folder
     from varreason.stages.common import base_model_path
 
     for path in (run.path / "models" / "initial", run.path / "models" / "base", Path(base_model_path(cfg, run))):
-        if (path / "config.json").exists():
+        if is_model_folder(path):
             return compute.model_shape(str(path.resolve()))
     return None
 

@@ -25,8 +25,9 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from varreason import compute
 from varreason.config import SFTConfig
 from varreason.errors import InputError, disk_failure
-from varreason.models import atomic_folder, leave_zero3, load_model, load_tokenizer
+from varreason.models import atomic_folder, is_adapter, leave_zero3, load_model, load_tokenizer
 from varreason.models.attention import SDPA_GQA, VARLEN_SDPA
+from varreason.models.lora import adapter_parameters, finish_saved, sft_model
 from varreason.objectives import IGNORE_INDEX, constant_normalizer, token_nll, token_nll_chunked, weighted_sft_loss
 from varreason.runs import group_timeout
 
@@ -248,6 +249,12 @@ def _training_arguments(cfg: SFTConfig, work_dir: Path, seed: int) -> TrainingAr
     )
 
 
+def weighted_sft_arguments(cfg: SFTConfig, work_dir: Path, seed: int) -> TrainingArguments:
+    """The TrainingArguments `train_sft` trains with, for a stage that builds its own WeightedSFTTrainer (TRICE's
+    online schedule samples its rows inside the training loop)."""
+    return _training_arguments(cfg, work_dir, seed)
+
+
 def last_complete_checkpoint(work_dir: str | Path) -> str | None:
     """The newest checkpoint the Trainer finished writing, or None; half-written ones (a kill mid-save) are removed.
 
@@ -300,7 +307,8 @@ def train_sft(
 
     Checkpoints go to `<out_dir>.work/`; a run that was interrupted resumes from its last checkpoint. Returns
     training statistics (steps, loss, tokens, wall time, normalizer). `signed`: rows may have negative weights (the
-    normalizers count supervised tokens, never weights, so they stay as they are).
+    normalizers count supervised tokens, never weights, so they stay as they are). `cfg.lora.r > 0`: LoRA adapters on
+    frozen weights (`models.lora`), saved merged or as an adapter folder (`cfg.lora.save`).
     """
     if not rows:
         raise InputError("no training examples", file="training data")
@@ -309,7 +317,8 @@ def train_sft(
     require_transformers()
     tokenizer = load_tokenizer(base_model)
     args = _training_arguments(cfg, work_dir, seed)  # first: under DeepSpeed ZeRO-3 it makes the load partitioned
-    model = load_model(base_model, training=True)
+    model = (sft_model(base_model, cfg.lora, seed, cfg.gradient_checkpointing) if cfg.lora.r  # frozen weights + adapters
+             else load_model(base_model, training=True))
     model.config.use_cache = False
     data = tokenize_examples(rows, tokenizer, cfg.max_length, signed=signed)
     if data.truncated:
@@ -343,12 +352,12 @@ def train_sft(
     model.config.use_cache = True
     if packed_attention:
         model.set_attn_implementation(inference_attention)
-    save_trained(trainer, tokenizer, out_dir, work_dir)
+    save_trained(trainer, tokenizer, out_dir, work_dir, save=cfg.lora.save)
     leave_zero3()  # later models of this process (sampling, scoring, eval) load whole
     passes = result.global_step * examples_per_step / len(rows)  # how many times the optimiser saw the data
     tokens = sum(len(f["input_ids"]) for f in data.features) * passes
     context = sum(compute.sequence_context(0, len(f["input_ids"])) for f in data.features) * passes
-    compute.record("trained", round(tokens), round(context))
+    compute.record("trained", round(tokens), round(context), adapter_parameters(model))
     history = [h for h in trainer.state.log_history if "loss" in h]
     nll_history = [(h["step"], h["nll_per_token"]) for h in history if "nll_per_token" in h]
     return {
@@ -431,12 +440,14 @@ class ProgressLog(TrainerCallback):
         return "  ".join(parts)
 
 
-def save_trained(trainer, tokenizer, out_dir: str | Path, work_dir: str | Path | None = None) -> None:
+def save_trained(trainer, tokenizer, out_dir: str | Path, work_dir: str | Path | None = None,
+                 save: str = "merged") -> None:
     """The trained model as an HF folder, then the checkpoints removed; every rank waits until the folder is there.
 
     Every rank calls `Trainer.save_model`: under DeepSpeed ZeRO-3 and FSDP it gathers the sharded weights, a
     collective, and only the main process writes. The folder is written under a temporary name and renamed
-    (`models.atomic_folder`), so a half-written model is never taken for a finished one.
+    (`models.atomic_folder`), so a half-written model is never taken for a finished one. A LoRA run's adapter is then
+    merged or kept (`save`: its `lora.save`; `models.lora.finish_saved`).
     """
     main = trainer.is_world_process_zero()
     trainer.accelerator.wait_for_everyone()
@@ -445,6 +456,8 @@ def save_trained(trainer, tokenizer, out_dir: str | Path, work_dir: str | Path |
         trainer.save_model(str(tmp))
         if main:
             tokenizer.save_pretrained(tmp)
+            if is_adapter(tmp):
+                finish_saved(tmp, save)
     if main and work_dir is not None:
         shutil.rmtree(work_dir, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()

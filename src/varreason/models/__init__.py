@@ -7,6 +7,7 @@ HF folder by the base stage), `attention` (our CPU attention kernels, which `loa
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -64,6 +65,8 @@ def atomic_folder(out_dir: str | Path, writer: bool = True):
 def load_tokenizer(name_or_path: str | Path):
     from transformers import AutoTokenizer
 
+    if is_adapter(name_or_path) and not (Path(name_or_path) / "tokenizer_config.json").is_file():
+        name_or_path = base_of(name_or_path)  # an adapter saved without a tokenizer reads its base's
     try:
         tok = AutoTokenizer.from_pretrained(str(name_or_path))
     except (OSError, ValueError) as exc:
@@ -82,10 +85,13 @@ def load_model(name_or_path: str | Path, device: torch.device | None = None, dty
     autocast over float32 master weights. A model for sampling and scoring is loaded in bf16 on a GPU, float32 on a
     CPU, on this process's device, and never partitioned by a DeepSpeed ZeRO-3 config that an earlier Trainer of
     this process registered (`whole_weights`): outside a DeepSpeed engine a partitioned model has empty weights.
+    An adapter folder (LoRA, `lora.save: adapter`) is its base with the adapter merged in (`load_merged`).
     """
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
+    if is_adapter(name_or_path):
+        return load_merged(name_or_path, device=device, dtype=dtype, training=training)
     register_attention()
     device = device or default_device()
     kwargs = {"attn_implementation": ATTENTION["implementation"]} if ATTENTION["implementation"] else {}
@@ -98,6 +104,52 @@ def load_model(name_or_path: str | Path, device: torch.device | None = None, dty
     if device.type == "cpu" and model.config._attn_implementation == "sdpa":
         model.set_attn_implementation(SDPA_GQA)
     return model if training else model.to(device)
+
+
+# --- LoRA adapter folders (models/lora.py trains and saves them): a model folder like any other for every reader ---
+
+ADAPTER_CONFIG = "adapter_config.json"
+BASE_RECORD = "varreason_base.json"  # {"relative_path": the base model, from the adapter folder}
+
+
+def is_adapter(path) -> bool:
+    return (Path(str(path)) / ADAPTER_CONFIG).is_file()
+
+
+def is_model_folder(path) -> bool:
+    """A finished model folder: an ordinary one (config.json) or an adapter (adapter_config.json)."""
+    return (Path(str(path)) / "config.json").is_file() or is_adapter(path)
+
+
+def read_json(path: Path) -> dict:
+    """A JSON file of a model folder, or an InputError naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read it ({str(exc).splitlines()[0][:200]})", file=str(path)) from None
+
+
+def base_of(adapter_dir) -> str:
+    """The model an adapter folder applies to: the relative record when it resolves (a run folder moved or copied
+    elsewhere), else adapter_config.json's `base_model_name_or_path` (an absolute path, or a hub id)."""
+    folder = Path(str(adapter_dir))
+    if (folder / BASE_RECORD).is_file():
+        relative = folder / read_json(folder / BASE_RECORD)["relative_path"]
+        if relative.exists():
+            return os.path.normpath(relative)
+    return read_json(folder / ADAPTER_CONFIG)["base_model_name_or_path"]
+
+
+def load_merged(adapter_dir, **load_kwargs):
+    """An adapter folder as one plain model: its base (`load_model(**load_kwargs)`) with the adapter merged in, so
+    engines, scorers and eval run it at no cost per call. Its name is the adapter folder, so a tool that reloads a
+    model by its name (TRL's reference model) gets this one."""
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(load_model(base_of(adapter_dir), **load_kwargs), str(adapter_dir))
+    model = model.merge_and_unload().requires_grad_(True)  # trainable, as an ordinary load (peft froze it)
+    model.config._name_or_path = model.name_or_path = str(adapter_dir)
+    return model
 
 
 def load_dtype(device: torch.device, training: bool = False) -> torch.dtype:

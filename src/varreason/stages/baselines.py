@@ -31,7 +31,8 @@ from collections.abc import Callable
 from varreason import compute, objectives
 from varreason.config import RunConfig
 from varreason.errors import InputError
-from varreason.models import load_model, load_tokenizer
+from varreason.models import load_tokenizer
+from varreason.models.lora import adapter_parameters, for_training
 from varreason.runs import RunDir
 from varreason.stages.common import (
     final_training_config,
@@ -119,6 +120,7 @@ class VerifierReward:
             raise ValueError(f"mode must be 'binary' or 'debiased', got {mode!r}")
         self.problems, self.templates, self.tokenizer, self.mode = problems, templates, tokenizer, mode
         self.passes, self.reference = passes, reference  # for the compute account (`count_batch`)
+        self.adapter_params: int | None = None  # LoRA: the adapter's size, set once the trainer has wrapped the model
         self.scorer = scorer or score_problem
         self.__name__ = "verifier" if mode == "binary" else "verifier_debiased"
         self.log: list[dict] = []
@@ -171,7 +173,7 @@ class VerifierReward:
         if self.reference:
             compute.record_sequences("scored", [0] * len(whole), whole)
         for _ in range(self.passes):
-            compute.record_sequences("trained", [0] * len(whole), whole)
+            compute.record_sequences("trained", [0] * len(whole), whole, self.adapter_params)
 
 
 def grpo_config(cfg: RunConfig, work_dir, log_dir):
@@ -207,16 +209,17 @@ def stage_grpo(cfg: RunConfig, run: RunDir) -> dict:
                             passes=g.num_iterations, reference=g.beta > 0)
     out_dir = run.path / "models" / g.name
     work_dir = out_dir.with_name(out_dir.name + ".work")
-    model = load_model(init, training=True)  # float32 masters; the Trainer places and casts it
+    model, adapter = for_training(init, g.lora, reference=g.beta > 0)  # float32 masters; the Trainer places them
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=grpo_config(cfg, work_dir, run.path / "logs" / g.name),
-                          train_dataset=dataset, processing_class=tokenizer)
+                          train_dataset=dataset, processing_class=tokenizer, peft_config=adapter)
+    reward.adapter_params = adapter_parameters(trainer.model)
     trainer_output(trainer, g.name)
     resume = last_complete_checkpoint(work_dir)
     start = time.time()
     with no_half_checkpoint_on_a_full_disk(work_dir):
         result = trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - start
-    save_trained(trainer, tokenizer, out_dir, work_dir)  # every rank: ZeRO-3 / FSDP gather the weights
+    save_trained(trainer, tokenizer, out_dir, work_dir, save=g.lora.save)  # every rank: ZeRO-3 / FSDP gather
     run.write_rows(f"grpo/{g.name}/rewards.parquet", reward.log)  # rank 0's completions (see the module docstring)
     history = [h for h in trainer.state.log_history if "reward" in h]
     by_step: dict = {}

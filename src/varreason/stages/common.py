@@ -12,6 +12,7 @@ from varreason.config import RunConfig, SFTConfig
 from varreason.errors import InputError
 from varreason.runs import RunDir, stable_seed
 from varreason.tasks.base import Problem
+from varreason.tasks.stratos import SCHEMA as STRATOS_SCHEMA
 from varreason.templates import Templates
 
 
@@ -32,9 +33,12 @@ def base_model_path(cfg: RunConfig, run: RunDir) -> str:
 
 
 def model_dir(run: RunDir, name: str) -> str:
-    """A finished model folder of the run, or an InputError naming the stage to run first."""
+    """A finished model folder of the run (an ordinary one, or a LoRA adapter), or an InputError naming the stage to
+    run first."""
+    from varreason.models import is_model_folder
+
     path = run.path / "models" / name
-    if not (path / "config.json").exists():
+    if not is_model_folder(path):
         raise InputError(f"model '{name}' is missing; run its stage first", file=str(path))
     return str(path)
 
@@ -42,10 +46,12 @@ def model_dir(run: RunDir, name: str) -> str:
 def policy_dir(run: RunDir) -> str:
     """The reasoning model a stage samples from, scores under and continues from (`init: initial`): pi0
     (models/initial), or in round t >= 2 of Algorithm 1 the checkpoint the round was given (`RunDir.starts`)."""
+    from varreason.models import is_model_folder
+
     start = run.starts.get("policy")
     if start is None:
         return model_dir(run, "initial")
-    if not (start.path / "config.json").exists():
+    if not is_model_folder(start.path):
         raise InputError("the previous round's final model is missing; run the rounds in order", file=str(start.path))
     return str(start.path)
 
@@ -59,8 +65,10 @@ def init_path(cfg: RunConfig, run: RunDir, init: str) -> str:
 def posterior_init(cfg: RunConfig, run: RunDir) -> tuple[str, str]:
     """Where q starts, and its name for the manifest: round t-1's q in round t >= 2 (Algorithm 1 keeps phi),
     else `posterior.init`."""
+    from varreason.models import is_model_folder
+
     start = run.starts.get("posterior")
-    if start is not None and (start.path / "config.json").exists():
+    if start is not None and is_model_folder(start.path):
         return str(start.path), "previous-round-posterior"
     return init_path(cfg, run, cfg.posterior.init), cfg.posterior.init
 
@@ -68,6 +76,14 @@ def posterior_init(cfg: RunConfig, run: RunDir) -> tuple[str, str]:
 def hint(cfg: RunConfig, p: Problem) -> str:
     """y' in q's prompt: the reference answer, or the reference solution (`posterior.hint: solution`)."""
     return str(p.answer) if cfg.posterior.hint == "answer" else p.meta["solution"]
+
+
+def reference_answer(p: Problem) -> str:
+    """y* in a completion's answer section, as the teacher writes it (trained on, and scored under -GML): the reference
+    solution where the data's own answer section is one (Bespoke-Stratos rows: the released recipe trains on and scores
+    `{think}<|end_of_thought|>...<|begin_of_solution|>{solution}<|end_of_solution|>`), else the reference answer.
+    The verifier checks answers against `p.answer` either way (a Stratos solution's last `\\boxed{}`)."""
+    return p.meta["solution"] if p.meta.get("schema") == STRATOS_SCHEMA else str(p.answer)
 
 
 def check_hints(cfg: RunConfig, problems: list[Problem], source: str, file_rows: bool = False) -> None:
@@ -90,7 +106,7 @@ def teacher_row(templates: Templates, p: Problem, source: str = "teacher", promp
     """A problem's teacher trace and reference answer as a training row (TRL's prompt / completion columns, weight 1):
     pi0's prompt, or `prompt` (q's, with the hint); `source` says why it is in the set (teacher, fallback, ...)."""
     return {"prompt": templates.prompt(p.question) if prompt is None else prompt,
-            "completion": templates.completion(p.trace, p.answer), "weight": 1.0, "source": source, **extra}
+            "completion": templates.completion(p.trace, reference_answer(p)), "weight": 1.0, "source": source, **extra}
 
 
 def sft_rows(problems: list[Problem], templates: Templates) -> list[dict]:

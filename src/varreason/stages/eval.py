@@ -25,9 +25,11 @@ NOT_REASONING_MODELS = ("base", "posterior")
 
 def reasoning_models(run: RunDir) -> list[str]:
     """Every finished model of the run that answers without a hint: pi0, the final model(s), baselines."""
+    from varreason.models import is_model_folder
+
     folder = run.path / "models"
     names = [d.name for d in folder.iterdir() if d.is_dir() and not d.name.endswith(".work")
-             and d.name not in NOT_REASONING_MODELS and (d / "config.json").exists()] if folder.exists() else []
+             and d.name not in NOT_REASONING_MODELS and is_model_folder(d)] if folder.exists() else []
     order = {n: i for i, n in enumerate(REASONING_MODELS_FIRST)}
     return sorted(names, key=lambda n: (order.get(n, len(order)), n))
 

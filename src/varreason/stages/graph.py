@@ -103,6 +103,12 @@ def _dropped_rows_depend_on(cfg: RunConfig) -> dict:
     return {"long_rows_drop": length_check_inputs(cfg)} if cfg.task.long_rows == "drop" else {}
 
 
+def _saved(section, name: str | None = None) -> str:
+    """The file of a training stage's finished model folder: config.json, or adapter_config.json for a LoRA adapter
+    (`lora.save: adapter`)."""
+    return f"models/{name or section.name}/{section.lora.model_file()}"
+
+
 def _trained_on_pi(cfg: RunConfig) -> tuple[str, ...]:
     """forward_kl's q is trained on pi's own traces and the answers after them, weighted: those settings are q's."""
     return ("sample", "rollout", "weights") if cfg.posterior.mode == "forward_kl" else ()
@@ -114,9 +120,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("base", "pi0:stage_base", ("format", "model"), ("data",),
           lambda c: ["models/base/config.json"] if _base_is_built(c) else []),
     Stage("initial", "pi0:stage_initial", ("initial",), ("data", "base"),
-          lambda c: ["models/initial/config.json"], "train"),
+          lambda c: [_saved(c.initial, "initial")], "train"),
     Stage("posterior", "variational:stage_posterior", ("posterior",), ("data", "base", "initial"),
-          lambda c: ["models/posterior/config.json"] if trains_q(c) else [], "train",
+          lambda c: [_saved(c.posterior, "posterior")] if trains_q(c) else [], "train",
           more=_trained_on_pi),
     Stage("sample", "variational:stage_sample", ("sample",), ("data", "initial", "posterior"),
           lambda c: ["samples/posterior.parquet"], "split"),
@@ -129,25 +135,25 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("build", "variational:stage_build", ("build",), ("data", "sample", "rollout", "weights"),
           lambda c: ["train/final.parquet"]),
     Stage("final", "variational:stage_final", ("final",), ("base", "initial", "build"),
-          lambda c: [f"models/{c.final.name}/config.json"], "train", model="final"),
+          lambda c: [_saved(c.final)], "train", model="final"),
     Stage("matched", "variational:stage_matched", ("final",), ("data", "base", "initial"),
-          lambda c: (["models/sft-matched/config.json"] if c.final.sft_matched else [])
-          + (["models/sft-paper/config.json"] if c.final.sft_paper else []), "train"),
+          lambda c: ([_saved(c.final, "sft-matched")] if c.final.sft_matched else [])
+          + ([_saved(c.final, "sft-paper")] if c.final.sft_paper else []), "train"),
     Stage("rft", "baselines:stage_rft", ("final", "rft"), ("data", "base", "initial", "sample"),
-          lambda c: [f"train/{c.rft.name}.parquet", f"models/{c.rft.name}/config.json"], "train", model="rft"),
+          lambda c: [f"train/{c.rft.name}.parquet", _saved(c.rft)], "train", model="rft"),
     Stage("star", "star:stage_star", ("final", "star"), ("data", "base", "initial", "posterior", "sample"),
-          lambda c: [f"train/{c.star.name}.parquet", f"models/{c.star.name}/config.json"], "train", model="star"),
+          lambda c: [f"train/{c.star.name}.parquet", _saved(c.star)], "train", model="star"),
     Stage("trice", "trice:stage_trice", ("final", "trice"), ("data", "base", "initial", "posterior", "sample"),
-          lambda c: [f"train/{c.trice.name}.parquet", f"models/{c.trice.name}/config.json"], "train", model="trice"),
+          lambda c: [f"train/{c.trice.name}.parquet", _saved(c.trice)], "train", model="trice"),
     Stage("grpo", "baselines:stage_grpo", ("sample", "grpo"), ("data", "initial"),
-          lambda c: [f"models/{c.grpo.name}/config.json", f"grpo/{c.grpo.name}/rewards.parquet"], "train",
+          lambda c: [_saved(c.grpo), f"grpo/{c.grpo.name}/rewards.parquet"], "train",
           engines=False, model="grpo"),
     Stage("latro", "latro:stage_latro", ("sample", "latro"), ("data", "initial"),
-          lambda c: [f"models/{c.latro.name}/config.json", f"latro/{c.latro.name}/rewards.parquet"], "train",
+          lambda c: [_saved(c.latro), f"latro/{c.latro.name}/rewards.parquet"], "train",
           engines=False, model="latro"),
     Stage("self-distill", "self_distill:stage_self_distill", ("sample", "self_distill"),
           ("data", "base", "initial", "posterior"),
-          lambda c: [f"models/{c.self_distill.name}/config.json", f"self_distill/{c.self_distill.name}/losses.parquet"],
+          lambda c: [_saved(c.self_distill), f"self_distill/{c.self_distill.name}/losses.parquet"],
           "train", engines=False, model="self_distill"),
     Stage("eval", "eval:stage_eval", ("seed", "task", "format", "eval"), (),
           lambda c: ["eval/summary.json"], "split", always=True),

@@ -42,7 +42,8 @@ from varreason import compute, objectives
 from varreason.backends.hf import HFScorer
 from varreason.config import LatroConfig, RunConfig
 from varreason.errors import InputError
-from varreason.models import load_model, load_tokenizer
+from varreason.models import load_tokenizer
+from varreason.models.lora import adapter_parameters, for_training, reference_pass
 from varreason.runs import RunDir
 from varreason.stages.common import model_dir, sampled_questions
 from varreason.tasks.base import Problem
@@ -178,6 +179,7 @@ def _trainer_class():
                 raise RuntimeError("LatroTrainer: TRL did not take the answer marker as a stop token")
             self.self_reward, self.sft_coef, self._ref_logps = self_reward, sft_coef, None
             self_reward.model = self.model
+            self.adapter_params = adapter_parameters(self.model)  # LoRA: the compute account's adapter term
 
         def _generate(self, prompts: list):
             prompt_ids, completion_ids, completions = super()._generate(prompts)
@@ -191,7 +193,8 @@ def _trainer_class():
 
         def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
             out = super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
-            if model is self.ref_model:  # pi0's per-token log-probs of the batch: the per-trace KL for the log
+            # pi0's per-token log-probs of the batch (with LoRA: the policy as its reference, pi0): the KL for the log
+            if model is self.ref_model or reference_pass(self.accelerator.unwrap_model(model)):
                 self._ref_logps = out[0]
             return out
 
@@ -218,7 +221,7 @@ def _trainer_class():
                 loss = loss + self.sft_coef * nll
                 lengths = lengths + answer_lengths  # one forward + backward over prompt + z + answer would do both
             n = lengths.tolist()
-            compute.record_sequences("trained", [0] * len(n), n)
+            compute.record_sequences("trained", [0] * len(n), n, self.adapter_params)
             return loss
 
     return LatroTrainer
@@ -294,18 +297,19 @@ def stage_latro(cfg: RunConfig, run: RunDir) -> dict:
     reward = SelfReward({p.id: p for p in problems}, templates, lt)
     out_dir = run.path / "models" / lt.name
     work_dir = out_dir.with_name(out_dir.name + ".work")
+    model, adapter = for_training(init, lt.lora, reference=lt.beta > 0)
     with output_to_log():
-        trainer = _trainer_class()(model=load_model(init, training=True), reward_funcs=[reward],
+        trainer = _trainer_class()(model=model, reward_funcs=[reward],
                                    args=rloo_config(cfg, work_dir, run.path / "logs" / lt.name),
                                    train_dataset=dataset, processing_class=tokenizer, self_reward=reward,
-                                   sft_coef=lt.sft_coef)
+                                   sft_coef=lt.sft_coef, peft_config=adapter)
     trainer_output(trainer, lt.name)
     resume = last_complete_checkpoint(work_dir)
     start = time.time()
     with no_half_checkpoint_on_a_full_disk(work_dir):
         result = trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - start
-    save_trained(trainer, tokenizer, out_dir, work_dir)
+    save_trained(trainer, tokenizer, out_dir, work_dir, save=lt.lora.save)
     run.write_rows(f"latro/{lt.name}/rewards.parquet", reward.log)  # this rank's traces
     return summary(reward.log, trainer.state.log_history, result.global_step, resume, wall, lt)
 

@@ -38,8 +38,9 @@ PI0_GREEDY = Part("pi0-greedy", "pi0's own near-greedy trace, one per question (
                                 "q rationalizes (star.rationalizer: q)", ("posterior", "sample"),
                   {"sample.proposal": "prior", "sample.num_generations": 1, "sample.temperature": 0.0})
 TRICE_CHAIN = Part("trice-chain", "a persistent trace per question (TRICE's memory), started from q's one hinted "
-                                  "trace (trice.memory_init: q | pi0 with the hint); each round pi proposes one trace "
-                                  "without the hint and the chain moves to it when it is verified",
+                                  "trace (trice.memory_init: q | pi0 with the hint); each step the current pi proposes "
+                                  "one trace for each of its questions without the hint (trice.schedule online; rounds: "
+                                  "for every question each round) and the chain moves to it when it is verified",
                    ("posterior", "sample"), {"sample.proposal": "posterior", "sample.num_generations": 1})
 
 # how a trace is weighted
@@ -64,8 +65,9 @@ FROM_WEIGHTS = Part("from-weights", "build.mode best (argmax rho per question) |
                                     "mix (build.mix)", ("build",))
 KEEP_VERIFIED = Part("keep-verified", "every verified trace, + the teacher mix (rft.mix)")
 ONLINE = Part("online", "no set: the completions of each step")
-CHAIN_ROWS = Part("chain-rows", "each round: every chain's trace, weight mask (1 - beta c), and every rejected proposal, "
-                                "weight -mask beta (signed; no subsampling)")
+CHAIN_ROWS = Part("chain-rows", "each step (online; rounds: each round) the chains it moved: each chain's trace, weight "
+                                "mask (1 - beta c), and each rejected proposal, weight -mask beta (signed; no "
+                                "subsampling)")
 RATIONALIZED = Part("rationalized", "every verified trace; a failed question's verified rationalization (written with "
                                     "the answer as a hint) with the hint removed")
 
@@ -159,7 +161,7 @@ RFT_ROWS = Bias(_rft_formula, lambda cfg: f"train/{cfg.rft.name}.parquet", ("rft
 # one row per question pi0 solved or whose rationalization verified: flat (∝ 1) where rationalization fills the gaps
 STAR_ROWS = Bias(lambda cfg: "variational", lambda cfg: f"train/{cfg.star.name}.parquet",
                  ("star-own", "star-rationalized"))
-# the summed signed weight of a question's rows over the rounds: mask (1 - beta) per round, flat (∝ 1) once its
+# the summed signed weight of a question's rows over the steps (or rounds): mask (1 - beta) each, flat (∝ 1) once its
 # chain is in a correct state (the marginal likelihood's gradient)
 TRICE_ROWS = Bias(lambda cfg: "variational", lambda cfg: f"train/{cfg.trice.name}.parquet",
                   ("trice-memory", "trice-proposal"))

@@ -24,6 +24,7 @@ from varreason.stages.common import (
     hint,
     length_check_inputs,
     load_problems,
+    reference_answer,
     sft_rows,
     trains_q,
 )
@@ -141,7 +142,7 @@ def tokenizer_corpus(cfg: RunConfig, problems: list[Problem]) -> list[str]:
     templates = Templates(cfg.format)
     corpus = []
     for p in problems[: cfg.model.tokenizer_corpus_size]:
-        corpus.append(templates.prompt(p.question) + templates.completion(p.trace, p.answer, eos=False))
+        corpus.append(templates.prompt(p.question) + templates.completion(p.trace, reference_answer(p), eos=False))
         for kind in ("A", "B"):
             corpus.append(templates.posterior_prompt(p.question, p.answer, kind))
     return corpus

@@ -38,6 +38,7 @@ not apply.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 
@@ -49,6 +50,7 @@ from varreason.config import RunConfig
 from varreason.errors import InputError
 from varreason.logs import output_to_log, route_libraries
 from varreason.models import load_model, load_tokenizer
+from varreason.models.lora import adapter_parameters, for_training
 from varreason.runs import RunDir
 from varreason.stages.common import hint, model_dir, sampled_questions, trains_q
 from varreason.tasks.base import Problem
@@ -88,6 +90,7 @@ class SelfDistillTrainer(SDFTTrainer):
         self.teacher_context_builder = HintedTeacherPrompt(self)
         self.problems, self.templates = problems, templates
         self.loss_log: list[dict] = []  # one row per micro-batch
+        self.adapter_params = adapter_parameters(self.model)  # LoRA: the compute account's adapter term
         self.sample_log: list[dict] = []  # one row per completion the student sampled
 
     def _setup_teacher_model(self) -> None:
@@ -103,6 +106,11 @@ class SelfDistillTrainer(SDFTTrainer):
             self.teacher_model = prepare_fsdp(teacher, self.accelerator)
         else:
             self.teacher_model = self.accelerator.prepare_model(teacher, evaluation_mode=True)
+
+    def _get_teacher_context_for_self_distillation(self):
+        """q is a model of its own, never the student's weights: no adapter of the student to switch (TRL's base
+        teacher is the student with its LoRA adapter disabled)."""
+        return contextlib.nullcontext()
 
     def _tokenize_prompts(self, prompts: list[str]) -> list[list[int]]:
         return self.processing_class(text=list(prompts), add_special_tokens=False)["input_ids"]
@@ -151,7 +159,7 @@ class SelfDistillTrainer(SDFTTrainer):
         teacher = inputs["teacher_attention_mask"].sum(-1).tolist()
         student = (inputs["prompt_mask"].sum(-1) + completion).tolist()
         compute.record_sequences("scored", [0] * len(teacher), teacher)
-        compute.record_sequences("trained", [0] * len(student), student)
+        compute.record_sequences("trained", [0] * len(student), student, self.adapter_params)
         self.loss_log.append({"step": self.state.global_step, "loss": loss, "sequences": len(student),
                               "completion_tokens": int(completion.sum())})
 
@@ -200,8 +208,9 @@ def stage_self_distill(cfg: RunConfig, run: RunDir) -> dict:
         raise InputError("no training questions to distil on", file=str(run.path / "data/train.parquet"))
     out_dir = run.path / "models" / d.name
     work_dir = out_dir.with_name(out_dir.name + ".work")
+    model, adapter = for_training(student_dir, d.lora)
     trainer = SelfDistillTrainer(
-        model=load_model(student_dir, training=True), args=sdft_config(cfg, work_dir, run.path / "logs" / d.name),
+        model=model, args=sdft_config(cfg, work_dir, run.path / "logs" / d.name), peft_config=adapter,
         train_dataset=Dataset.from_list(distill_rows(cfg, templates, problems)), processing_class=tokenizer,
         teacher_dir=teacher_dir, problems={p.id: p for p in problems}, templates=templates)
     trainer_output(trainer, d.name)
@@ -210,7 +219,7 @@ def stage_self_distill(cfg: RunConfig, run: RunDir) -> dict:
     with no_half_checkpoint_on_a_full_disk(work_dir):
         result = trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - start
-    save_trained(trainer, tokenizer, out_dir, work_dir)  # every rank: ZeRO-3 / FSDP gather the weights
+    save_trained(trainer, tokenizer, out_dir, work_dir, save=d.lora.save)  # every rank: ZeRO-3 / FSDP gather
     run.write_rows(f"self_distill/{d.name}/losses.parquet", trainer.loss_log)  # rank 0's micro-batches
     run.write_rows(f"self_distill/{d.name}/samples.parquet", trainer.sample_log)
     return summary_counts(cfg, trainer, result.global_step, resume, wall)

@@ -42,6 +42,7 @@ from varreason.stages.common import (
     model_dir,
     policy_dir,
     posterior_init,
+    reference_answer,
     sampled_questions,
     sft_rows,
     teacher_row,
@@ -110,10 +111,10 @@ def forward_kl_rows(cfg: RunConfig, run: RunDir, problems: list[Problem]) -> tup
         prompt = posterior_prompt(cfg, templates, p)
         if none_correct:
             fallbacks += 1
-            rows.append({"prompt": prompt, "completion": templates.completion(p.trace, p.answer), "weight": 1.0,
-                         "source": "fallback", "question_id": p.id, "k": -1})
+            rows.append(teacher_row(templates, p, "fallback", prompt=prompt, question_id=p.id, k=-1))
             continue
-        rows += [{"prompt": prompt, "completion": templates.completion(r["trace"], p.answer), "weight": float(w),
+        answer = reference_answer(p)
+        rows += [{"prompt": prompt, "completion": templates.completion(r["trace"], answer), "weight": float(w),
                   "source": "pi", "question_id": p.id, "k": r["k"]} for r, w in zip(group, weights) if w > 0]
     for r in rows:  # mean row weight 1 (see build_rows), exactly proportional to w_m within a question
         r["weight"] *= len(rows) / len(problems)
@@ -220,7 +221,7 @@ def _score(cfg: RunConfig, run: RunDir, prior, posterior, same: bool) -> dict:
     def prompts_of(p: Problem) -> tuple[list[int], list[int], list[int]]:
         if p.id not in encoded:
             encoded[p.id] = (enc(templates.prompt(p.question)), enc(posterior_prompt(cfg, templates, p)),
-                             enc(str(p.answer)))
+                             enc(reference_answer(p)))
         return encoded[p.id]
 
     def work(chunk: list[dict], index: int) -> list[dict]:
@@ -374,7 +375,7 @@ def stage_weights(cfg: RunConfig, run: RunDir) -> dict:
 def _answers(cfg: RunConfig, p: Problem, k: int, rollouts_by_trace: dict) -> list[tuple[str, float]]:
     """(answer text, share) pairs a trace is trained with: the reference, or for `accuracy` pi0's verified answers."""
     if cfg.weights.estimator != "accuracy":
-        return [(str(p.answer), 1.0)]
+        return [(reference_answer(p), 1.0)]
     right = [r["predicted"] for r in sorted(rollouts_by_trace.get((p.id, k), []), key=lambda r: r["m"])
              if r["correct"]]
     if not right:
