@@ -80,7 +80,7 @@ def build(args, folder: Path):
         t = Templates(fmt)
         corpus = [t.prompt(p.question) + t.completion(p.trace, p.answer, eos=False) for p in problems]
         heads = args.hidden // 64
-        model_dir = build_tiny(ModelConfig(vocab_size=1024, hidden_size=args.hidden, num_hidden_layers=args.layers,
+        model_dir = folder / "model" if (folder / "model" / "config.json").exists() else build_tiny(ModelConfig(vocab_size=1024, hidden_size=args.hidden, num_hidden_layers=args.layers,
                                            intermediate_size=4 * args.hidden, num_attention_heads=heads,
                                            num_key_value_heads=max(1, heads // 2), head_dim=64), fmt, corpus,
                                folder / "model")
@@ -90,15 +90,17 @@ def build(args, folder: Path):
     return model_dir, rows
 
 
-def ours(model_dir, rows, args, folder: Path, *, padding_free: bool, group_by_length: bool) -> dict:
-    from varreason.config import SFTConfig
+def ours(model_dir, rows, args, folder: Path, *, padding_free: bool, group_by_length: bool, lora_r: int = 0) -> dict:
+    from varreason.config import LoraConfig, SFTConfig
     from varreason.training import train_sft
 
     timer = StepTimer()
     cfg = SFTConfig(learning_rate=1e-3, max_steps=args.steps, per_device_train_batch_size=args.batch,
                     report_to=[], logging_steps=10**6, save_steps=10**6, group_by_length=group_by_length,
-                    padding_free=padding_free, max_length=args.max_length)
-    stats = train_sft(model_dir, rows, cfg, folder / f"ours-{padding_free}-{group_by_length}", callbacks=[timer])
+                    padding_free=padding_free, max_length=args.max_length,
+                    lora=LoraConfig(r=lora_r, lora_alpha=2 * lora_r, save="adapter"))
+    stats = train_sft(model_dir, rows, cfg, folder / f"ours-{padding_free}-{group_by_length}-{lora_r}",
+                      callbacks=[timer])
     return {"mean_supervised_tokens": stats["mean_supervised_tokens"], "seconds": timer.end - timer.start,
             "steps_timed": timer.steps - 1}
 
@@ -124,7 +126,48 @@ def trl(model_dir, rows, args, folder: Path) -> dict:
             "steps_timed": timer.steps - 1}
 
 
+VARIANTS = {  # name -> how it trains (each in its own process, so its peak memory is its own)
+    "ours_padded": {"padding_free": False, "group_by_length": False},
+    "ours_padded_grouped": {"padding_free": False, "group_by_length": True},
+    "ours_padding_free": {"padding_free": True, "group_by_length": False},
+    "ours_lora": {"padding_free": False, "group_by_length": True, "lora": True},
+    "trl_sft": {"trl": True},
+}
+
+
+def run_variant(name: str, args, folder: Path) -> dict:
+    """One variant, timed, in this process; its peak resident memory from the OS (the whole process: model, optimiser,
+    activations)."""
+    import resource
+
+    model_dir, rows = build(args, folder)
+    how = VARIANTS[name]
+    if how.get("trl"):
+        out = trl(model_dir, rows, args, folder)
+    else:
+        out = ours(model_dir, rows, args, folder, padding_free=how["padding_free"],
+                   group_by_length=how["group_by_length"], lora_r=args.lora_r if how.get("lora") else 0)
+    out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    return out
+
+
+def adapter_size(model_dir: Path, r: int) -> int:
+    """Trainable parameters of the LoRA variant's adapter (r, all linear layers), counted on the meta device."""
+    import peft
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+    model = peft.get_peft_model(model, peft.LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear",
+                                                       task_type="CAUSAL_LM"))
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def main() -> None:
+    import subprocess
+    import sys
+
     import torch
 
     from varreason.models import set_threads
@@ -138,12 +181,20 @@ def main() -> None:
     parser.add_argument("--model", default="tiny", choices=("tiny", "smollm2"),
                         help="tiny: a Qwen3 from scratch (--hidden, --layers); smollm2: SmolLM2-135M-Instruct")
     parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--lora-r", type=int, default=16, help="the ours_lora variant's rank (lora_alpha 2r, every "
+                                                                "linear layer)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", default=None, help="results file (default benchmarks/results/training_throughput"
                                                     "[_smollm2].json)")
+    parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant in this process
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    set_threads(0)
+    if args.variant:
+        print(json.dumps(run_variant(args.variant, args, Path(args.workdir))))
+        return
     results = Path(args.out) if args.out else RESULTS.with_name(
         "training_throughput.json" if args.model == "tiny" else f"training_throughput_{args.model}.json")
-    set_threads(0)
     peak = matmul_peak()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -153,35 +204,45 @@ def main() -> None:
         from varreason.training import tokenize_examples
 
         data = tokenize_examples(rows, load_tokenizer(model_dir), args.max_length)
-        mean_tokens = sum(len(f["input_ids"]) for f in data.features) / len(rows)  # prompt + completion
+        lengths = [len(f["input_ids"]) for f in data.features]
+        mean_tokens = sum(lengths) / len(rows)  # prompt + completion
         shape = compute.model_shape(str(model_dir))  # N as the compute account counts it (Kaplan et al.)
         params = shape["n_params"]
-        trained = compute.Account(trained=sum(len(f["input_ids"]) for f in data.features),
-                                  trained_context=sum(compute.sequence_context(0, len(f["input_ids"]))
-                                                      for f in data.features))
-        flops_per_token = compute.account_flops(trained, **shape)["trained"] / trained.trained
-        runs = {
-            "ours_padded": ours(model_dir, rows, args, folder, padding_free=False, group_by_length=False),
-            "ours_padded_grouped": ours(model_dir, rows, args, folder, padding_free=False, group_by_length=True),
-            "ours_padding_free": ours(model_dir, rows, args, folder, padding_free=True, group_by_length=False),
-            "trl_sft": trl(model_dir, rows, args, folder),
-        }
-    for r in runs.values():
+        context = sum(compute.sequence_context(0, n) for n in lengths)
+        full = compute.Account(trained=sum(lengths), trained_context=context)
+        n_adapter = adapter_size(model_dir, args.lora_r)
+        lora = compute.Account(trained=sum(lengths), trained_context=context, trained_frozen=sum(lengths),
+                               trained_adapter=sum(lengths) * n_adapter)
+        flops_per_token = compute.account_flops(full, **shape)["trained"] / full.trained
+        lora_flops_per_token = compute.account_flops(lora, **shape)["trained"] / lora.trained
+        runs = {}
+        for name in args.variants:  # the same arguments, plus the variant and the shared work folder
+            proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--variant", name, "--workdir", str(folder)],
+                                  check=True, stdout=subprocess.PIPE, text=True)
+            runs[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(f"{name}: {runs[name]}", flush=True)
+    for name, r in runs.items():
         examples = r["steps_timed"] * args.batch
         r["supervised_tokens_per_s"] = examples * r["mean_supervised_tokens"] / r["seconds"]
-        r["mfu"] = examples * mean_tokens * flops_per_token / r["seconds"] / peak
-    best = max((k for k in runs if k.startswith("ours")), key=lambda k: runs[k]["supervised_tokens_per_s"])
-    out = {"settings": vars(args), "parameters": params, "flops_per_token": flops_per_token, "mean_tokens_per_example": mean_tokens,
-           "matmul_peak_gflops": peak / 1e9, "threads": torch.get_num_threads(),
-           "machine": platform.processor() or platform.machine(), "runs": runs, "ours_best": best,
-           "ours_tokens_per_s": runs[best]["supervised_tokens_per_s"],
-           "trl_tokens_per_s": runs["trl_sft"]["supervised_tokens_per_s"],
-           "ratio": runs[best]["supervised_tokens_per_s"] / runs["trl_sft"]["supervised_tokens_per_s"],
-           "mfu": runs[best]["mfu"]}
+        per_token = lora_flops_per_token if name == "ours_lora" else flops_per_token
+        r["mfu"] = examples * mean_tokens * per_token / r["seconds"] / peak
+    full_runs = [k for k in runs if k.startswith("ours") and k != "ours_lora"]
+    best = max(full_runs, key=lambda k: runs[k]["supervised_tokens_per_s"]) if full_runs else None
+    out = {"settings": vars(args), "parameters": params, "flops_per_token": flops_per_token,
+           "lora_adapter_parameters": n_adapter, "lora_flops_per_token": lora_flops_per_token,
+           "mean_tokens_per_example": mean_tokens, "matmul_peak_gflops": peak / 1e9,
+           "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(), "runs": runs}
+    if best and "trl_sft" in runs:
+        out.update(ours_best=best, ours_tokens_per_s=runs[best]["supervised_tokens_per_s"],
+                   trl_tokens_per_s=runs["trl_sft"]["supervised_tokens_per_s"],
+                   ratio=runs[best]["supervised_tokens_per_s"] / runs["trl_sft"]["supervised_tokens_per_s"],
+                   mfu=runs[best]["mfu"])
     print(f"{params / 1e6:.1f}M parameters, {mean_tokens:.0f} tokens per example, matmul peak {peak / 1e9:.0f} GFLOP/s")
     for name, r in runs.items():
-        print(f"{name:22s} {r['supervised_tokens_per_s']:8.0f} supervised tok/s  MFU {100 * r['mfu']:.1f}%")
-    print(f"ours ({best}) / TRL = {out['ratio']:.2f}x")
+        print(f"{name:22s} {r['supervised_tokens_per_s']:8.0f} supervised tok/s  MFU {100 * r['mfu']:.1f}%  "
+              f"peak {r['peak_rss_gib']:.2f} GiB")
+    if "ratio" in out:
+        print(f"ours ({best}) / TRL = {out['ratio']:.2f}x")
     results.parent.mkdir(exist_ok=True)
     results.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {results}")
