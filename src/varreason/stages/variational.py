@@ -172,7 +172,7 @@ def _sample(cfg: RunConfig, run: RunDir, engine) -> dict:
                          desc="sample pi0 (no hint)" if s.proposal == "prior" else "sample q")
     by_id = {p.id: p for p in problems}
     hint_kept = sum(1 for r in rows if r["posterior_answer"] is not None
-                    and str(r["posterior_answer"]).strip() == str(by_id[r["question_id"]].answer).strip())
+                    and str(r["posterior_answer"]).strip() == reference_answer(by_id[r["question_id"]]).strip())
     return {"questions": len(problems), "traces": len(rows),
             "finished": sum(r["finished"] for r in rows), "format_ok": sum(r["format_ok"] for r in rows),
             "correct": sum(r["correct"] for r in rows), "answer_equals_hint": hint_kept, "proposal": s.proposal,
