@@ -105,7 +105,9 @@ def main() -> None:
     parser.add_argument("--max-model-len", type=int, default=1024)
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "varreason-bench"),
                         help="where the converted SmolLM2 folder is kept between runs")
+    parser.add_argument("--out", default=str(RESULTS), help="results file")
     args = parser.parse_args()
+    out_path = Path(args.out)
     set_threads(0)
     cache = Path(args.cache)
     results = []
@@ -126,11 +128,11 @@ def main() -> None:
               f"tok/s ({row['sample_speedup']:.2f}x); scoring hf {hf['score_tokens_per_s']:.0f} tok/s, vllm "
               f"{vllm['score_tokens_per_s']:.0f} tok/s ({row['score_speedup']:.2f}x); vllm start "
               f"{vllm['start_seconds']:.0f} s", flush=True)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"settings": vars(args), "threads": torch.get_num_threads(),
+    out_path.parent.mkdir(exist_ok=True)
+    out_path.write_text(json.dumps({"settings": vars(args), "threads": torch.get_num_threads(),
                                    "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                                    "results": results}, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    print(f"wrote {out_path}")
 
 
 if __name__ == "__main__":
