@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -225,11 +226,13 @@ def test_vllm_scores_an_adapter_folder_as_the_merged_folder(vllm_folders):
     merged = HFScorer(load_model(root / "merged")).score(prompts, completions, progress=False)
     base = HFScorer(load_model(root / "base")).score(prompts, completions, progress=False)
     engine = VLLMEngine(root / "adapter", kv_cache_gib=0.25, max_num_seqs=8)
-    try:
-        assert engine.lora_request is not None
+    try:  # on the CPU a merged copy in a temporary folder (models.lora.merged_copy), removed at close
+        assert engine.lora_request is None and engine._merged is not None and Path(engine._merged).is_dir()
+        merged_copy = Path(engine._merged)
         served = engine.score(prompts, completions, progress=False)
     finally:
         engine.close()
+    assert not merged_copy.exists()
     assert largest_gap(served, merged) < 1e-4
     assert largest_gap(served, base) > 1e-2  # vLLM applied the adapter
 

