@@ -63,13 +63,21 @@ EXTRA_VARIANTS = {
 ALL_METHODS = ["sft", "sft-matched", "variational", "sft-matched-flops", "no-hint", "rft", "star", "trice", "latro",
                "self-distill", "grpo"]
 ROUND_VARIANTS = {"rounds2": {"method": "variational", "rounds": 2}, "rounds3": {"method": "variational", "rounds": 3}}
+# issue 29: SmolLM2-135M (benchmarks/smollm2_study.yaml): the methods the issue names, forward-KL q against the teacher
+# q (does it avoid copying the hint?), and LoRA against full fine-tuning for variational's final model (same rows and
+# steps).
+SMOLLM2_METHODS = ["sft", "sft-matched", "variational", "no-hint", "rft"]
+SMOLLM2_VARIANTS = {"forward-kl": EXTRA_VARIANTS["forward-kl"],
+                    # LoRA at 10x the full fine-tuning rate, as is usual for adapters (5e-5 barely moves them)
+                    "variational-lora": {"method": "variational", "final.lora.r": 16, "final.learning_rate": 5.0e-4}}
 SETS = {"core": (CORE_METHODS, CORE_VARIANTS),
         "extras": (CORE_METHODS, {**CORE_VARIANTS, **EXTRA_VARIANTS}),
         "smoke": (["sft", "sft-matched", "sft-paper", "variational"], {"forward-kl": EXTRA_VARIANTS["forward-kl"]}),
         "methods": (ALL_METHODS, {"hint-solution": CORE_VARIANTS["hint-solution"]}),
-        "rounds": (ALL_METHODS, {"hint-solution": CORE_VARIANTS["hint-solution"], **ROUND_VARIANTS})}
-PLAIN_SETS = {"methods", "rounds"}  # run without the study's rollouts and sft-paper
-ALL_VARIANTS = {**CORE_VARIANTS, **EXTRA_VARIANTS, **ROUND_VARIANTS}
+        "rounds": (ALL_METHODS, {"hint-solution": CORE_VARIANTS["hint-solution"], **ROUND_VARIANTS}),
+        "smollm2": (SMOLLM2_METHODS, SMOLLM2_VARIANTS)}
+PLAIN_SETS = {"methods", "rounds", "smollm2"}  # run without the study's rollouts and sft-paper
+ALL_VARIANTS = {**CORE_VARIANTS, **EXTRA_VARIANTS, **ROUND_VARIANTS, **SMOLLM2_VARIANTS}
 # plotted by where a method's traces come from (its declared proposal, stages/methods.py)
 COLORS = {"teacher": "tab:blue", "pi0": "tab:green", "pi0-greedy": "tab:green", "pi0-online": "tab:green",
           "q": "tab:orange", "trice-chain": "tab:orange"}  # TRICE's chains start from q's hinted traces
@@ -133,7 +141,7 @@ def trace_rates(run_dir: Path) -> dict | None:
     if not counts.get("traces"):
         return None
     out = {"proposal": counts.get("proposal"), "correct": counts["correct"] / counts["traces"],
-           "traces": counts["traces"]}
+           "traces": counts["traces"], "trace_tokens": counts.get("mean_trace_tokens")}
     if counts.get("proposal") != "prior":
         out["answer_equals_hint"] = counts["answer_equals_hint"] / counts["traces"]
     return out
@@ -189,6 +197,8 @@ def aggregate(root: Path, seeds: list[int]) -> dict:
         rates = [r for s in seeds_with if (r := trace_rates(root / f"seed{s}" / "methods" / name))]
         if rates:
             row["traces_correct"] = sum(r["correct"] for r in rates) / len(rates)
+            if all(r["trace_tokens"] is not None for r in rates):
+                row["trace_tokens"] = sum(r["trace_tokens"] for r in rates) / len(rates)
             if all("answer_equals_hint" in r for r in rates):
                 row["q_answer_equals_hint"] = sum(r["answer_equals_hint"] for r in rates) / len(rates)
                 row["q_correct"] = row["traces_correct"]
@@ -229,31 +239,35 @@ PAIRED = ("sft-matched", "sft-matched-flops", "sft-paper", "no-hint", "variation
 def write_markdown(result: dict, root: Path) -> str:
     methods = result["methods"]
     paired = [a for a in PAIRED if any(f"vs_{a}" in r for r in methods.values())]
-    lines = [(f"Held-out accuracy over seeds {result['seeds']} (500 problems per seed, greedy): mean ± t 95% CI over "
-              "seeds; pooled = all seeds' problems together (Wilson 95% CI); hard = d4 + d5 (mean over seeds). Paired: "
+    per_seed = max((r["n"] // len(r["seeds"]) for r in methods.values()), default=0)
+    lines = [(f"Held-out accuracy over seeds {result['seeds']} ({per_seed} problems per seed, greedy): mean ± t 95% CI "
+              "over seeds; pooled = all seeds' problems together (Wilson 95% CI); hard = d4 + d5 (mean over seeds; - "
+              "where the task has none). Paired: "
               "held-out problems solved only by the method / only by the other, summed over the seeds both ran, exact "
               "McNemar p. Traces correct: the share of the method's sampled traces (its last round's) verified "
               "correct, q's with the hint or pi0's; q = hint: the share of q's traces whose answer is the reference "
-              "answer. Own stages: recorded wall time of every stage the method needs after pi0, shared ones "
-              "included."), "",
+              "answer; trace tokens: the mean length of those traces. Own stages: recorded wall time of every stage "
+              "the method needs after pi0, shared ones included."), "",
              ("Compute (src/varreason/compute.py): the method's own stages, mean over seeds: tokens generated, read "
               "forward only (prompts, scoring), trained; FLOPs (2N per token read, 6N per token trained, plus "
               "attention); pi0's shared training is not included."), "",
              "| method | seeds | mean ± CI | hard | pooled [CI] | " + "".join(f"vs {a} | " for a in paired)
-             + "traces correct | q = hint | generated | read forward | trained | FLOPs | own stages s |",
-             "|---|---|---|---|---|" + "---|" * len(paired) + "---|---|---|---|---|---|---|"]
+             + "traces correct | q = hint | trace tokens | generated | read forward | trained | FLOPs | own stages s |",
+             "|---|---|---|---|---|" + "---|" * len(paired) + "---|---|---|---|---|---|---|---|"]
     for name, r in methods.items():
         c = r.get("compute")
         spent = (f"{_tokens(c['generated'])} | {_tokens(c['prefilled'] + c['scored'])} | {_tokens(c['trained'])} | "
                  f"{r['flops']:.2e}") if c else "- | - | - | -"
-        lines.append(f"| {name} | {len(r['seeds'])} | {r['mean']:.1%} ± {r['ci']:.1%} | {r['hard_mean']:.1%} | "
+        hard = "-" if r["hard_mean"] != r["hard_mean"] else f"{r['hard_mean']:.1%}"  # NaN: no d4 / d5 problems
+        tokens = f"{r['trace_tokens']:.1f}" if "trace_tokens" in r else "-"
+        lines.append(f"| {name} | {len(r['seeds'])} | {r['mean']:.1%} ± {r['ci']:.1%} | {hard} | "
                      f"{r['pooled']:.1%} [{r['pooled_ci'][0]:.1%}, {r['pooled_ci'][1]:.1%}] | "
                      + "".join(f"{_pair(r, f'vs_{a}')} | " for a in paired)
-                     + f"{_rate(r, 'traces_correct')} | {_rate(r, 'q_answer_equals_hint')} | "
+                     + f"{_rate(r, 'traces_correct')} | {_rate(r, 'q_answer_equals_hint')} | {tokens} | "
                      f"{spent} | {sum(r['method_wall_seconds']) / len(r['method_wall_seconds']):.0f} |")
     levels = list(dict.fromkeys(d for r in methods.values() for d in r.get("by_difficulty", {})))
     if levels:
-        lines += ["", "Held-out accuracy by difficulty (mean over seeds; 100 problems per level and seed):", "",
+        lines += ["", "Held-out accuracy by difficulty (mean over seeds):", "",
                   "| method | " + " | ".join(f"d{d}" for d in levels) + " |", "|---|" + "---|" * len(levels)]
         lines += [f"| {n} | " + " | ".join(f"{r['by_difficulty'][d]:.1%}" if d in r.get("by_difficulty", {}) else "-"
                                           for d in levels) + " |" for n, r in methods.items()]
