@@ -202,7 +202,8 @@ class SampleConfig:
     """K traces per training question from q (paper: K = 8, temperature 0.7, top_p 1)."""
 
     num_questions: int | None = option(None, "a seeded subset of the training questions (the paper's 1K setting); "
-                                             "null = all", ge=1)
+                                             "null = all; posterior.mode forward_kl samples pi for the same ones",
+                                       ge=1)
     proposal: str = option("posterior", "posterior: q with the hint | prior: pi0 without it (the paper's w/o y')", choices=("posterior", "prior"))
     num_generations: int = option(8, "K: traces per question", ge=1)
     temperature: float = option(0.7, "sampling temperature", ge=0.0)

@@ -66,8 +66,8 @@ def stage_posterior(cfg: RunConfig, run: RunDir) -> dict:
     init, init_name = posterior_init(cfg, run)
     problems = load_problems(run, "train")
     check_hints(cfg, problems, str(run.path / "data" / "train.parquet"))
-    if cfg.posterior.mode == "forward_kl":
-        rows, counts = forward_kl_rows(cfg, run, problems)
+    if cfg.posterior.mode == "forward_kl":  # the questions the theta-phase samples q for (Algorithm 1: one batch)
+        rows, counts = forward_kl_rows(cfg, run, sampled_questions(cfg, run))
     else:
         templates = Templates(cfg.format, load_tokenizer(init))
         rows = [teacher_row(templates, p, prompt=posterior_prompt(cfg, templates, p)) for p in problems]
