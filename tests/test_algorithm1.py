@@ -140,7 +140,11 @@ def test_two_rounds_forward_kl_solution_hint_paper_baseline_and_scaled_batch(tmp
     phi = rows(out / "train/posterior.parquet")
     assert phi and all(solution[r["question_id"]] in r["prompt"] for r in phi)
     assert stages["posterior"]["counts"]["mode"] == "forward_kl"
-    assert stages["posterior"]["counts"]["phi_traces"] == cfg.task.n_train * cfg.posterior.num_generations
+    # the phi-phase samples pi for the questions the theta-phase samples q for (sample.num_questions of n_train)
+    assert cfg.sample.num_questions < cfg.task.n_train
+    assert stages["posterior"]["counts"]["phi_traces"] == cfg.sample.num_questions * cfg.posterior.num_generations
+    sampled = {r["question_id"] for r in rows(out / "samples/posterior.parquet")}
+    assert len(sampled) == cfg.sample.num_questions and {r["question_id"] for r in phi} <= sampled
     # K ablation: only the first 2 traces are weighted
     assert {r["k"] for r in rows(out / "weights.parquet")} == {0, 1}
     # the 1K recipe's batch: the final batch times K (2 here), sft-matched as set, sft-paper half of it
