@@ -33,9 +33,9 @@ def status(field: str) -> float:
 
 def measure(variant: str, args) -> dict:
     import torch
+    from training_throughput import build
     from transformers import TrainerCallback
 
-    from training_throughput import build
     from varreason.config import LoraConfig, SFTConfig
     from varreason.training import train_sft
 
@@ -54,7 +54,7 @@ def measure(variant: str, args) -> dict:
         return t
 
     class Probe(TrainerCallback):
-        def on_train_begin(self, a, state, control, model=None, optimizer=None, **kw):
+        def on_train_begin(self, a, state, control, model=None, **kw):
             out["rss_loaded_gib"] = status("VmRSS")
             out["peak_until_training_gib"] = status("VmHWM")
             saved["params"] = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -65,12 +65,15 @@ def measure(variant: str, args) -> dict:
             saved["counting"] = state.global_step == 0  # the first step's forward
             saved["storages"].clear()
 
-        def on_step_end(self, a, state, control, model=None, optimizer=None, **kw):
-            if state.global_step == 1:
+        def on_optimizer_step(self, a, state, control, model=None, optimizer=None, **kw):
+            if state.global_step == 0:  # the first step: after its backward and AdamW update, before zero_grad
                 out["saved_for_backward_gib"] = saved["bytes"] / GIB
                 saved["counting"] = False
-                states = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+                inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper
+                states = [v for s in inner.state.values() for v in s.values() if torch.is_tensor(v)]
                 out["optimizer_state_gib"] = sum(v.numel() * v.element_size() for v in states) / GIB
+                grads = [p.grad for p in model.parameters() if p.grad is not None]
+                out["gradients_gib"] = sum(g.numel() * g.element_size() for g in grads) / GIB
                 out["rss_after_step1_gib"] = status("VmRSS")
 
     cfg = SFTConfig(learning_rate=1e-4, max_steps=args.steps, per_device_train_batch_size=args.batch, report_to=[],
