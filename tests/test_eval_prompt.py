@@ -163,3 +163,40 @@ def test_data_with_a_benchmark_that_reads_none_is_refused(tmp_path):
         load_benchmark("arith", data=str(mine))
     with pytest.raises(InputError, match="is its own data"):
         load_benchmark(str(mine), data=str(mine))
+
+
+def _fake_run(root):
+    """The files that make a folder a run's: its config.yaml and held-out file (empty: only the paths are read)."""
+    (root / "data").mkdir(parents=True)
+    (root / "config.yaml").write_text("seed: 0\n")
+    (root / "data" / "test.parquet").write_text("")
+    return root
+
+
+def test_a_runs_model_defaults_to_the_runs_test_file_and_its_own_folder(tmp_path, monkeypatch):
+    from varreason.cli import benchmark_defaults, model_run_folder
+
+    monkeypatch.chdir(tmp_path)
+    a, b = _fake_run(tmp_path / "runs" / "a"), _fake_run(tmp_path / "runs" / "cmp" / "seed0" / "methods" / "b")
+    assert model_run_folder("runs/a/models/initial").resolve() == a
+    assert model_run_folder(str(b / "rounds" / "2" / "models" / "final")).resolve() == b
+    assert model_run_folder("Qwen/Qwen3-4B") is None and model_run_folder(str(tmp_path / "runs")) is None
+    # two runs' `initial` models: two folders (the old default, runs/eval/initial, refused the second)
+    assert benchmark_defaults("runs/a/models/initial", [], None) == (["runs/a/data/test.parquet"],
+                                                                      "runs/eval/a/initial")
+    assert benchmark_defaults(str(b / "models" / "initial"), [], None)[1] == "runs/eval/cmp/seed0/methods/b/initial"
+    assert benchmark_defaults(str(b / "rounds" / "2" / "models" / "final"), [], None)[1] == \
+        "runs/eval/cmp/seed0/methods/b/rounds/2/final"
+    assert benchmark_defaults("runs/a/models/initial", ["arith"], "mine") == (["arith"], "mine")  # given: kept
+    assert benchmark_defaults("Qwen/Qwen3-4B", ["arith"], None) == (["arith"], "runs/eval/Qwen3-4B")
+    with pytest.raises(InputError, match="needs at least one --benchmark"):
+        benchmark_defaults("Qwen/Qwen3-4B", [], None)
+
+
+@pytest.mark.slow
+def test_eval_model_alone_on_a_runs_model_scores_what_the_run_scored(trained_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no --config, --benchmark or --output-dir: the run's config, test file, own folder
+    assert main(["eval", "--model", str(trained_run / "models" / "initial")]) == 0
+    res = json.loads((tmp_path / "runs" / "eval" / trained_run.name / "initial" / "test" / "results.json").read_text())
+    run_eval = json.loads((trained_run / "eval" / "summary.json").read_text())["initial"]
+    assert res["metrics"]["n_problems"] == run_eval["n"] and res["metrics"]["avg@n"] == pytest.approx(run_eval["accuracy"])

@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument("--benchmark", action="append", default=[],
                            help="spec name (listed above) or a .jsonl/.json/.csv/.tsv/.parquet file, e.g. a run's "
                                 "data/test.parquet: its questions as they are, checked as the run's eval checks "
-                                "them; repeatable")
+                                "them; repeatable. A run's model (<run>/models/NAME) without one: the run's "
+                                "data/test.parquet, with the run's config, written to runs/eval/<run>/NAME")
             g.add_argument("--num-samples", "--n", dest="n", type=at_least_one, default=None,
                            help="samples per problem, >= 1 (default: the spec's; a file: eval.num_generations); under "
                                 "torchrun write --num-samples, since torchrun reads --n as one of its own options")
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides.append(("output_dir", args.output_dir))
         benchmark = args.command == "eval" and getattr(args, "model", None)
         origins: dict = {}
-        cfg = load_config(folder_config(args.config, overrides, benchmark), overrides, origins=origins)
+        cfg = load_config(folder_config(args.config, overrides, benchmark and args.model), overrides, origins=origins)
         if not benchmark:  # eval --model writes to its own folder
             output_dir = cfg.output_dir
         if args.command == "config":
@@ -284,16 +285,24 @@ def _wandb_in_run_folder(cfg) -> None:
         os.environ.setdefault("WANDB_PROJECT", "varreason")
 
 
-def folder_config(config: list[str] | None, overrides: list[tuple[str, str]], benchmark: bool = False,
+def folder_config(config: list[str] | None, overrides: list[tuple[str, str]], model: str | None = None,
                   ) -> list[str] | None:
     """The config a command starts from: --config when given; else the run folder's own config.yaml when the folder
-    has one (a command on a finished run keeps its settings: the folder remembers what made it); else the demo."""
+    has one (a command on a finished run keeps its settings: the folder remembers what made it); else the demo.
+    `eval --model` of a run's model: that run's config (its sampling and format, as its own eval used them)."""
     from pathlib import Path
 
     from varreason.config import load_config
 
-    if config is not None or benchmark:
+    if config is not None:
         return config
+    if model:
+        run = model_run_folder(model)
+        if run is None:
+            return None
+        print(f"varreason: using the model's run config {run / 'config.yaml'} (--config to start from another)",
+              file=sys.stderr)
+        return [str(run / "config.yaml")]
     given = [value for key, value in overrides if key.replace("-", "_") == "output_dir"]
     folder = given[-1] if given else load_config(None).output_dir
     if not str(folder).strip():
@@ -303,6 +312,49 @@ def folder_config(config: list[str] | None, overrides: list[tuple[str, str]], be
         return None
     print(f"varreason: using the folder's config {saved} (--config to start from another)", file=sys.stderr)
     return [str(saved)]
+
+
+def model_run_folder(model: str):
+    """The run folder a model folder belongs to (<run>/models/<name>, or <run>/rounds/<t>/models/<name>), when it
+    is one (the folder has the config.yaml that made it); else None (a hub id or any other folder)."""
+    from pathlib import Path
+
+    path = Path(model).expanduser()
+    if path.parent.name != "models":
+        return None
+    run = path.parent.parent
+    if run.parent.name == "rounds":
+        run = run.parent.parent
+    return run if (run / "config.yaml").is_file() else None
+
+
+def benchmark_defaults(model: str, benchmarks: list[str], output_dir: str | None) -> tuple[list[str], str]:
+    """`eval --model`'s benchmarks and folder when not given: a run's model is scored on the run's own held-out file
+    (what its eval stage scored) and written under runs/eval/ by the run's path, so two runs' `initial` models do not
+    share a folder; any other model under runs/eval/<its folder name>."""
+    from pathlib import Path
+
+    run = model_run_folder(model)
+    if not benchmarks:
+        test = run / "data" / "test.parquet" if run is not None else None
+        if test is None or not test.is_file():
+            raise InputError("--model needs at least one --benchmark (a spec name or a .jsonl/.json/.csv/.tsv/.parquet "
+                             "file); a run's model (<run>/models/NAME) without one is scored on <run>/data/test.parquet")
+        print(f"varreason: benchmark: the run's held-out file {test}", file=sys.stderr)
+        benchmarks = [str(test)]
+    if output_dir:
+        return benchmarks, output_dir
+    name = Path(model.rstrip("/")).name
+    if run is None:
+        return benchmarks, str(Path("runs") / "eval" / name)
+    where = Path(model).expanduser().resolve().parent.parent.relative_to(run.resolve())  # "." or rounds/<t>
+    try:
+        run_path = run.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:  # a run outside the working directory: its folder name
+        run_path = Path(run.resolve().name)
+    if run_path.parts and run_path.parts[0] == "runs":
+        run_path = Path(*run_path.parts[1:])
+    return benchmarks, str(Path("runs") / "eval" / run_path / where / name)
 
 
 def _ranks(args):
@@ -325,10 +377,9 @@ def _benchmark_eval(args, cfg, ranks) -> int:
 
     from varreason.eval.evaluator import evaluate_many
 
-    if not args.benchmark:
-        raise InputError("--model needs at least one --benchmark (a spec name or a .jsonl/.json/.csv/.tsv/.parquet file)")
-    out = args.output_dir or str(Path("runs") / "eval" / Path(args.model.rstrip("/")).name)
-    evaluate_many(args.model, args.benchmark, out, n=args.n, e=cfg.eval, fmt=cfg.format, seed=cfg.seed,
+    benchmarks, out = benchmark_defaults(args.model, args.benchmark, args.output_dir)
+    print(f"varreason: writing {Path(out) / 'summary.json'}", file=sys.stderr)
+    evaluate_many(args.model, benchmarks, out, n=args.n, e=cfg.eval, fmt=cfg.format, seed=cfg.seed,
                   data=args.data, limit=args.limit, chunk_size=args.chunk_size, force=args.force,
                   overwrite=args.overwrite, ranks=ranks,
                   backend=cfg.backend_of("eval"), vllm=cfg.vllm, prompt_template=args.prompt_template)
