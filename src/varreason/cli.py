@@ -378,11 +378,11 @@ def _benchmark_eval(args, cfg, ranks) -> int:
     from varreason.eval.evaluator import evaluate_many
 
     benchmarks, out = benchmark_defaults(args.model, args.benchmark, args.output_dir)
-    print(f"varreason: writing {Path(out) / 'summary.json'}", file=sys.stderr)
     evaluate_many(args.model, benchmarks, out, n=args.n, e=cfg.eval, fmt=cfg.format, seed=cfg.seed,
                   data=args.data, limit=args.limit, chunk_size=args.chunk_size, force=args.force,
                   overwrite=args.overwrite, ranks=ranks,
                   backend=cfg.backend_of("eval"), vllm=cfg.vllm, prompt_template=args.prompt_template)
+    print(f"results: {Path(out) / 'summary.json'} (and a folder per benchmark)")
     return 0
 
 
