@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -180,7 +179,7 @@ def aggregate(root: Path, seeds: list[int]) -> dict:
         hard = [hard_accuracy(e) for e in entries]
         correct, n = sum(round(e["accuracy"] * e["n"]) for e in entries), sum(e["n"] for e in entries)
         (m, h) = mean_ci(acc)
-        hm, hh = mean_ci(hard) if not any(math.isnan(x) for x in hard) else (float("nan"), float("nan"))  # no d4/d5
+        hm, hh = mean_ci(hard)
         row = {"proposal": proposal(name), "seeds": seeds_with, "accuracy": acc, "mean": m, "ci": h, "hard": hard, "hard_mean": hm, "hard_ci": hh,
                "pooled": correct / n, "pooled_ci": list(wilson_interval(correct, n)), "n": n}
         for against in ("sft-matched", "sft-matched-flops", "sft-paper", "no-hint", "variational", "matched-2x"):

@@ -45,7 +45,10 @@ def hard_accuracy(entry: dict) -> float:
 
 
 def mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of a t 95% interval over seeds (0 for one seed)."""
+    """Mean and the half-width of a t 95% interval over seeds (0 for one seed); NaN and NaN when a seed has none
+    (a task with no problems of that kind, e.g. no d4 / d5 for the "hard" column)."""
+    if any(math.isnan(v) for v in values):
+        return float("nan"), float("nan")
     m = statistics.fmean(values)
     if len(values) < 2:
         return m, 0.0
