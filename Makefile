@@ -50,8 +50,11 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/varreason run
 
+# The suite in TEST_WORKERS processes (pytest-xdist), one torch thread each, whole files per worker (their
+# module fixtures train models once); --durations: the slowest tests in every log, to keep the suite near 10 minutes.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=25  # the slowest tests in every log, to keep the suite near 10 minutes
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/scoring_memory.py

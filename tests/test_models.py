@@ -1,6 +1,7 @@
 """The factory's model folder is an ordinary HF folder: it loads with the Auto classes in a fresh process."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -114,3 +115,24 @@ def test_varlen_attention_equals_masked_attention_per_example_with_a_sliding_win
             scores = (q[0, :, a:b] @ kk.transpose(-1, -2) * 0.5).masked_fill(~allowed, float("-inf"))
             expected = (scores.softmax(-1) @ vv).transpose(0, 1)  # [positions, heads, dim]
             assert torch.allclose(out[0, a:b], expected, atol=1e-5), (window, a)
+
+
+def test_set_threads_takes_omp_num_threads_as_the_users_share(monkeypatch):
+    """Jobs side by side (test workers, two studies) each set OMP_NUM_THREADS; 0 = all cores would oversubscribe."""
+    import torch
+
+    from varreason.models import set_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        set_threads(0)
+        assert torch.get_num_threads() == 1
+        set_threads(2)  # --num_threads given: it wins
+        assert torch.get_num_threads() == 2
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+        set_threads(0)
+        assert torch.get_num_threads() == len(os.sched_getaffinity(0))
+    finally:
+        torch.set_num_threads(before)

@@ -499,7 +499,7 @@ class RunConfig:
     seed: int = option(0, "seeds the data split, the tiny model, training and sampling", ge=0)
     rounds: int = option(1, "T: Algorithm 1's rounds; round t >= 2 trains q and pi again from round t-1's models, "
                             "its artifacts in rounds/<t>/ and its model evaluated as <final.name>-round<t>", ge=1)
-    num_threads: int = option(0, "torch threads; 0 = all cores", ge=0)
+    num_threads: int = option(0, "torch threads; 0 = OMP_NUM_THREADS when set, else all cores", ge=0)
     backend: str = option("hf", "sampling and scoring engine: hf (transformers model, our decode loop) | vllm (the vllm extra)",
                           choices=("hf", "vllm"))
     task: TaskConfig = field(default_factory=TaskConfig, metadata={"help": "the problems (stage data)"})

@@ -30,9 +30,12 @@ def default_device() -> torch.device:
 
 def set_threads(num_threads: int = 0) -> None:
     """Use every core on CPU (torch's default can be lower inside containers), shared among the processes that
-    torchrun started on this machine (LOCAL_WORLD_SIZE)."""
+    torchrun started on this machine (LOCAL_WORLD_SIZE); OMP_NUM_THREADS, when set, is the user's share (several
+    jobs side by side, e.g. test workers, would otherwise each take every core)."""
     local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    torch.set_num_threads(num_threads or max(1, (os.cpu_count() or 1) // local))
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(num_threads or (int(omp) if omp.isdigit() and int(omp) > 0 else max(1, cores // local)))
 
 
 def save_pretrained(model, tokenizer, out_dir: str | Path) -> None:
