@@ -167,6 +167,38 @@ def weight_spread(run_dir: Path) -> dict | None:
             "max_share": float(by_q["rho_tilde"].max().mean()), "ess_below_2": float((ess < 2).mean())}
 
 
+def selection(run_dir: Path) -> dict | None:
+    """Where the proposal helps, by training difficulty (the last round's traces): the share of traces verified
+    correct, the share of questions with at least one correct trace of K, and the share whose selected trace (the
+    weights' `best`, the trace the best build trains on) is correct."""
+    folder = last_round(run_dir)
+    weights, samples = folder / "weights.parquet", folder / "samples" / "posterior.parquet"
+    if not weights.exists() or not samples.exists():
+        return None
+    import pandas as pd
+
+    traces = pd.read_parquet(samples, columns=["question_id", "k", "correct"]).merge(
+        pd.read_parquet(weights, columns=["question_id", "k", "best"]), on=["question_id", "k"], how="left")
+    levels = pd.read_parquet(run_dir / "data" / "train.parquet", columns=["id", "difficulty"])
+    traces = traces.merge(levels.rename(columns={"id": "question_id"}), on="question_id")
+    traces["best"] = traces["best"].fillna(False).astype(bool)
+    out = {}
+    for level, t in traces.groupby("difficulty"):
+        per_question = t.groupby("question_id")["correct"].max()
+        chosen = t[t["best"]]
+        out[str(level)] = {"traces_correct": float(t["correct"].mean()), "solved": float(per_question.mean()),
+                           "best_correct": float(chosen["correct"].mean()) if len(chosen) else float("nan"),
+                           "questions": len(per_question)}
+    return out
+
+
+def mean_levels(found: list[dict]) -> dict:
+    """Per difficulty and key, the mean over seeds of `selection`'s shares."""
+    levels = sorted({d for f in found for d in f}, key=int)
+    return {d: {k: sum(f[d][k] for f in found if d in f) / sum(d in f for f in found)
+                for k in ("traces_correct", "solved", "best_correct")} for d in levels}
+
+
 def aggregate(root: Path, seeds: list[int]) -> dict:
     details = {s: json.loads((root / f"seed{s}" / "summary.json").read_text()) for s in seeds
                if (root / f"seed{s}" / "summary.json").exists()}  # compare updates it after every method
@@ -206,6 +238,9 @@ def aggregate(root: Path, seeds: list[int]) -> dict:
         spreads = [w for s in seeds_with if (w := weight_spread(root / f"seed{s}" / "methods" / name))]
         if spreads:
             row["weights"] = {k: sum(w[k] for w in spreads) / len(spreads) for k in spreads[0]}
+        found = [f for s in seeds_with if (f := selection(root / f"seed{s}" / "methods" / name))]
+        if found:
+            row["selection"] = mean_levels(found)
         levels = sorted({d for e in entries for d in e["by_difficulty"]}, key=int)
         row["by_difficulty"] = {d: sum(e["by_difficulty"][d]["accuracy"] for e in entries if d in e["by_difficulty"])
                                 / sum(d in e["by_difficulty"] for e in entries) for d in levels}
@@ -280,6 +315,16 @@ def write_markdown(result: dict, root: Path) -> str:
                   "| method | K | ESS | std log rho | heaviest share | ESS < 2 |", "|---|---|---|---|---|---|"]
         lines += [f"| {n} | {w['k']:.1f} | {w['mean_ess']:.2f} | {w['log_rho_std']:.3f} | {w['max_share']:.2f} | "
                   f"{w['ess_below_2']:.1%} |" for n, w in weighted]
+    chosen = [(n, r["selection"]) for n, r in methods.items() if "selection" in r]
+    if chosen:
+        levels = list(dict.fromkeys(d for _, sel in chosen for d in sel))
+        lines += ["", ("Where the proposal helps, by training difficulty (last round, mean over seeds): traces "
+                       "verified correct / questions with a correct trace among K / questions whose selected (best) "
+                       "trace is correct. The proposal: q with the hint, or pi0 for no-hint."), "",
+                  "| method | " + " | ".join(f"d{d}" for d in levels) + " |", "|---|" + "---|" * len(levels)]
+        lines += [f"| {n} | " + " | ".join(
+            f"{sel[d]['traces_correct']:.0%} / {sel[d]['solved']:.0%} / {sel[d]['best_correct']:.0%}" if d in sel
+            else "-" for d in levels) + " |" for n, sel in chosen]
     lines += ["", "Per seed (overall accuracy):", ""]
     lines += [f"- {name}: " + ", ".join(f"seed {s} {a:.1%}" for s, a in zip(r["seeds"], r["accuracy"]))
               for name, r in result["methods"].items()]
