@@ -189,6 +189,8 @@ def test_a_runs_model_defaults_to_the_runs_test_file_and_its_own_folder(tmp_path
         "runs/eval/cmp/seed0/methods/b/rounds/2/final"
     assert benchmark_defaults("runs/a/models/initial", ["arith"], "mine") == (["arith"], "mine")  # given: kept
     assert benchmark_defaults("Qwen/Qwen3-4B", ["arith"], None) == (["arith"], "runs/eval/Qwen3-4B")
+    monkeypatch.chdir(a)  # inside the run folder: named by it
+    assert benchmark_defaults("models/initial", [], None) == (["data/test.parquet"], "runs/eval/a/initial")
     with pytest.raises(InputError, match="needs at least one --benchmark"):
         benchmark_defaults("Qwen/Qwen3-4B", [], None)
 

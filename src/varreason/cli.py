@@ -352,7 +352,9 @@ def benchmark_defaults(model: str, benchmarks: list[str], output_dir: str | None
         run_path = run.resolve().relative_to(Path.cwd().resolve())
     except ValueError:  # a run outside the working directory: its folder name
         run_path = Path(run.resolve().name)
-    if run_path.parts and run_path.parts[0] == "runs":
+    if not run_path.parts:  # the working directory is the run: its folder name
+        run_path = Path(run.resolve().name)
+    if run_path.parts[0] == "runs":
         run_path = Path(*run_path.parts[1:])
     return benchmarks, str(Path("runs") / "eval" / run_path / where / name)
 
