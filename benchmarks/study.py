@@ -214,7 +214,7 @@ def aggregate(root: Path, seeds: list[int]) -> dict:
         hm, hh = mean_ci(hard)
         row = {"proposal": proposal(name), "seeds": seeds_with, "accuracy": acc, "mean": m, "ci": h, "hard": hard, "hard_mean": hm, "hard_ci": hh,
                "pooled": correct / n, "pooled_ci": list(wilson_interval(correct, n)), "n": n}
-        for against in ("sft-matched", "sft-matched-flops", "sft-paper", "no-hint", "variational", "matched-2x"):
+        for against in ("sft", "sft-matched", "sft-matched-flops", "sft-paper", "no-hint", "variational", "matched-2x"):
             if name == against or not all(against in details[s] for s in seeds_with):
                 continue
             pairs = {}
