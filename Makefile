@@ -54,7 +54,7 @@ run: $(STAMP)
 # module fixtures train models once); --durations: the slowest tests in every log, to keep the suite near 10 minutes.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/scoring_memory.py

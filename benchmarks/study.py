@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -150,21 +151,27 @@ def trace_rates(run_dir: Path) -> dict | None:
 def weight_spread(run_dir: Path) -> dict | None:
     """What the importance weights did (the last round's weights.parquet): mean ESS of the self-normalised weights per
     question (of K), the mean within-question standard deviation of log rho, the mean share of the heaviest trace, and
-    the share of questions whose ESS is below 2 (one or two traces carry the question)."""
+    the share of questions whose ESS is below 2 (one or two traces carry the question). And pi0's mean probability of
+    the reference answer after a trace, over all traces and over the selected ones (GML's p(y* | x, z), scored under
+    pi0 without the hint): a measure of the traces that does not read the answer the proposal wrote after them."""
     path = last_round(run_dir) / "weights.parquet"
     if not path.exists():
         return None
+    import numpy as np
     import pandas as pd
 
-    w = pd.read_parquet(path, columns=["question_id", "log_rho", "rho_tilde", "ess", "eligible"])
+    w = pd.read_parquet(path, columns=["question_id", "log_rho", "rho_tilde", "ess", "eligible", "best",
+                                       "log_p_answer_gml"])
     w = w[w["eligible"]]
     if w.empty:
         return None
     by_q = w.groupby("question_id")
     ess = by_q["ess"].first()
+    p_answer = np.exp(w["log_p_answer_gml"].astype(float))
     return {"k": float(by_q.size().mean()), "mean_ess": float(ess.mean()),
             "log_rho_std": float(by_q["log_rho"].std(ddof=0).mean()),
-            "max_share": float(by_q["rho_tilde"].max().mean()), "ess_below_2": float((ess < 2).mean())}
+            "max_share": float(by_q["rho_tilde"].max().mean()), "ess_below_2": float((ess < 2).mean()),
+            "p_answer": float(p_answer.mean()), "p_answer_best": float(p_answer[w["best"].astype(bool)].mean())}
 
 
 def selection(run_dir: Path) -> dict | None:
@@ -195,8 +202,12 @@ def selection(run_dir: Path) -> dict | None:
 def mean_levels(found: list[dict]) -> dict:
     """Per difficulty and key, the mean over seeds of `selection`'s shares."""
     levels = sorted({d for f in found for d in f}, key=int)
-    return {d: {k: sum(f[d][k] for f in found if d in f) / sum(d in f for f in found)
-                for k in ("traces_correct", "solved", "best_correct")} for d in levels}
+    def mean(values: list[float]) -> float:  # a level without a selected trace in a seed (NaN) is left out
+        kept = [v for v in values if not math.isnan(v)]
+        return sum(kept) / len(kept) if kept else float("nan")
+
+    return {d: {k: mean([f[d][k] for f in found if d in f]) for k in ("traces_correct", "solved", "best_correct")}
+            for d in levels}
 
 
 def aggregate(root: Path, seeds: list[int]) -> dict:
@@ -311,10 +322,13 @@ def write_markdown(result: dict, root: Path) -> str:
     if weighted:
         lines += ["", ("The importance weights (last round, mean over seeds): K traces per question, mean ESS of the "
                        "self-normalised weights, mean within-question std of log rho, mean share of the heaviest "
-                       "trace, share of questions with ESS < 2."), "",
-                  "| method | K | ESS | std log rho | heaviest share | ESS < 2 |", "|---|---|---|---|---|---|"]
+                       "trace, share of questions with ESS < 2; pi0's mean probability of the reference answer after "
+                       "a trace (GML's p(y* | x, z), no hint), over all traces and over the selected ones."), "",
+                  "| method | K | ESS | std log rho | heaviest share | ESS < 2 | pi0 p(answer), traces | selected |",
+                  "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {n} | {w['k']:.1f} | {w['mean_ess']:.2f} | {w['log_rho_std']:.3f} | {w['max_share']:.2f} | "
-                  f"{w['ess_below_2']:.1%} |" for n, w in weighted]
+                  f"{w['ess_below_2']:.1%} | {w.get('p_answer', float('nan')):.3f} | "
+                  f"{w.get('p_answer_best', float('nan')):.3f} |" for n, w in weighted]
     chosen = [(n, r["selection"]) for n, r in methods.items() if "selection" in r]
     if chosen:
         levels = list(dict.fromkeys(d for _, sel in chosen for d in sel))

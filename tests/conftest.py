@@ -50,3 +50,12 @@ def tiny_model_dir(tmp_path_factory):
     cfg = ModelConfig(vocab_size=300, hidden_size=32, num_hidden_layers=1, intermediate_size=64,
                       num_attention_heads=2, num_key_value_heads=1, head_dim=16)
     return build_tiny(cfg, fmt, corpus, tmp_path_factory.mktemp("tiny") / "base")
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, for a torchrun group's rendezvous (test workers run side by side)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

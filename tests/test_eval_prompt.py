@@ -165,11 +165,15 @@ def test_data_with_a_benchmark_that_reads_none_is_refused(tmp_path):
         load_benchmark(str(mine), data=str(mine))
 
 
-def _fake_run(root):
-    """The files that make a folder a run's: its config.yaml and held-out file (empty: only the paths are read)."""
+def _fake_run(root, models=("initial",)):
+    """The files that make a folder a run's: config.yaml, manifest.json, the held-out file and model folders (empty:
+    only the paths are read)."""
     (root / "data").mkdir(parents=True)
     (root / "config.yaml").write_text("seed: 0\n")
+    (root / "manifest.json").write_text("{}")
     (root / "data" / "test.parquet").write_text("")
+    for name in models:
+        (root / "models" / name).mkdir(parents=True)
     return root
 
 
@@ -177,10 +181,13 @@ def test_a_runs_model_defaults_to_the_runs_test_file_and_its_own_folder(tmp_path
     from varreason.cli import benchmark_defaults, model_run_folder
 
     monkeypatch.chdir(tmp_path)
-    a, b = _fake_run(tmp_path / "runs" / "a"), _fake_run(tmp_path / "runs" / "cmp" / "seed0" / "methods" / "b")
-    assert model_run_folder("runs/a/models/initial").resolve() == a
+    a = _fake_run(tmp_path / "runs" / "a")
+    b = _fake_run(tmp_path / "runs" / "cmp" / "seed0" / "methods" / "b")
+    (b / "rounds" / "2" / "models" / "final").mkdir(parents=True)
+    assert model_run_folder("runs/a/models/initial/").resolve() == a
     assert model_run_folder(str(b / "rounds" / "2" / "models" / "final")).resolve() == b
     assert model_run_folder("Qwen/Qwen3-4B") is None and model_run_folder(str(tmp_path / "runs")) is None
+    assert model_run_folder("runs/a/models/missing") is None  # not a folder: not a run's model
     # two runs' `initial` models: two folders (the old default, runs/eval/initial, refused the second)
     assert benchmark_defaults("runs/a/models/initial", [], None) == (["runs/a/data/test.parquet"],
                                                                       "runs/eval/a/initial")
@@ -189,6 +196,23 @@ def test_a_runs_model_defaults_to_the_runs_test_file_and_its_own_folder(tmp_path
         "runs/eval/cmp/seed0/methods/b/rounds/2/final"
     assert benchmark_defaults("runs/a/models/initial", ["arith"], "mine") == (["arith"], "mine")  # given: kept
     assert benchmark_defaults("Qwen/Qwen3-4B", ["arith"], None) == (["arith"], "runs/eval/Qwen3-4B")
+    # compare's shared models are links to another method's folder: named by the path given, not the link's target
+    (b / "models" / "linked").symlink_to(a / "models" / "initial")
+    assert benchmark_defaults(str(b / "models" / "linked"), [], None)[1] == "runs/eval/cmp/seed0/methods/b/linked"
+    # a folder with a config.yaml but no manifest.json is not a run
+    (tmp_path / "proj" / "models" / "m").mkdir(parents=True)
+    (tmp_path / "proj" / "config.yaml").write_text("seed: 0\n")
+    assert model_run_folder("proj/models/m") is None
+    # a run whose parent folder is called `rounds`
+    c = _fake_run(tmp_path / "rounds" / "c", models=("final",))
+    assert model_run_folder("rounds/c/models/final").resolve() == c
+    # runs outside the working directory: their whole path, so seed0/v and seed1/v do not share a folder
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    outs = {benchmark_defaults(str(b / "models" / "initial"), [], None)[1],
+            benchmark_defaults(str(a / "models" / "initial"), [], None)[1]}
+    assert len(outs) == 2 and all(o.startswith("runs/eval/") for o in outs)
     monkeypatch.chdir(a)  # inside the run folder: named by it
     assert benchmark_defaults("models/initial", [], None) == (["data/test.parquet"], "runs/eval/a/initial")
     with pytest.raises(InputError, match="needs at least one --benchmark"):
@@ -202,3 +226,11 @@ def test_eval_model_alone_on_a_runs_model_scores_what_the_run_scored(trained_run
     res = json.loads((tmp_path / "runs" / "eval" / trained_run.name / "initial" / "test" / "results.json").read_text())
     run_eval = json.loads((trained_run / "eval" / "summary.json").read_text())["initial"]
     assert res["metrics"]["n_problems"] == run_eval["n"] and res["metrics"]["avg@n"] == pytest.approx(run_eval["accuracy"])
+
+
+def test_a_refused_eval_of_a_runs_model_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    a = _fake_run(tmp_path / "runs" / "a")
+    assert main(["eval", "--model", str(a / "models" / "initial"), "--eval.temperature", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("varreason: error: ") and "temperature" in err[0], err

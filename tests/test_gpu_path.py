@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import free_port
 
 from varreason.errors import InputError
 from varreason.objectives import IGNORE_INDEX, token_nll
@@ -126,7 +127,7 @@ def test_under_a_torchrun_group_every_rank_saves_and_the_group_has_our_timeout(t
     (tmp_path / "rows.json").write_text(json.dumps(sft_rows(8)))
     (tmp_path / "group.py").write_text(GROUP_SCRIPT)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(29700 + os.getpid() % 200), str(tmp_path / "group.py"), str(tiny_model_dir), str(tmp_path / "rows.json"),
+           str(free_port()), str(tmp_path / "group.py"), str(tiny_model_dir), str(tmp_path / "rows.json"),
            str(tmp_path / "final")]
     env = {**ENV, "VARREASON_GROUP_TIMEOUT": "5400", "PYTHONPATH": f"{ROOT / 'tests'}:{ROOT / 'src'}"}
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)

@@ -134,5 +134,9 @@ def test_set_threads_takes_omp_num_threads_as_the_users_share(monkeypatch):
         monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
         set_threads(0)
         assert torch.get_num_threads() == len(os.sched_getaffinity(0))
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # under torchrun (which sets OMP_NUM_THREADS=1): the cores shared
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        set_threads(0)
+        assert torch.get_num_threads() == max(1, len(os.sched_getaffinity(0)) // 2)
     finally:
         torch.set_num_threads(before)

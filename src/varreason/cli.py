@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="spec name (listed above) or a .jsonl/.json/.csv/.tsv/.parquet file, e.g. a run's "
                                 "data/test.parquet: its questions as they are, checked as the run's eval checks "
                                 "them; repeatable. A run's model (<run>/models/NAME) without one: the run's "
-                                "data/test.parquet, with the run's config, written to runs/eval/<run>/NAME")
+                                "data/test.parquet. A run's model is evaluated with the run's config.yaml unless "
+                                "--config is given, and written to runs/eval/<run>/NAME unless --output-dir is")
             g.add_argument("--num-samples", "--n", dest="n", type=at_least_one, default=None,
                            help="samples per problem, >= 1 (default: the spec's; a file: eval.num_generations); under "
                                 "torchrun write --num-samples, since torchrun reads --n as one of its own options")
@@ -298,11 +299,7 @@ def folder_config(config: list[str] | None, overrides: list[tuple[str, str]], mo
         return config
     if model:
         run = model_run_folder(model)
-        if run is None:
-            return None
-        print(f"varreason: using the model's run config {run / 'config.yaml'} (--config to start from another)",
-              file=sys.stderr)
-        return [str(run / "config.yaml")]
+        return None if run is None else [str(run / "config.yaml")]  # said after the work (one-line refusals)
     given = [value for key, value in overrides if key.replace("-", "_") == "output_dir"]
     folder = given[-1] if given else load_config(None).output_dir
     if not str(folder).strip():
@@ -314,18 +311,29 @@ def folder_config(config: list[str] | None, overrides: list[tuple[str, str]], mo
     return [str(saved)]
 
 
-def model_run_folder(model: str):
-    """The run folder a model folder belongs to (<run>/models/<name>, or <run>/rounds/<t>/models/<name>), when it
-    is one (the folder has the config.yaml that made it); else None (a hub id or any other folder)."""
+def model_run_place(model: str):
+    """(run folder, where in it) for a run's model folder: <run>/models/<name> ("."), or
+    <run>/rounds/<t>/models/<name> ("rounds/<t>"); None for a hub id or any other folder. A run is a folder with the
+    config.yaml and manifest.json that the pipeline writes (the path as given: compare's shared models are links)."""
     from pathlib import Path
 
     path = Path(model).expanduser()
-    if path.parent.name != "models":
+    if path.parent.name != "models" or not path.is_dir():
         return None
-    run = path.parent.parent
-    if run.parent.name == "rounds":
-        run = run.parent.parent
-    return run if (run / "config.yaml").is_file() else None
+    run, where = path.parent.parent, Path(".")
+    if run.name.isdigit() and run.parent.name == "rounds" and is_run_folder(run.parent.parent):
+        run, where = run.parent.parent, Path("rounds") / run.name
+    return (run, where) if is_run_folder(run) else None
+
+
+def is_run_folder(folder) -> bool:
+    return (folder / "config.yaml").is_file() and (folder / "manifest.json").is_file()
+
+
+def model_run_folder(model: str):
+    """The run folder a model folder belongs to (`model_run_place`), or None."""
+    place = model_run_place(model)
+    return place[0] if place else None
 
 
 def benchmark_defaults(model: str, benchmarks: list[str], output_dir: str | None) -> tuple[list[str], str]:
@@ -334,27 +342,27 @@ def benchmark_defaults(model: str, benchmarks: list[str], output_dir: str | None
     share a folder; any other model under runs/eval/<its folder name>."""
     from pathlib import Path
 
-    run = model_run_folder(model)
+    place = model_run_place(model)
     if not benchmarks:
-        test = run / "data" / "test.parquet" if run is not None else None
+        test = place[0] / "data" / "test.parquet" if place is not None else None
         if test is None or not test.is_file():
             raise InputError("--model needs at least one --benchmark (a spec name or a .jsonl/.json/.csv/.tsv/.parquet "
                              "file); a run's model (<run>/models/NAME) without one is scored on <run>/data/test.parquet")
-        print(f"varreason: benchmark: the run's held-out file {test}", file=sys.stderr)
         benchmarks = [str(test)]
     if output_dir:
         return benchmarks, output_dir
     name = Path(model.rstrip("/")).name
-    if run is None:
+    if place is None:
         return benchmarks, str(Path("runs") / "eval" / name)
-    where = Path(model).expanduser().resolve().parent.parent.relative_to(run.resolve())  # "." or rounds/<t>
+    run, where = place
+    absolute = Path(os.path.abspath(run))  # not resolved: the path the user named
     try:
-        run_path = run.resolve().relative_to(Path.cwd().resolve())
-    except ValueError:  # a run outside the working directory: its folder name
-        run_path = Path(run.resolve().name)
+        run_path = absolute.relative_to(Path(os.path.abspath(".")))
+    except ValueError:  # a run outside the working directory: its whole path, so two such runs do not share
+        run_path = Path(*absolute.parts[1:])
     if not run_path.parts:  # the working directory is the run: its folder name
-        run_path = Path(run.resolve().name)
-    if run_path.parts[0] == "runs":
+        run_path = Path(absolute.name)
+    if run_path.parts[0] == "runs" and len(run_path.parts) > 1:
         run_path = Path(*run_path.parts[1:])
     return benchmarks, str(Path("runs") / "eval" / run_path / where / name)
 
@@ -380,11 +388,16 @@ def _benchmark_eval(args, cfg, ranks) -> int:
     from varreason.eval.evaluator import evaluate_many
 
     benchmarks, out = benchmark_defaults(args.model, args.benchmark, args.output_dir)
-    evaluate_many(args.model, benchmarks, out, n=args.n, e=cfg.eval, fmt=cfg.format, seed=cfg.seed,
+    done = evaluate_many(args.model, benchmarks, out, n=args.n, e=cfg.eval, fmt=cfg.format, seed=cfg.seed,
                   data=args.data, limit=args.limit, chunk_size=args.chunk_size, force=args.force,
                   overwrite=args.overwrite, ranks=ranks,
                   backend=cfg.backend_of("eval"), vllm=cfg.vllm, prompt_template=args.prompt_template)
-    print(f"results: {Path(out) / 'summary.json'} (and a folder per benchmark)")
+    if ranks.main and "unfinished" not in done:  # a --shard job's part writes no summary
+        run = model_run_folder(args.model)
+        said = [f"config: the run's {run / 'config.yaml'}" if run is not None and args.config is None else "",
+                f"benchmark: the run's {benchmarks[0]}" if not args.benchmark else ""]
+        said = "; ".join(x for x in said if x)
+        print(f"results: {Path(out) / 'summary.json'} (a folder per benchmark{'; ' + said if said else ''})")
     return 0
 
 

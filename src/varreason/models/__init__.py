@@ -30,10 +30,11 @@ def default_device() -> torch.device:
 
 def set_threads(num_threads: int = 0) -> None:
     """Use every core on CPU (torch's default can be lower inside containers), shared among the processes that
-    torchrun started on this machine (LOCAL_WORLD_SIZE); OMP_NUM_THREADS, when set, is the user's share (several
-    jobs side by side, e.g. test workers, would otherwise each take every core)."""
+    torchrun started on this machine (LOCAL_WORLD_SIZE); in one process, OMP_NUM_THREADS, when set, is the user's
+    share (several jobs side by side, e.g. test workers, would otherwise each take every core). Not under torchrun:
+    it sets OMP_NUM_THREADS=1 for every worker itself."""
     local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    omp = os.environ.get("OMP_NUM_THREADS", "")
+    omp = os.environ.get("OMP_NUM_THREADS", "") if local == 1 else ""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch.set_num_threads(num_threads or (int(omp) if omp.isdigit() and int(omp) > 0 else max(1, cores // local)))
 
