@@ -221,9 +221,14 @@ def test_a_runs_model_defaults_to_the_runs_test_file_and_its_own_folder(tmp_path
 
 @pytest.mark.slow
 def test_eval_model_alone_on_a_runs_model_scores_what_the_run_scored(trained_run, tmp_path, monkeypatch):
+    from varreason.cli import benchmark_defaults
+
     monkeypatch.chdir(tmp_path)  # no --config, --benchmark or --output-dir: the run's config, test file, own folder
-    assert main(["eval", "--model", str(trained_run / "models" / "initial")]) == 0
-    res = json.loads((tmp_path / "runs" / "eval" / trained_run.name / "initial" / "test" / "results.json").read_text())
+    model = str(trained_run / "models" / "initial")
+    assert main(["eval", "--model", model]) == 0
+    out = benchmark_defaults(model, [], None)[1]  # the run is outside the working directory: its whole path
+    assert out.startswith("runs/eval/") and out.endswith(f"{trained_run.name}/initial")
+    res = json.loads((tmp_path / out / "test" / "results.json").read_text())
     run_eval = json.loads((trained_run / "eval" / "summary.json").read_text())["initial"]
     assert res["metrics"]["n_problems"] == run_eval["n"] and res["metrics"]["avg@n"] == pytest.approx(run_eval["accuracy"])
 
