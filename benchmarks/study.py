@@ -202,12 +202,14 @@ def selection(run_dir: Path) -> dict | None:
 def mean_levels(found: list[dict]) -> dict:
     """Per difficulty and key, the mean over seeds of `selection`'s shares."""
     levels = sorted({d for f in found for d in f}, key=int)
-    def mean(values: list[float]) -> float:  # a level without a selected trace in a seed (NaN) is left out
-        kept = [v for v in values if not math.isnan(v)]
-        return sum(kept) / len(kept) if kept else float("nan")
-
-    return {d: {k: mean([f[d][k] for f in found if d in f]) for k in ("traces_correct", "solved", "best_correct")}
+    return {d: {k: nan_mean([f[d][k] for f in found if d in f]) for k in ("traces_correct", "solved", "best_correct")}
             for d in levels}
+
+
+def nan_mean(values: list[float]) -> float:
+    """The mean of the values that are not NaN (a level without a selected trace in a seed is left out)."""
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else float("nan")
 
 
 def aggregate(root: Path, seeds: list[int]) -> dict:
@@ -221,8 +223,7 @@ def aggregate(root: Path, seeds: list[int]) -> dict:
         acc = [e["accuracy"] for e in entries]
         hard = [hard_accuracy(e) for e in entries]
         correct, n = sum(round(e["accuracy"] * e["n"]) for e in entries), sum(e["n"] for e in entries)
-        (m, h) = mean_ci(acc)
-        hm, hh = mean_ci(hard)
+        (m, h), (hm, hh) = mean_ci(acc), mean_ci(hard)
         row = {"proposal": proposal(name), "seeds": seeds_with, "accuracy": acc, "mean": m, "ci": h, "hard": hard, "hard_mean": hm, "hard_ci": hh,
                "pooled": correct / n, "pooled_ci": list(wilson_interval(correct, n)), "n": n}
         for against in ("sft", "sft-matched", "sft-matched-flops", "sft-paper", "no-hint", "variational", "matched-2x"):
@@ -327,8 +328,7 @@ def write_markdown(result: dict, root: Path) -> str:
                   "| method | K | ESS | std log rho | heaviest share | ESS < 2 | pi0 p(answer), traces | selected |",
                   "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {n} | {w['k']:.1f} | {w['mean_ess']:.2f} | {w['log_rho_std']:.3f} | {w['max_share']:.2f} | "
-                  f"{w['ess_below_2']:.1%} | {w.get('p_answer', float('nan')):.3f} | "
-                  f"{w.get('p_answer_best', float('nan')):.3f} |" for n, w in weighted]
+                  f"{w['ess_below_2']:.1%} | {w['p_answer']:.3f} | {w['p_answer_best']:.3f} |" for n, w in weighted]
     chosen = [(n, r["selection"]) for n, r in methods.items() if "selection" in r]
     if chosen:
         levels = list(dict.fromkeys(d for _, sel in chosen for d in sel))
