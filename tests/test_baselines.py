@@ -236,3 +236,21 @@ def test_compare_config_errors_are_one_line(tmp_path):
     assert methods["rft-norm"].overrides()["rft.name"] == "rft-norm"
     with pytest.raises(InputError, match="name"):
         load_config("smoke", [("grpo.name", "initial")])
+
+
+def test_a_flops_matched_variant_names_the_method_whose_flops_it_matches():
+    """SFT matched to the rounds' FLOPs (docs/study.md): a variant of sft-matched-flops with `flops_of`."""
+    from varreason.compare import resolve_methods
+
+    variants = "{rounds2: {method: variational, rounds: 2}, sft-flops-r2: {method: sft-matched-flops, flops_of: rounds2}}"
+    methods = resolve_methods(load_config("smoke", [("compare.methods", "[sft, variational]"),
+                                                    ("compare.variants", variants)]))
+    assert methods["sft-flops-r2"].flops_of == "rounds2" and METHODS["sft-matched-flops"].flops_of == "variational"
+    assert "flops_of" not in methods["sft-flops-r2"].overrides()  # not a config field
+    assert methods["sft-flops-r2"].overrides()["final.sft_paper"] is False
+    for spec, message in (("{x: {method: rft, flops_of: variational}}", "rft does not match another method's FLOPs"),
+                          ("{x: {method: sft-matched-flops, flops_of: rounds9}}", "rounds9, which is not among"),
+                          ("{x: {method: sft-matched-flops, flops_of: y}, y: {method: variational, rounds: 2}}",
+                           "put y before it")):
+        with pytest.raises(InputError, match=message):
+            resolve_methods(load_config("smoke", [("compare.methods", "[sft, variational]"), ("compare.variants", spec)]))

@@ -49,10 +49,16 @@ def resolve_methods(cfg: RunConfig) -> dict[str, Method]:
             raise InputError(f"compare.variants.{name}: 'method' must be one of {', '.join(METHODS)}, got {base!r}")
         if name in out:
             raise InputError(f"compare.variants.{name}: the name is taken by a built-in method")
-        out[name] = METHODS[base].variant(name, spec)
+        try:
+            out[name] = METHODS[base].variant(name, spec)
+        except ValueError as e:
+            raise InputError(f"compare.variants.{name}: {e}") from None
     if not out:
         raise InputError("compare.methods and compare.variants are both empty: nothing to compare")
     for name, m in out.items():
+        if m.flops_of and m.flops_of not in out:
+            raise InputError(f"{name} matches the FLOPs of {m.flops_of}, which is not among the methods to compare "
+                             f"({', '.join(out)})")
         if m.flops_of and m.flops_of not in list(out)[: list(out).index(name)]:
             raise InputError(f"{name} matches the FLOPs of {m.flops_of}: put {m.flops_of} before it in compare.methods")
     return out

@@ -138,12 +138,18 @@ class Method:
         return f"{name}-round{cfg.rounds}" if self.training.rounds and cfg.rounds > 1 else name
 
     def variant(self, name: str, settings: dict) -> Method:
-        """This method under another name with more settings (compare.variants); its model is named after it."""
+        """This method under another name with more settings (compare.variants); its model is named after it. A
+        FLOPs-matched method's variant may name the method whose FLOPs it matches (`flops_of`: e.g. the rounds)."""
+        settings = dict(settings)
+        flops_of = settings.pop("flops_of", self.flops_of)
+        if flops_of != self.flops_of and not self.flops_of:
+            raise ValueError(f"flops_of: {self.name} does not match another method's FLOPs")
         sets = {**self.sets, **settings}
         if self.training.name_field:
             sets[self.training.name_field] = name
-        return Method(name, f"{self.name} with {settings}", self.proposal, self.weight, self.build, self.training,
-                      sets, self.bias, self.base or self.name, self.flops_of)
+        described = {**settings, "flops_of": flops_of} if flops_of != self.flops_of else settings
+        return Method(name, f"{self.name} with {described}", self.proposal, self.weight, self.build, self.training,
+                      sets, self.bias, self.base or self.name, flops_of)
 
 
 def _rft_formula(cfg: RunConfig) -> str:
