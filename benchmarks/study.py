@@ -17,6 +17,8 @@ to the same folders and reuses everything already done. Methods (see METHODS):
 - extras: forward-kl (Algorithm 1's phi-phase, M = 4 traces of pi0 per question), rounds2 (T = 2) and its
   compute-matched sft (matched-2x: 500 steps), the 1K recipe's weighted build with the batch as set (weighted) and
   scaled by K (weighted-xk: K times the compute, as in the paper).
+- issue 27 (every method of compare, `--config demo` or `--config countdown`): methods (compare's default list and
+  hint-solution), rounds (+ T = 2 and T = 3), rounds-flops (+ SFT on the teacher data with T = 2's FLOPs).
 
 Aggregate (ROOT/study.json, ROOT/study.md, plots in ROOT/plots): held-out accuracy per method, mean and t 95% CI over
 seeds, hard problems (d4 + d5), exact McNemar against sft-matched (paired per seed, and pooled), and for the
@@ -64,6 +66,8 @@ EXTRA_VARIANTS = {
 ALL_METHODS = ["sft", "sft-matched", "variational", "sft-matched-flops", "no-hint", "rft", "star", "trice", "latro",
                "self-distill", "grpo"]
 ROUND_VARIANTS = {"rounds2": {"method": "variational", "rounds": 2}, "rounds3": {"method": "variational", "rounds": 3}}
+# the control the rounds lack: SFT on the teacher data with the FLOPs of T = 2 (set "rounds-flops")
+ROUND_CONTROLS = {"sft-flops-rounds2": {"method": "sft-matched-flops", "flops_of": "rounds2"}}
 # issue 29: SmolLM2-135M (benchmarks/smollm2_study.yaml): the methods the issue names, forward-KL q against the teacher
 # q (does it avoid copying the hint?), and LoRA against full fine-tuning for variational's final model (same rows and
 # steps).
@@ -76,9 +80,11 @@ SETS = {"core": (CORE_METHODS, CORE_VARIANTS),
         "smoke": (["sft", "sft-matched", "sft-paper", "variational"], {"forward-kl": EXTRA_VARIANTS["forward-kl"]}),
         "methods": (ALL_METHODS, {"hint-solution": CORE_VARIANTS["hint-solution"]}),
         "rounds": (ALL_METHODS, {"hint-solution": CORE_VARIANTS["hint-solution"], **ROUND_VARIANTS}),
+        "rounds-flops": (ALL_METHODS, {"hint-solution": CORE_VARIANTS["hint-solution"], **ROUND_VARIANTS,
+                                       **ROUND_CONTROLS}),
         "smollm2": (SMOLLM2_METHODS, SMOLLM2_VARIANTS)}
-PLAIN_SETS = {"methods", "rounds", "smollm2"}  # run without the study's rollouts and sft-paper
-ALL_VARIANTS = {**CORE_VARIANTS, **EXTRA_VARIANTS, **ROUND_VARIANTS, **SMOLLM2_VARIANTS}
+PLAIN_SETS = {"methods", "rounds", "rounds-flops", "smollm2"}  # run without the study's rollouts and sft-paper
+ALL_VARIANTS = {**CORE_VARIANTS, **EXTRA_VARIANTS, **ROUND_VARIANTS, **ROUND_CONTROLS, **SMOLLM2_VARIANTS}
 # plotted by where a method's traces come from (its declared proposal, stages/methods.py)
 COLORS = {"teacher": "tab:blue", "pi0": "tab:green", "pi0-greedy": "tab:green", "pi0-online": "tab:green",
           "q": "tab:orange", "trice-chain": "tab:orange"}  # TRICE's chains start from q's hinted traces
@@ -226,7 +232,8 @@ def aggregate(root: Path, seeds: list[int]) -> dict:
         (m, h), (hm, hh) = mean_ci(acc), mean_ci(hard)
         row = {"proposal": proposal(name), "seeds": seeds_with, "accuracy": acc, "mean": m, "ci": h, "hard": hard, "hard_mean": hm, "hard_ci": hh,
                "pooled": correct / n, "pooled_ci": list(wilson_interval(correct, n)), "n": n}
-        for against in ("sft", "sft-matched", "sft-matched-flops", "sft-paper", "no-hint", "variational", "matched-2x"):
+        for against in ("sft", "sft-matched", "sft-matched-flops", "sft-paper", "no-hint", "variational", "matched-2x",
+                        *ROUND_CONTROLS):
             if name == against or not all(against in details[s] for s in seeds_with):
                 continue
             pairs = {}
@@ -281,7 +288,7 @@ def _tokens(n: float) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e4 else f"{n:.0f}"
 
 
-PAIRED = ("sft-matched", "sft-matched-flops", "sft-paper", "no-hint", "variational")
+PAIRED = ("sft-matched", "sft-matched-flops", "sft-paper", "no-hint", "variational", *ROUND_CONTROLS)
 
 
 def write_markdown(result: dict, root: Path) -> str:
