@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from filelock import FileLock
 
 from varreason.cli import main
 from varreason.config import load_config
@@ -108,10 +109,20 @@ def stratos_rows(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def shared_dir(tmp_path_factory, worker_id: str) -> Path:
+    """A folder every test worker of this pytest run sees (pytest-xdist's recipe: the workers' base temp folders share
+    a parent that is new for each run); the run's own base folder without xdist."""
+    base = tmp_path_factory.getbasetemp()
+    return base if worker_id == "master" else base.parent
+
+
 @pytest.fixture(scope="module")
-def data_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("stratos") / "stratos_mini.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in stratos_rows(ROWS)))
+def data_file(tmp_path_factory, worker_id) -> Path:
+    """One file for the whole pytest run: `trained` records its path in its config, which both engines' runs repeat."""
+    path = shared_dir(tmp_path_factory, worker_id) / "stratos_mini.jsonl"
+    with FileLock(f"{path}.lock"):
+        if not path.exists():
+            path.write_text("".join(json.dumps(r) + "\n" for r in stratos_rows(ROWS)))
     return path
 
 
@@ -162,18 +173,27 @@ def test_stratos_teacher_rows_write_the_solution_section(data_file):
 # --- slow: the whole recipe on both engines ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_file) -> Path:
-    """data -> base -> initial -> posterior once: no engine samples or scores there, so both engines start from it."""
-    out = tmp_path_factory.mktemp("paper-recipe") / "trained"
-    assert main(arguments(data_file, out, "--until", "posterior")) == 0
+def trained(tmp_path_factory, worker_id, data_file) -> Path:
+    """data -> base -> initial -> posterior once per pytest run: no engine samples or scores there, so both engines
+    start from it. The engines' tests sit in two files (tests/test_paper_recipe_vllm.py) so that two test workers run
+    them side by side; the first to get here trains, the other waits for it and reads the same folder."""
+    out = shared_dir(tmp_path_factory, worker_id) / "paper-recipe-trained"
+    done = out.with_name(f"{out.name}.done")
+    with FileLock(f"{out}.lock"):
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)  # what a failed attempt left
+            assert main(arguments(data_file, out, "--until", "posterior")) == 0
+            done.touch()
     return out
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["hf", "vllm"])
-def test_paper_recipe_in_miniature(trained, data_file, tmp_path, backend):
-    if backend == "vllm":
-        pytest.importorskip("vllm")
+def test_paper_recipe_in_miniature_on_hf(trained, data_file, tmp_path):
+    run_the_rest(trained, data_file, tmp_path, "hf")
+
+
+def run_the_rest(trained: Path, data_file: Path, tmp_path: Path, backend: str) -> None:
+    """sample ... eval on a copy of `trained` with `backend`; the finished stages skipped; every artifact checked."""
     out = tmp_path / "run"
     shutil.copytree(trained, out)
     assert main(arguments(data_file, out, "--backend", backend)) == 0
