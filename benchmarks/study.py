@@ -112,7 +112,8 @@ def run_seed(seed: int, root: Path, which: str, config: str, extra: list[str]) -
     subprocess.run(cmd, check=True)
     seconds = time.time() - start
     with (root / "wall_times.jsonl").open("a") as f:  # the study's wall time per seed and call (docs/study.md)
-        f.write(json.dumps({"seed": seed, "set": which, "config": config, "seconds": round(seconds, 1),
+        threads = extra[extra.index("--num_threads") + 1] if "--num_threads" in extra[:-1] else "all"
+        f.write(json.dumps({"seed": seed, "set": which, "config": config, "seconds": round(seconds, 1), "threads": threads,
                             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(start)),
                             "cpus": len(os.sched_getaffinity(0))}) + "\n")
     return seconds

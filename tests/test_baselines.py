@@ -251,6 +251,9 @@ def test_a_flops_matched_variant_names_the_method_whose_flops_it_matches():
     for spec, message in (("{x: {method: rft, flops_of: variational}}", "rft does not match another method's FLOPs"),
                           ("{x: {method: sft-matched-flops, flops_of: rounds9}}", "rounds9, which is not among"),
                           ("{x: {method: sft-matched-flops, flops_of: y}, y: {method: variational, rounds: 2}}",
-                           "put y before it")):
+                           "put y before it"),
+                          ("{x: {method: sft-matched-flops, flops_of: x}}", "the variant itself"),
+                          ("{x: {method: sft-matched-flops, flops_of: null}}", "must name a method"),
+                          ("{x: {method: sft-matched-flops, flops_of: [a]}}", "must name a method")):
         with pytest.raises(InputError, match=message):
             resolve_methods(load_config("smoke", [("compare.methods", "[sft, variational]"), ("compare.variants", spec)]))

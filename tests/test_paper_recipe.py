@@ -109,20 +109,22 @@ def stratos_rows(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def shared_dir(tmp_path_factory, worker_id: str) -> Path:
+def shared_dir(tmp_path_factory) -> Path:
     """A folder every test worker of this pytest run sees (pytest-xdist's recipe: the workers' base temp folders share
     a parent that is new for each run); the run's own base folder without xdist."""
     base = tmp_path_factory.getbasetemp()
-    return base if worker_id == "master" else base.parent
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 @pytest.fixture(scope="module")
-def data_file(tmp_path_factory, worker_id) -> Path:
+def data_file(tmp_path_factory) -> Path:
     """One file for the whole pytest run: `trained` records its path in its config, which both engines' runs repeat."""
-    path = shared_dir(tmp_path_factory, worker_id) / "stratos_mini.jsonl"
+    path = shared_dir(tmp_path_factory) / "stratos_mini.jsonl"
     with FileLock(f"{path}.lock"):
         if not path.exists():
-            path.write_text("".join(json.dumps(r) + "\n" for r in stratos_rows(ROWS)))
+            partial = path.with_suffix(".partial")
+            partial.write_text("".join(json.dumps(r) + "\n" for r in stratos_rows(ROWS)))
+            partial.rename(path)
     return path
 
 
@@ -173,17 +175,19 @@ def test_stratos_teacher_rows_write_the_solution_section(data_file):
 # --- slow: the whole recipe on both engines ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, worker_id, data_file) -> Path:
+def trained(tmp_path_factory, data_file) -> Path:
     """data -> base -> initial -> posterior once per pytest run: no engine samples or scores there, so both engines
-    start from it. The engines' tests sit in two files (tests/test_paper_recipe_vllm.py) so that two test workers run
-    them side by side; the first to get here trains, the other waits for it and reads the same folder."""
-    out = shared_dir(tmp_path_factory, worker_id) / "paper-recipe-trained"
-    done = out.with_name(f"{out.name}.done")
+    start from it. The engines' tests sit in two files (tests/test_paper_recipe_vllm.py) so that two test workers can
+    run them side by side; the first to get here trains, the other waits for it and reads the same folder."""
+    out = shared_dir(tmp_path_factory) / "paper-recipe-trained"
+    done, failed = out.with_name(f"{out.name}.done"), out.with_name(f"{out.name}.failed")
     with FileLock(f"{out}.lock"):
+        if failed.exists():  # one failure, reported once: the other worker does not train again
+            pytest.fail("training pi0 and q failed in another test worker (its report has the error)")
         if not done.exists():
-            shutil.rmtree(out, ignore_errors=True)  # what a failed attempt left
+            failed.touch()
             assert main(arguments(data_file, out, "--until", "posterior")) == 0
-            done.touch()
+            failed.rename(done)
     return out
 
 

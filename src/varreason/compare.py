@@ -60,7 +60,8 @@ def resolve_methods(cfg: RunConfig) -> dict[str, Method]:
             raise InputError(f"{name} matches the FLOPs of {m.flops_of}, which is not among the methods to compare "
                              f"({', '.join(out)})")
         if m.flops_of and m.flops_of not in list(out)[: list(out).index(name)]:
-            raise InputError(f"{name} matches the FLOPs of {m.flops_of}: put {m.flops_of} before it in compare.methods")
+            raise InputError(f"{name} matches the FLOPs of {m.flops_of}: put {m.flops_of} before it (compare.methods "
+                             "run first, then compare.variants, each in its order)")
     return out
 
 

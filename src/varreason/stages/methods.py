@@ -142,8 +142,12 @@ class Method:
         FLOPs-matched method's variant may name the method whose FLOPs it matches (`flops_of`: e.g. the rounds)."""
         settings = dict(settings)
         flops_of = settings.pop("flops_of", self.flops_of)
-        if flops_of != self.flops_of and not self.flops_of:
+        if not self.flops_of and flops_of:
             raise ValueError(f"flops_of: {self.name} does not match another method's FLOPs")
+        if self.flops_of and not (isinstance(flops_of, str) and flops_of):
+            raise ValueError(f"flops_of must name a method, got {flops_of!r}")
+        if flops_of == name:
+            raise ValueError("flops_of names the variant itself")
         sets = {**self.sets, **settings}
         if self.training.name_field:
             sets[self.training.name_field] = name
