@@ -51,10 +51,12 @@ run: $(STAMP)
 	$(BIN)/varreason run
 
 # The suite in TEST_WORKERS processes (pytest-xdist), one torch thread each, whole files per worker (their
-# module fixtures train models once); --durations: the slowest tests in every log, to keep the suite near 10 minutes.
+# module fixtures train models once) in collection order, the slowest files first (tests/conftest.py SLOW_FIRST);
+# --durations: the slowest tests in every log, to keep the suite near 10 minutes.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile \
+		--no-loadscope-reorder --durations=25
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/scoring_memory.py

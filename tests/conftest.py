@@ -52,6 +52,18 @@ def tiny_model_dir(tmp_path_factory):
     return build_tiny(cfg, fmt, corpus, tmp_path_factory.mktemp("tiny") / "base")
 
 
+# The files that take minutes, first and in this order: pytest-xdist (`make test`: --dist loadfile
+# --no-loadscope-reorder) hands whole files to the workers in collection order, so the longest start first and the two
+# paper-recipe files land on different workers (its vLLM file after the vLLM backend file, by when pi0 and q are trained).
+SLOW_FIRST = ["test_paper_recipe.py", "test_backend_vllm.py", "test_paper_recipe_vllm.py", "test_distributed.py",
+              "test_kill_resume.py", "test_disk.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: every other file keeps its order
+
+
 def free_port() -> int:
     """A TCP port nobody listens on now, for a torchrun group's rendezvous (test workers run side by side)."""
     import socket
