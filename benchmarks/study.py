@@ -80,9 +80,8 @@ SETS = {"core": (CORE_METHODS, CORE_VARIANTS),
         "smoke": (["sft", "sft-matched", "sft-paper", "variational"], {"forward-kl": EXTRA_VARIANTS["forward-kl"]}),
         "methods": (ALL_METHODS, {"hint-solution": CORE_VARIANTS["hint-solution"]}),
         "rounds": (ALL_METHODS, {"hint-solution": CORE_VARIANTS["hint-solution"], **ROUND_VARIANTS}),
-        "rounds-flops": (ALL_METHODS, {"hint-solution": CORE_VARIANTS["hint-solution"], **ROUND_VARIANTS,
-                                       **ROUND_CONTROLS}),
         "smollm2": (SMOLLM2_METHODS, SMOLLM2_VARIANTS)}
+SETS["rounds-flops"] = (ALL_METHODS, {**SETS["rounds"][1], **ROUND_CONTROLS})
 PLAIN_SETS = {"methods", "rounds", "rounds-flops", "smollm2"}  # run without the study's rollouts and sft-paper
 ALL_VARIANTS = {**CORE_VARIANTS, **EXTRA_VARIANTS, **ROUND_VARIANTS, **ROUND_CONTROLS, **SMOLLM2_VARIANTS}
 # plotted by where a method's traces come from (its declared proposal, stages/methods.py)
@@ -233,8 +232,7 @@ def aggregate(root: Path, seeds: list[int]) -> dict:
         (m, h), (hm, hh) = mean_ci(acc), mean_ci(hard)
         row = {"proposal": proposal(name), "seeds": seeds_with, "accuracy": acc, "mean": m, "ci": h, "hard": hard, "hard_mean": hm, "hard_ci": hh,
                "pooled": correct / n, "pooled_ci": list(wilson_interval(correct, n)), "n": n}
-        for against in ("sft", "sft-matched", "sft-matched-flops", "sft-paper", "no-hint", "variational", "matched-2x",
-                        *ROUND_CONTROLS):
+        for against in ("sft", "matched-2x", *PAIRED):
             if name == against or not all(against in details[s] for s in seeds_with):
                 continue
             pairs = {}
